@@ -1,0 +1,12 @@
+/* 64-byte aligned allocation for weights and activations (AVX-512 loads). */
+#pragma once
+#include <stddef.h>
+
+/* Returns NULL on failure (never aborts), so loaders can report OOM as a
+ * GError.  Memory is zero-filled. */
+void *moshi_alloc (size_t bytes);
+void moshi_free (void *p);
+
+/* Fault injection for tests: the n-th call from now (1 = next) fails.
+ * 0 disables.  Not thread-safe; for tests only. */
+void moshi_alloc_fail_after (long n);

@@ -1,0 +1,52 @@
+/* Dense kernels: GEMMs (OpenBLAS, split across a per-stream thread pool),
+ * activations and norms.  Row-major everywhere; activations are stored
+ * time-major, [T][C], so one time step's channels are contiguous. */
+#pragma once
+#include <glib.h>
+#include <stddef.h>
+
+G_BEGIN_DECLS
+
+/* A small fixed pool of worker threads owned by one stream.  NULL or a
+ * 1-thread pool runs everything in the caller. */
+typedef struct MoshiPool MoshiPool;
+typedef void (*MoshiPoolFn) (void *ctx, int index, int count);
+
+MoshiPool *moshi_pool_new (int n_threads);
+void moshi_pool_free (MoshiPool *pool);
+int moshi_pool_threads (const MoshiPool *pool);
+/* Calls fn(ctx, i, n) for i in [0, n), n = threads; returns when all are done.
+ * The caller runs index 0. */
+void moshi_pool_run (MoshiPool *pool, MoshiPoolFn fn, void *ctx);
+
+/* C[M,N] = beta*C + A[M,K] * B[K,N]. */
+void moshi_sgemm_nn (MoshiPool *pool, int M, int N, int K,
+    const float *A, int lda, const float *B, int ldb,
+    float beta, float *C, int ldc);
+/* C[M,N] = beta*C + A[M,K] * W[N,K]^T  (W as a PyTorch Linear weight). */
+void moshi_sgemm_nt (MoshiPool *pool, int M, int N, int K,
+    const float *A, int lda, const float *W, int ldw,
+    float beta, float *C, int ldc);
+
+/* Elementwise, in place or out of place (dst may equal src). */
+void moshi_elu (float *dst, const float *src, size_t n);   /* alpha = 1 */
+void moshi_gelu (float *dst, const float *src, size_t n);  /* exact (erf) */
+void moshi_silu (float *dst, const float *src, size_t n);
+void moshi_add (float *dst, const float *a, const float *b, size_t n);
+/* dst += scale[c] * src, over rows of C channels. */
+void moshi_add_scaled_rows (float *dst, const float *src, const float *scale,
+    int rows, int C);
+
+/* Row-wise norms over C channels for `rows` rows. weight/bias may be NULL. */
+void moshi_layer_norm (float *dst, const float *src, const float *weight,
+    const float *bias, int rows, int C, float eps);
+void moshi_rms_norm (float *dst, const float *src, const float *weight,
+    int rows, int C, float eps);
+
+/* In-place softmax of n values. */
+void moshi_softmax (float *x, int n);
+float moshi_dot (const float *a, const float *b, int n);
+/* y += a * x */
+void moshi_axpy (float *y, float a, const float *x, int n);
+
+G_END_DECLS

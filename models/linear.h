@@ -1,0 +1,32 @@
+/* A bias-free linear layer y = x W^T, the unit every transformer matmul goes
+ * through, so that quantized weight formats plug in at one place. */
+#pragma once
+#include <glib.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "safetensors.h"
+
+G_BEGIN_DECLS
+
+typedef enum {
+  MOSHI_WEIGHT_F32 = 0,
+} MoshiWeightType;
+
+typedef struct {
+  int in, out;
+  MoshiWeightType type;
+  float *w;                  /* F32: [out][in] as PyTorch stores it */
+} MoshiLinear;
+
+gboolean moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name,
+    int in, int out, GError **error);
+void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out);
+void moshi_linear_clear (MoshiLinear *l);
+size_t moshi_linear_bytes (const MoshiLinear *l);
+
+/* y[rows][out] = beta * y + x[rows][in] W^T */
+void moshi_linear_forward (const MoshiLinear *l, MoshiPool *pool,
+    const float *x, int rows, float beta, float *y);
+
+G_END_DECLS

@@ -1,0 +1,335 @@
+#include "transformer.h"
+
+#include "alloc.h"
+#include "model-error.h"
+#include "weights.h"
+
+#include <math.h>
+#include <string.h>
+
+static gboolean
+rope_init (Transformer *tr)
+{
+  const int hd = tr->cfg.d_model / tr->cfg.num_heads;
+  tr->rope_freqs = moshi_alloc (sizeof (float) * MAX (hd / 2, 1));
+  if (!tr->rope_freqs)
+    return FALSE;
+  /* Same float32 arithmetic as Kyutai's apply_rope. */
+  for (int i = 0; i < hd / 2; i++)
+    tr->rope_freqs[i] = expf ((float) i
+        * (-(float) log (tr->cfg.max_period) * 2.0f / (float) hd));
+  return TRUE;
+}
+
+static float *
+load_vec (const StFile *f, const char *name, int d, gboolean rms_alpha,
+    GError **error)
+{
+  /* Kyutai's RMSNorm stores alpha as [1, 1, d]. */
+  if (rms_alpha) {
+    int64_t shape[3] = { 1, 1, d };
+    return weights_load (f, name, 3, shape, error);
+  }
+  int64_t shape[1] = { d };
+  return weights_load (f, name, 1, shape, error);
+}
+
+gboolean
+transformer_load (Transformer *tr, const TransformerConfig *cfg,
+    const StFile *f, const char *prefix, GError **error)
+{
+  const int d = cfg->d_model;
+  const int ff = cfg->dim_feedforward;
+  char name[256];
+  memset (tr, 0, sizeof *tr);
+  tr->cfg = *cfg;
+  tr->layers = g_new0 (TransformerLayer, cfg->num_layers);
+  if (!rope_init (tr))
+    goto oom;
+  for (int i = 0; i < cfg->num_layers; i++) {
+    TransformerLayer *L = &tr->layers[i];
+    char p[200];
+    g_snprintf (p, sizeof p, "%s.layers.%d", prefix, i);
+    gboolean rms = cfg->norm == TRANSFORMER_NORM_RMS;
+    const char *nw = rms ? "alpha" : "weight";
+    if (!(L->norm1_w = load_vec (f, weights_name (name, "%s.norm1.%s", p, nw), d, rms, error)))
+      goto fail;
+    if (!(L->norm2_w = load_vec (f, weights_name (name, "%s.norm2.%s", p, nw), d, rms, error)))
+      goto fail;
+    if (!rms) {
+      if (!(L->norm1_b = load_vec (f, weights_name (name, "%s.norm1.bias", p), d, FALSE, error)))
+        goto fail;
+      if (!(L->norm2_b = load_vec (f, weights_name (name, "%s.norm2.bias", p), d, FALSE, error)))
+        goto fail;
+    }
+    if (!moshi_linear_load (&L->in_proj, f,
+            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, error))
+      goto fail;
+    if (!moshi_linear_load (&L->out_proj, f,
+            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, error))
+      goto fail;
+    if (cfg->gating) {
+      if (!moshi_linear_load (&L->ff_in, f,
+              weights_name (name, "%s.gating.linear_in.weight", p), d, 2 * ff, error))
+        goto fail;
+      if (!moshi_linear_load (&L->ff_out, f,
+              weights_name (name, "%s.gating.linear_out.weight", p), ff, d, error))
+        goto fail;
+    } else {
+      if (!moshi_linear_load (&L->ff_in, f,
+              weights_name (name, "%s.linear1.weight", p), d, ff, error))
+        goto fail;
+      if (!moshi_linear_load (&L->ff_out, f,
+              weights_name (name, "%s.linear2.weight", p), ff, d, error))
+        goto fail;
+    }
+    if (cfg->layer_scale) {
+      if (!(L->ls1 = load_vec (f, weights_name (name, "%s.layer_scale_1.scale", p), d, FALSE, error)))
+        goto fail;
+      if (!(L->ls2 = load_vec (f, weights_name (name, "%s.layer_scale_2.scale", p), d, FALSE, error)))
+        goto fail;
+    }
+  }
+  return TRUE;
+
+oom:
+  g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+      "out of memory loading %s", prefix);
+fail:
+  transformer_clear (tr);
+  return FALSE;
+}
+
+void
+transformer_random (Transformer *tr, const TransformerConfig *cfg,
+    uint64_t *seed)
+{
+  const int d = cfg->d_model;
+  const int ff = cfg->dim_feedforward;
+  memset (tr, 0, sizeof *tr);
+  tr->cfg = *cfg;
+  tr->layers = g_new0 (TransformerLayer, cfg->num_layers);
+  rope_init (tr);
+  for (int i = 0; i < cfg->num_layers; i++) {
+    TransformerLayer *L = &tr->layers[i];
+    L->norm1_w = weights_random (seed, d, 1.0f);
+    L->norm2_w = weights_random (seed, d, 1.0f);
+    if (cfg->norm == TRANSFORMER_NORM_LAYER) {
+      L->norm1_b = weights_random (seed, d, 0.1f);
+      L->norm2_b = weights_random (seed, d, 0.1f);
+    }
+    moshi_linear_random (&L->in_proj, seed, d, 3 * d);
+    moshi_linear_random (&L->out_proj, seed, d, d);
+    moshi_linear_random (&L->ff_in, seed, d, cfg->gating ? 2 * ff : ff);
+    moshi_linear_random (&L->ff_out, seed, ff, d);
+    if (cfg->layer_scale) {
+      L->ls1 = weights_random (seed, d, 0.1f);
+      L->ls2 = weights_random (seed, d, 0.1f);
+    }
+  }
+}
+
+void
+transformer_clear (Transformer *tr)
+{
+  if (tr->layers)
+    for (int i = 0; i < tr->cfg.num_layers; i++) {
+      TransformerLayer *L = &tr->layers[i];
+      moshi_free (L->norm1_w);
+      moshi_free (L->norm1_b);
+      moshi_free (L->norm2_w);
+      moshi_free (L->norm2_b);
+      moshi_linear_clear (&L->in_proj);
+      moshi_linear_clear (&L->out_proj);
+      moshi_linear_clear (&L->ff_in);
+      moshi_linear_clear (&L->ff_out);
+      moshi_free (L->ls1);
+      moshi_free (L->ls2);
+    }
+  g_free (tr->layers);
+  moshi_free (tr->rope_freqs);
+  tr->layers = NULL;
+  tr->rope_freqs = NULL;
+}
+
+size_t
+transformer_bytes (const Transformer *tr)
+{
+  const int d = tr->cfg.d_model;
+  size_t n = 0;
+  for (int i = 0; i < tr->cfg.num_layers; i++) {
+    const TransformerLayer *L = &tr->layers[i];
+    n += moshi_linear_bytes (&L->in_proj) + moshi_linear_bytes (&L->out_proj)
+        + moshi_linear_bytes (&L->ff_in) + moshi_linear_bytes (&L->ff_out);
+    n += sizeof (float) * d * (2 + (L->norm1_b ? 2 : 0) + (L->ls1 ? 2 : 0));
+  }
+  return n;
+}
+
+gboolean
+transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
+{
+  const TransformerConfig *c = &tr->cfg;
+  const size_t d = c->d_model;
+  const size_t ctx = c->context;
+  const size_t ffw = (size_t) c->dim_feedforward * (c->gating ? 2 : 1);
+  memset (s, 0, sizeof *s);
+  s->max_t = max_t;
+  s->slot_pos = g_new (int64_t, ctx);
+  s->k = moshi_alloc (sizeof (float) * c->num_layers * ctx * d);
+  s->v = moshi_alloc (sizeof (float) * c->num_layers * ctx * d);
+  s->h = moshi_alloc (sizeof (float) * max_t * d);
+  s->qkv = moshi_alloc (sizeof (float) * max_t * 3 * d);
+  s->attn = moshi_alloc (sizeof (float) * max_t * d);
+  s->ff = moshi_alloc (sizeof (float) * max_t * ffw);
+  s->scores = moshi_alloc (sizeof (float) * ctx);
+  if (!(s->k && s->v && s->h && s->qkv && s->attn && s->ff && s->scores)) {
+    transformer_state_clear (s);
+    return FALSE;
+  }
+  transformer_state_reset (s, tr);
+  return TRUE;
+}
+
+void
+transformer_state_clear (TransformerState *s)
+{
+  g_free (s->slot_pos);
+  moshi_free (s->k);
+  moshi_free (s->v);
+  moshi_free (s->h);
+  moshi_free (s->qkv);
+  moshi_free (s->attn);
+  moshi_free (s->ff);
+  moshi_free (s->scores);
+  memset (s, 0, sizeof *s);
+}
+
+void
+transformer_state_reset (TransformerState *s, const Transformer *tr)
+{
+  s->offset = 0;
+  for (int i = 0; i < tr->cfg.context; i++)
+    s->slot_pos[i] = -1;
+}
+
+size_t
+transformer_state_bytes (const TransformerState *s, const Transformer *tr)
+{
+  const TransformerConfig *c = &tr->cfg;
+  const size_t d = c->d_model;
+  const size_t ffw = (size_t) c->dim_feedforward * (c->gating ? 2 : 1);
+  return sizeof (int64_t) * c->context
+      + sizeof (float) * (2 * (size_t) c->num_layers * c->context * d
+      + (size_t) s->max_t * (5 * d + ffw) + c->context);
+}
+
+/* Rotates interleaved pairs (x[2i], x[2i+1]) of each head by angle pos*f_i. */
+static void
+rope_apply (const Transformer *tr, float *x, int64_t pos)
+{
+  const int H = tr->cfg.num_heads;
+  const int hd = tr->cfg.d_model / H;
+  for (int i = 0; i < hd / 2; i++) {
+    float angle = tr->rope_freqs[i] * (float) pos;
+    float cr = cosf (angle), ci = sinf (angle);
+    for (int h = 0; h < H; h++) {
+      float *p = x + h * hd + 2 * i;
+      float re = p[0], im = p[1];
+      p[0] = re * cr - im * ci;
+      p[1] = re * ci + im * cr;
+    }
+  }
+}
+
+static void
+norm (const Transformer *tr, float *dst, const float *src, const float *w,
+    const float *b, int t)
+{
+  const TransformerConfig *c = &tr->cfg;
+  if (c->norm == TRANSFORMER_NORM_RMS)
+    moshi_rms_norm (dst, src, w, t, c->d_model, c->norm_eps);
+  else
+    moshi_layer_norm (dst, src, w, b, t, c->d_model, c->norm_eps);
+}
+
+void
+transformer_forward (const Transformer *tr, TransformerState *s,
+    MoshiPool *pool, float *x, int t)
+{
+  const TransformerConfig *c = &tr->cfg;
+  const int d = c->d_model, H = c->num_heads, hd = d / H, ctx = c->context;
+  const float scale = 1.0f / sqrtf ((float) hd);
+  g_assert (t > 0 && t <= s->max_t && t <= ctx);
+
+  /* Every layer writes the new steps to the same ring slots. */
+  for (int i = 0; i < t; i++)
+    s->slot_pos[(s->offset + i) % ctx] = s->offset + i;
+
+  for (int l = 0; l < c->num_layers; l++) {
+    const TransformerLayer *L = &tr->layers[l];
+    float *kc = s->k + (size_t) l * ctx * d;
+    float *vc = s->v + (size_t) l * ctx * d;
+
+    /* --- self-attention block --- */
+    norm (tr, s->h, x, L->norm1_w, L->norm1_b, t);
+    moshi_linear_forward (&L->in_proj, pool, s->h, t, 0.0f, s->qkv);
+    for (int i = 0; i < t; i++) {
+      float *q = s->qkv + (size_t) i * 3 * d;
+      float *k = q + d, *v = q + 2 * d;
+      int64_t pos = s->offset + i;
+      rope_apply (tr, q, pos);
+      rope_apply (tr, k, pos);
+      int slot = (int) (pos % ctx);
+      memcpy (kc + (size_t) slot * d, k, sizeof (float) * d);
+      memcpy (vc + (size_t) slot * d, v, sizeof (float) * d);
+    }
+    for (int i = 0; i < t; i++) {
+      const float *q = s->qkv + (size_t) i * 3 * d;
+      const int64_t pos_q = s->offset + i;
+      float *out = s->attn + (size_t) i * d;
+      memset (out, 0, sizeof (float) * d);
+      for (int h = 0; h < H; h++) {
+        int n = 0;
+        int slots[ctx > 0 ? ctx : 1];
+        for (int j = 0; j < ctx; j++) {
+          int64_t pk = s->slot_pos[j];
+          int64_t delta = pos_q - pk;
+          if (pk < 0 || delta < 0 || delta >= ctx)
+            continue;
+          slots[n] = j;
+          s->scores[n++] = moshi_dot (q + h * hd, kc + (size_t) j * d + h * hd,
+              hd) * scale;
+        }
+        moshi_softmax (s->scores, n);
+        for (int m = 0; m < n; m++)
+          moshi_axpy (out + h * hd, s->scores[m],
+              vc + (size_t) slots[m] * d + h * hd, hd);
+      }
+    }
+    moshi_linear_forward (&L->out_proj, pool, s->attn, t, 0.0f, s->h);
+    moshi_add_scaled_rows (x, s->h, L->ls1, t, d);
+
+    /* --- feed-forward block --- */
+    norm (tr, s->h, x, L->norm2_w, L->norm2_b, t);
+    moshi_linear_forward (&L->ff_in, pool, s->h, t, 0.0f, s->ff);
+    const int ff = c->dim_feedforward;
+    if (c->gating) {
+      /* linear_in gives [gate | value]; hidden = silu(gate) * value. */
+      for (int i = 0; i < t; i++) {
+        float *row = s->ff + (size_t) i * 2 * ff;
+        float *dst = s->ff + (size_t) i * ff;
+        for (int j = 0; j < ff; j++) {
+          float g = row[j];
+          float val = row[ff + j];
+          dst[j] = g / (1.0f + expf (-g)) * val;
+        }
+      }
+    } else {
+      moshi_gelu (s->ff, s->ff, (size_t) t * ff);
+    }
+    moshi_linear_forward (&L->ff_out, pool, s->ff, t, 0.0f, s->h);
+    moshi_add_scaled_rows (x, s->h, L->ls2, t, d);
+  }
+  s->offset += t;
+}

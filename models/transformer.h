@@ -1,0 +1,75 @@
+/* Kyutai's StreamingTransformer: pre-norm layers of causal self-attention
+ * (RoPE, attention limited to `context` past steps through a ring KV cache)
+ * and a feed-forward block, with optional LayerScale.  One implementation
+ * serves Mimi (LayerNorm, GELU MLP, LayerScale) and the LMs (RMSNorm,
+ * SiLU-gated MLP). */
+#pragma once
+#include <glib.h>
+#include <stdint.h>
+
+#include "kernels.h"
+#include "linear.h"
+#include "safetensors.h"
+
+G_BEGIN_DECLS
+
+typedef enum {
+  TRANSFORMER_NORM_LAYER,    /* nn.LayerNorm(eps=1e-5), weight + bias */
+  TRANSFORMER_NORM_RMS,      /* Kyutai RMSNorm, `alpha` weight */
+} TransformerNorm;
+
+typedef struct {
+  int d_model;
+  int num_heads;
+  int num_layers;
+  int dim_feedforward;       /* hidden width of the MLP */
+  int context;               /* attention window and KV ring capacity */
+  double max_period;         /* RoPE */
+  TransformerNorm norm;
+  float norm_eps;
+  gboolean gating;           /* SiLU-gated MLP (LM) instead of GELU (Mimi) */
+  gboolean layer_scale;
+} TransformerConfig;
+
+typedef struct {
+  float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
+  MoshiLinear in_proj;       /* [3*d][d], rows q | k | v */
+  MoshiLinear out_proj;      /* [d][d] */
+  MoshiLinear ff_in;         /* [ff][d] (gated: [2*ff][d]) */
+  MoshiLinear ff_out;        /* [d][ff] */
+  float *ls1, *ls2;          /* LayerScale, [d] */
+} TransformerLayer;
+
+typedef struct {
+  TransformerConfig cfg;
+  TransformerLayer *layers;
+  float *rope_freqs;         /* [head_dim / 2] */
+} Transformer;
+
+typedef struct {
+  int max_t;                 /* most steps per call */
+  int64_t offset;            /* position of the next step */
+  int64_t *slot_pos;         /* [context]: position held by each ring slot, -1 empty */
+  float *k, *v;              /* [layers][context][d] */
+  float *h, *qkv, *attn, *ff, *scores;  /* scratch */
+} TransformerState;
+
+/* Loads `<prefix>.layers.N.*` with Kyutai's checkpoint names. */
+gboolean transformer_load (Transformer *tr, const TransformerConfig *cfg,
+    const StFile *f, const char *prefix, GError **error);
+void transformer_random (Transformer *tr, const TransformerConfig *cfg,
+    uint64_t *seed);
+void transformer_clear (Transformer *tr);
+size_t transformer_bytes (const Transformer *tr);
+
+gboolean transformer_state_init (TransformerState *s, const Transformer *tr,
+    int max_t);
+void transformer_state_clear (TransformerState *s);
+void transformer_state_reset (TransformerState *s, const Transformer *tr);
+size_t transformer_state_bytes (const TransformerState *s, const Transformer *tr);
+
+/* x: [t][d_model], updated in place; t <= max_t and t <= context. */
+void transformer_forward (const Transformer *tr, TransformerState *s,
+    MoshiPool *pool, float *x, int t);
+
+G_END_DECLS

@@ -1,0 +1,449 @@
+/* Conformance runner: checks our models against reference vectors produced
+ * with Kyutai's own PyTorch implementation.
+ *
+ *   conformance CASE_DIR [CASE_DIR...]
+ *
+ * Each CASE_DIR holds config.json, model.safetensors (optionally
+ * model.bf16.safetensors) and vectors.safetensors.  Every check the vectors
+ * allow is run and printed on one line with its measured error; the last
+ * line is "N passed, N failed" and the exit status is non-zero on failure. */
+#include <glib.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "mimi.h"
+#include "safetensors.h"
+
+/* Tolerances (see each case's README): intermediate activations are allowed
+ * ~50x the float32-vs-float64 gap Kyutai's code itself shows; decoded audio
+ * is compared with the same factor applied to the gap measured in the
+ * vectors (decoded vs decoded_f64ref), with a floor for very quiet cases. */
+#define TOL_ACTIVATION 2e-5
+#define TOL_DECODED_DEFAULT 5e-6
+#define TOL_DECODED_FACTOR 50.0
+#define TOL_DECODED_FLOOR 2e-6
+
+static int n_passed, n_failed;
+
+static void
+report (gboolean ok, const char *case_name, const char *check,
+    const char *fmt, ...) G_GNUC_PRINTF (4, 5);
+
+static void
+report (gboolean ok, const char *case_name, const char *check,
+    const char *fmt, ...)
+{
+  va_list ap;
+  printf ("%s %s %s: ", ok ? "PASS" : "FAIL", case_name, check);
+  va_start (ap, fmt);
+  vprintf (fmt, ap);
+  va_end (ap);
+  printf ("\n");
+  fflush (stdout);
+  if (ok)
+    n_passed++;
+  else
+    n_failed++;
+}
+
+typedef struct {
+  const char *name;
+  StFile *vec;
+  MimiModel *model;
+  int frames, frame_size, dim, steps, n_q, context;
+} Case;
+
+/* A reference tensor as floats; NULL if absent. numel returned. */
+static float *
+ref_f32 (Case *c, const char *name, size_t *numel)
+{
+  const StTensor *t = st_find (c->vec, name);
+  if (!t)
+    return NULL;
+  GError *err = NULL;
+  float *buf = g_new (float, MAX (t->numel, 1));
+  if (!st_read_f32 (c->vec, t, buf, &err)) {
+    report (FALSE, c->name, name, "%s", err->message);
+    g_error_free (err);
+    g_free (buf);
+    return NULL;
+  }
+  if (numel)
+    *numel = t->numel;
+  return buf;
+}
+
+/* Reference codes [1, n_q, frames] as uint16 [frames][n_q]. */
+static uint16_t *
+ref_codes (Case *c, const char *name, int *n_q_out)
+{
+  const StTensor *t = st_find (c->vec, name);
+  if (!t)
+    return NULL;
+  if (t->ndim != 3 || t->shape[2] != c->frames || t->shape[1] < 1
+      || t->shape[1] > MIMI_MAX_CODEBOOKS) {
+    report (FALSE, c->name, name, "unexpected shape");
+    return NULL;
+  }
+  int n_q = (int) t->shape[1];
+  int64_t *raw = g_new (int64_t, t->numel);
+  GError *err = NULL;
+  if (!st_read_i64 (c->vec, t, raw, &err)) {
+    report (FALSE, c->name, name, "%s", err->message);
+    g_error_free (err);
+    g_free (raw);
+    return NULL;
+  }
+  uint16_t *codes = g_new (uint16_t, (size_t) n_q * c->frames);
+  for (int q = 0; q < n_q; q++)
+    for (int f = 0; f < c->frames; f++)
+      codes[(size_t) f * n_q + q] = (uint16_t) CLAMP (raw[(size_t) q * c->frames + f], 0, 65535);
+  g_free (raw);
+  *n_q_out = n_q;
+  return codes;
+}
+
+/* Compares ours (time-major [T][C]) with a reference [1][C][T], over the
+ * first t_max steps. */
+static void
+compare_tc (Case *c, const char *check, const float *ours, const float *ref,
+    int C, int T, int t_max, double tol)
+{
+  double max_err = 0.0, peak = 0.0;
+  for (int t = 0; t < t_max; t++)
+    for (int ch = 0; ch < C; ch++) {
+      double r = ref[(size_t) ch * T + t];
+      double e = fabs (ours[(size_t) t * C + ch] - r);
+      max_err = MAX (max_err, e);
+      peak = MAX (peak, fabs (r));
+    }
+  report (max_err <= tol && isfinite (max_err), c->name, check,
+      "max_abs_err=%.3e tol=%.1e (ref peak %.3e, %d of %d steps)", max_err,
+      tol, peak, t_max, T);
+}
+
+static double
+max_abs_diff (const float *a, const float *b, size_t n, double *peak)
+{
+  double m = 0.0, p = 0.0;
+  for (size_t i = 0; i < n; i++) {
+    m = MAX (m, fabs ((double) a[i] - b[i]));
+    p = MAX (p, fabs ((double) b[i]));
+  }
+  if (peak)
+    *peak = p;
+  return m;
+}
+
+/* Streaming decode of codes [frames][n_q_ref] using the first n_q. */
+static float *
+decode_all (Case *c, MimiModel *model, const uint16_t *codes, int n_q_ref,
+    int n_q, float *quantized, float *upsampled, float *tr_out)
+{
+  GError *err = NULL;
+  MimiDecoder *d = mimi_decoder_new (model, n_q, &err);
+  if (!d) {
+    report (FALSE, c->name, "decoder", "%s", err->message);
+    g_error_free (err);
+    return NULL;
+  }
+  float *pcm = g_new (float, (size_t) c->frames * c->frame_size);
+  for (int f = 0; f < c->frames; f++) {
+    MimiDecodeTrace tr = {
+      quantized ? quantized + (size_t) f * c->dim : NULL,
+      upsampled ? upsampled + (size_t) f * c->steps * c->dim : NULL,
+      tr_out ? tr_out + (size_t) f * c->steps * c->dim : NULL,
+    };
+    if (!mimi_decode_frame_traced (d, codes + (size_t) f * n_q_ref,
+            pcm + (size_t) f * c->frame_size, &tr, &err)) {
+      report (FALSE, c->name, "decode", "frame %d: %s", f, err->message);
+      g_error_free (err);
+      g_free (pcm);
+      mimi_decoder_free (d);
+      return NULL;
+    }
+  }
+  mimi_decoder_free (d);
+  return pcm;
+}
+
+static uint16_t *
+encode_all (Case *c, MimiModel *model, const float *pcm, float *seanet_out,
+    float *tr_out, float *latent)
+{
+  GError *err = NULL;
+  MimiEncoder *e = mimi_encoder_new (model, c->n_q, &err);
+  if (!e) {
+    report (FALSE, c->name, "encoder", "%s", err->message);
+    g_error_free (err);
+    return NULL;
+  }
+  uint16_t *codes = g_new (uint16_t, (size_t) c->frames * c->n_q);
+  for (int f = 0; f < c->frames; f++) {
+    MimiEncodeTrace tr = {
+      seanet_out ? seanet_out + (size_t) f * c->steps * c->dim : NULL,
+      tr_out ? tr_out + (size_t) f * c->steps * c->dim : NULL,
+      latent ? latent + (size_t) f * c->dim : NULL,
+    };
+    mimi_encode_frame_traced (e, pcm + (size_t) f * c->frame_size,
+        codes + (size_t) f * c->n_q, &tr);
+  }
+  mimi_encoder_free (e);
+  return codes;
+}
+
+static void
+compare_codes (Case *c, const char *check, const uint16_t *ours,
+    const uint16_t *ref, int n_q_ref)
+{
+  int mismatch = 0;
+  int first = -1;
+  for (int f = 0; f < c->frames; f++)
+    for (int q = 0; q < c->n_q; q++)
+      if (ours[(size_t) f * c->n_q + q] != ref[(size_t) f * n_q_ref + q]) {
+        if (first < 0)
+          first = f;
+        mismatch++;
+      }
+  if (mismatch)
+    report (FALSE, c->name, check, "%d of %d codes differ (first in frame %d)",
+        mismatch, c->frames * c->n_q, first);
+  else
+    report (TRUE, c->name, check, "%d of %d codes differ", mismatch,
+        c->frames * c->n_q);
+}
+
+static void
+check_decoded (Case *c, const char *check, const float *ours, const char *ref_name,
+    double tol)
+{
+  size_t n = 0;
+  float *ref = ref_f32 (c, ref_name, &n);
+  if (!ref)
+    return;
+  if (n != (size_t) c->frames * c->frame_size) {
+    report (FALSE, c->name, check, "reference %s has %zu samples, expected %d",
+        ref_name, n, c->frames * c->frame_size);
+    g_free (ref);
+    return;
+  }
+  double peak;
+  double err = max_abs_diff (ours, ref, n, &peak);
+  report (err <= tol && isfinite (err), c->name, check,
+      "max_abs_err=%.3e tol=%.1e (ref peak %.3e)", err, tol, peak);
+  g_free (ref);
+}
+
+static void
+run_mimi_case (const char *dir, const char *name)
+{
+  GError *err = NULL;
+  gchar *model_path = g_build_filename (dir, "model.safetensors", NULL);
+  gchar *bf16_path = g_build_filename (dir, "model.bf16.safetensors", NULL);
+  gchar *vec_path = g_build_filename (dir, "vectors.safetensors", NULL);
+  Case c = { .name = name };
+  float *pcm = NULL, *seanet = NULL, *etr = NULL, *lat = NULL;
+  uint16_t *ref = NULL, *codes = NULL, *ref_ns = NULL;
+
+  c.model = mimi_model_load (model_path, &err);
+  report (c.model != NULL, name, "load", "%s", c.model ? model_path : err->message);
+  if (!c.model)
+    goto out;
+  c.vec = st_open (vec_path, &err);
+  if (!c.vec) {
+    report (FALSE, name, "vectors", "%s", err->message);
+    goto out;
+  }
+  const MimiConfig *cfg = mimi_model_config (c.model);
+  c.frame_size = cfg->frame_size;
+  c.dim = cfg->dimension;
+  c.context = cfg->context;
+  int hop = 1;
+  for (int i = 0; i < cfg->n_ratios; i++)
+    hop *= cfg->ratios[i];
+  c.steps = c.frame_size / hop;
+
+  size_t n_pcm = 0;
+  pcm = ref_f32 (&c, "pcm", &n_pcm);
+  if (!pcm || n_pcm % c.frame_size) {
+    report (FALSE, name, "pcm", "missing or not a whole number of frames");
+    goto out;
+  }
+  c.frames = (int) (n_pcm / c.frame_size);
+  int n_q_ref = 0;
+  ref = ref_codes (&c, "codes", &n_q_ref);
+  if (!ref) {
+    report (FALSE, name, "codes", "reference codes missing");
+    goto out;
+  }
+  c.n_q = n_q_ref;
+  const int T = c.frames * c.steps;
+
+  /* Encoder: codes and intermediates. */
+  seanet = g_new0 (float, (size_t) T * c.dim);
+  etr = g_new0 (float, (size_t) T * c.dim);
+  lat = g_new0 (float, (size_t) c.frames * c.dim);
+  codes = encode_all (&c, c.model, pcm, seanet, etr, lat);
+  if (codes)
+    compare_codes (&c, "encode codes", codes, ref, n_q_ref);
+  float *r;
+  if ((r = ref_f32 (&c, "seanet_out", NULL))) {
+    compare_tc (&c, "encode seanet_out", seanet, r, c.dim, T, T, TOL_ACTIVATION);
+    g_free (r);
+  }
+  /* The reference transformer output is non-streaming: it matches the
+   * streaming one only while the window is not yet full. */
+  if ((r = ref_f32 (&c, "enc_transformer_out", NULL))) {
+    compare_tc (&c, "encode transformer_out", etr, r, c.dim, T,
+        MIN (T, c.context - 1), TOL_ACTIVATION);
+    g_free (r);
+  }
+  if ((r = ref_f32 (&c, "latent_streaming", NULL))) {
+    compare_tc (&c, "encode latent_streaming", lat, r, c.dim, c.frames,
+        c.frames, TOL_ACTIVATION);
+    g_free (r);
+  }
+
+  /* Decoder from the reference codes. */
+  double tol = TOL_DECODED_DEFAULT;
+  {
+    size_t n1 = 0, n2 = 0;
+    float *a = ref_f32 (&c, "decoded", &n1);
+    float *b = ref_f32 (&c, "decoded_f64ref", &n2);
+    if (a && b && n1 == n2)
+      tol = MAX (TOL_DECODED_FACTOR * max_abs_diff (a, b, n1, NULL),
+          TOL_DECODED_FLOOR);
+    g_free (a);
+    g_free (b);
+  }
+  float *dec = decode_all (&c, c.model, ref, n_q_ref, c.n_q, NULL, NULL, NULL);
+  if (dec) {
+    check_decoded (&c, "decode decoded", dec, "decoded", tol);
+    g_free (dec);
+  }
+  const int partial[] = { 1, 4 };
+  for (size_t i = 0; i < G_N_ELEMENTS (partial); i++) {
+    char ref_name[32], check[48];
+    g_snprintf (ref_name, sizeof ref_name, "decoded_q%d", partial[i]);
+    if (!st_find (c.vec, ref_name) || partial[i] > n_q_ref)
+      continue;
+    g_snprintf (check, sizeof check, "decode %s", ref_name);
+    dec = decode_all (&c, c.model, ref, n_q_ref, partial[i], NULL, NULL, NULL);
+    if (dec) {
+      check_decoded (&c, check, dec, ref_name, tol);
+      g_free (dec);
+    }
+  }
+
+  /* Decoder intermediates, from the non-streaming codes. */
+  int n_q_ns = 0;
+  ref_ns = ref_codes (&c, "codes_nonstreaming", &n_q_ns);
+  if (ref_ns && n_q_ns == n_q_ref) {
+    float *qz = g_new0 (float, (size_t) c.frames * c.dim);
+    float *up = g_new0 (float, (size_t) T * c.dim);
+    float *dtr = g_new0 (float, (size_t) T * c.dim);
+    dec = decode_all (&c, c.model, ref_ns, n_q_ns, c.n_q, qz, up, dtr);
+    g_free (dec);
+    if ((r = ref_f32 (&c, "quantized", NULL))) {
+      compare_tc (&c, "decode quantized", qz, r, c.dim, c.frames, c.frames,
+          TOL_ACTIVATION);
+      g_free (r);
+    }
+    if ((r = ref_f32 (&c, "upsampled", NULL))) {
+      compare_tc (&c, "decode upsampled", up, r, c.dim, T, T, TOL_ACTIVATION);
+      g_free (r);
+    }
+    if ((r = ref_f32 (&c, "dec_transformer_out", NULL))) {
+      compare_tc (&c, "decode transformer_out", dtr, r, c.dim, T,
+          MIN (T, c.context - 1), TOL_ACTIVATION);
+      g_free (r);
+    }
+    g_free (qz);
+    g_free (up);
+    g_free (dtr);
+  }
+  if ((r = ref_f32 (&c, "quantized_q1", NULL))) {
+    float *qz = g_new0 (float, (size_t) c.frames * c.dim);
+    dec = decode_all (&c, c.model, ref, n_q_ref, 1, qz, NULL, NULL);
+    g_free (dec);
+    compare_tc (&c, "decode quantized_q1", qz, r, c.dim, c.frames, c.frames,
+        TOL_ACTIVATION);
+    g_free (qz);
+    g_free (r);
+  }
+
+  /* bf16 weights, upcast to float32. */
+  if (g_file_test (bf16_path, G_FILE_TEST_EXISTS)) {
+    MimiModel *bf = mimi_model_load (bf16_path, &err);
+    report (bf != NULL, name, "load bf16", "%s", bf ? bf16_path : err->message);
+    if (bf) {
+      int n_q_bf = 0;
+      uint16_t *ref_bf = ref_codes (&c, "codes_bf16w", &n_q_bf);
+      if (ref_bf && n_q_bf == n_q_ref) {
+        uint16_t *cb = encode_all (&c, bf, pcm, NULL, NULL, NULL);
+        if (cb)
+          compare_codes (&c, "bf16 encode codes", cb, ref_bf, n_q_bf);
+        g_free (cb);
+        if (st_find (c.vec, "decoded_bf16w")) {
+          dec = decode_all (&c, bf, ref_bf, n_q_bf, c.n_q, NULL, NULL, NULL);
+          if (dec)
+            check_decoded (&c, "bf16 decode decoded", dec, "decoded_bf16w", tol);
+          g_free (dec);
+        }
+      }
+      g_free (ref_bf);
+      mimi_model_unref (bf);
+    }
+  }
+
+out:
+  g_clear_error (&err);
+  g_free (pcm);
+  g_free (seanet);
+  g_free (etr);
+  g_free (lat);
+  g_free (ref);
+  g_free (ref_ns);
+  g_free (codes);
+  if (c.vec)
+    st_unref (c.vec);
+  if (c.model)
+    mimi_model_unref (c.model);
+  g_free (model_path);
+  g_free (bf16_path);
+  g_free (vec_path);
+}
+
+static void
+run_case (const char *dir)
+{
+  gchar *base = g_path_get_basename (dir);
+  gchar *cfg_path = g_build_filename (dir, "config.json", NULL);
+  gchar *text = NULL;
+  if (!g_file_get_contents (cfg_path, &text, NULL, NULL)) {
+    report (FALSE, base, "config", "cannot read %s", cfg_path);
+  } else if (strstr (text, "\"seanet\"")) {
+    run_mimi_case (dir, base);
+  } else {
+    report (FALSE, base, "kind",
+        "%s describes a model this runner cannot check yet (not a Mimi case)",
+        cfg_path);
+  }
+  g_free (text);
+  g_free (cfg_path);
+  g_free (base);
+}
+
+int
+main (int argc, char **argv)
+{
+  if (argc < 2) {
+    fprintf (stderr, "usage: %s CASE_DIR [CASE_DIR...]\n", argv[0]);
+    return 2;
+  }
+  for (int i = 1; i < argc; i++)
+    run_case (argv[i]);
+  printf ("%d passed, %d failed\n", n_passed, n_failed);
+  return n_failed ? 1 : 0;
+}

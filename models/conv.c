@@ -12,14 +12,22 @@
 /* PyTorch stores [c_out][c_in][k]; a window of `kernel` consecutive
  * time-major input rows is kernel*c_in contiguous floats, so the GEMM B
  * operand is laid out [k][c_in][c_out]. */
-static void
-conv1d_repack (MoshiConv1d *c, const float *torch_w)
+static gboolean
+conv1d_pack (MoshiConv1d *c, const float *torch_w)
 {
+  const size_t n = (size_t) c->c_out * c->c_in * c->kernel;
+  float *b = moshi_alloc (sizeof (float) * n);
+  if (!b)
+    return FALSE;
   for (int o = 0; o < c->c_out; o++)
     for (int i = 0; i < c->c_in; i++)
       for (int k = 0; k < c->kernel; k++)
-        c->w[((size_t) k * c->c_in + i) * c->c_out + o] =
+        b[((size_t) k * c->c_in + i) * c->c_out + o] =
             torch_w[((size_t) o * c->c_in + i) * c->kernel + k];
+  gboolean ok = moshi_packed_init (&c->w, b, c->kernel * c->c_in, c->c_out,
+      c->c_out, FALSE);
+  moshi_free (b);
+  return ok;
 }
 
 static void
@@ -47,15 +55,13 @@ moshi_conv1d_load (MoshiConv1d *c, const StFile *f, const char *prefix,
       wshape, error);
   if (!tw)
     return FALSE;
-  c->w = moshi_alloc (sizeof (float) * c_out * c_in * kernel);
-  if (!c->w) {
-    moshi_free (tw);
+  gboolean packed = conv1d_pack (c, tw);
+  moshi_free (tw);
+  if (!packed) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
         "out of memory loading %s", name);
     return FALSE;
   }
-  conv1d_repack (c, tw);
-  moshi_free (tw);
   if (has_bias) {
     int64_t bshape[1] = { c_out };
     c->bias = weights_load (f, weights_name (name, "%s.bias", prefix), 1,
@@ -74,7 +80,9 @@ moshi_conv1d_random (MoshiConv1d *c, uint64_t *seed, int c_in, int c_out,
 {
   conv1d_set_shape (c, c_in, c_out, kernel, stride, dilation, FALSE);
   float scale = 1.0f / sqrtf ((float) (c_in * kernel));
-  c->w = weights_random (seed, (size_t) c_out * c_in * kernel, scale);
+  float *tw = weights_random (seed, (size_t) c_out * c_in * kernel, scale);
+  conv1d_pack (c, tw);
+  moshi_free (tw);
   if (has_bias)
     c->bias = weights_random (seed, c_out, scale);
 }
@@ -82,9 +90,9 @@ moshi_conv1d_random (MoshiConv1d *c, uint64_t *seed, int c_in, int c_out,
 void
 moshi_conv1d_clear (MoshiConv1d *c)
 {
-  moshi_free (c->w);
+  moshi_packed_clear (&c->w);
   moshi_free (c->bias);
-  c->w = c->bias = NULL;
+  c->bias = NULL;
 }
 
 size_t
@@ -103,14 +111,18 @@ moshi_conv1d_state_init (MoshiConv1dState *s, const MoshiConv1d *c, int max_t)
   s->max_t = max_t;
   s->buf = moshi_alloc (sizeof (float) * (size_t) (s->hist + max_t) * c->c_in);
   s->first = TRUE;
-  return s->buf != NULL;
+  if (c->dilation > 1)
+    s->cols = moshi_alloc (sizeof (float) * (size_t) (max_t / c->stride + 1)
+        * c->kernel * c->c_in);
+  return s->buf != NULL && (c->dilation == 1 || s->cols != NULL);
 }
 
 void
 moshi_conv1d_state_clear (MoshiConv1dState *s)
 {
   moshi_free (s->buf);
-  s->buf = NULL;
+  moshi_free (s->cols);
+  s->buf = s->cols = NULL;
 }
 
 void
@@ -123,7 +135,8 @@ moshi_conv1d_state_reset (MoshiConv1dState *s, const MoshiConv1d *c)
 size_t
 moshi_conv1d_state_bytes (const MoshiConv1dState *s, const MoshiConv1d *c)
 {
-  return sizeof (float) * (size_t) (s->hist + s->max_t) * c->c_in;
+  return sizeof (float) * ((size_t) (s->hist + s->max_t) * c->c_in
+      + (c->dilation > 1 ? (size_t) (s->max_t / c->stride + 1) * c->kernel * c->c_in : 0));
 }
 
 static void
@@ -140,29 +153,20 @@ conv1d_run (const MoshiConv1d *c, MoshiConv1dState *s, MoshiPool *pool,
   s->first = FALSE;
 
   const int t_out = t_in / c->stride;
-  float beta = accumulate ? 1.0f : 0.0f;
-  if (c->bias) {
-    for (int t = 0; t < t_out; t++) {
-      float *row = y + (size_t) t * c->c_out;
-      if (accumulate)
-        for (int o = 0; o < c->c_out; o++)
-          row[o] += c->bias[o];
-      else
-        memcpy (row, c->bias, sizeof (float) * c->c_out);
-    }
-    beta = 1.0f;
-  }
-  /* Output row t reads input rows t*stride + k*dilation of the
-   * history-prefixed buffer.  BLAS needs lda >= K, so the taps go in groups
-   * of `stride` consecutive rows (contiguous, lda = stride * c_in); each
-   * group is one GEMM over a strided view of the buffer, no im2col copy. */
-  const int group = c->dilation == 1 ? c->stride : 1;
-  for (int k0 = 0; k0 < c->kernel; k0 += group) {
-    int taps = MIN (group, c->kernel - k0);
-    moshi_sgemm_nn (pool, t_out, c->c_out, taps * cin,
-        s->buf + (size_t) k0 * c->dilation * cin, c->stride * cin,
-        c->w + (size_t) k0 * cin * c->c_out, c->c_out,
-        k0 == 0 ? beta : 1.0f, y, c->c_out);
+  if (c->dilation == 1) {
+    /* Output row t reads the kernel*c_in contiguous floats starting at row
+     * t*stride of the history-prefixed buffer: overlapping rows of A
+     * (lda = stride * c_in), so no im2col copy. */
+    moshi_gemm_packed (pool, t_out, s->buf, c->stride * cin, &c->w, c->bias,
+        accumulate, y, c->c_out);
+  } else {
+    for (int t = 0; t < t_out; t++)
+      for (int k = 0; k < c->kernel; k++)
+        memcpy (s->cols + ((size_t) t * c->kernel + k) * cin,
+            s->buf + ((size_t) t * c->stride + (size_t) k * c->dilation) * cin,
+            sizeof (float) * cin);
+    moshi_gemm_packed (pool, t_out, s->cols, c->kernel * cin, &c->w, c->bias,
+        accumulate, y, c->c_out);
   }
 
   if (s->hist > 0)
@@ -198,6 +202,24 @@ convtr1d_set_shape (MoshiConvTr1d *c, int c_in, int c_out, int kernel,
   c->depthwise = depthwise;
 }
 
+/* [c_in][c_out][k] -> B [c_in][k * c_out], so one GEMM gives, per input
+ * row, all kernel taps of all output channels. */
+static gboolean
+convtr1d_pack (MoshiConvTr1d *c, const float *tw)
+{
+  const int K = c->kernel, co = c->c_out;
+  float *b = moshi_alloc (sizeof (float) * (size_t) c->c_in * co * K);
+  if (!b)
+    return FALSE;
+  for (int i = 0; i < c->c_in; i++)
+    for (int o = 0; o < co; o++)
+      for (int k = 0; k < K; k++)
+        b[((size_t) i * K + k) * co + o] = tw[((size_t) i * co + o) * K + k];
+  gboolean ok = moshi_packed_init (&c->w, b, c->c_in, K * co, K * co, FALSE);
+  moshi_free (b);
+  return ok;
+}
+
 gboolean
 moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
     int c_in, int c_out, int kernel, int stride, gboolean has_bias,
@@ -217,23 +239,15 @@ moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
   if (!tw)
     return FALSE;
   if (depthwise) {
-    c->w = tw;                  /* [c][1][k] is already [c][k] */
+    c->dw = tw;                 /* [c][1][k] is already [c][k] */
   } else {
-    c->w = moshi_alloc (sizeof (float) * c_in * c_out * kernel);
-    if (!c->w) {
-      moshi_free (tw);
+    gboolean packed = convtr1d_pack (c, tw);
+    moshi_free (tw);
+    if (!packed) {
       g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
           "out of memory loading %s", name);
       return FALSE;
     }
-    /* [c_in][c_out][k] -> [c_in][k][c_out] so one GEMM gives, per input
-     * row, all kernel taps of all output channels. */
-    for (int i = 0; i < c_in; i++)
-      for (int o = 0; o < c_out; o++)
-        for (int k = 0; k < kernel; k++)
-          c->w[((size_t) i * kernel + k) * c_out + o] =
-              tw[((size_t) i * c_out + o) * kernel + k];
-    moshi_free (tw);
   }
   if (has_bias) {
     int64_t bshape[1] = { c_out };
@@ -253,8 +267,14 @@ moshi_convtr1d_random (MoshiConvTr1d *c, uint64_t *seed, int c_in, int c_out,
 {
   convtr1d_set_shape (c, c_in, c_out, kernel, stride, depthwise);
   float scale = 1.0f / sqrtf ((float) (c_in * kernel));
-  c->w = weights_random (seed,
+  float *tw = weights_random (seed,
       (size_t) c_in * (depthwise ? 1 : c_out) * kernel, scale);
+  if (depthwise) {
+    c->dw = tw;
+  } else {
+    convtr1d_pack (c, tw);
+    moshi_free (tw);
+  }
   if (has_bias)
     c->bias = weights_random (seed, c_out, scale);
 }
@@ -262,9 +282,10 @@ moshi_convtr1d_random (MoshiConvTr1d *c, uint64_t *seed, int c_in, int c_out,
 void
 moshi_convtr1d_clear (MoshiConvTr1d *c)
 {
-  moshi_free (c->w);
+  moshi_packed_clear (&c->w);
+  moshi_free (c->dw);
   moshi_free (c->bias);
-  c->w = c->bias = NULL;
+  c->dw = c->bias = NULL;
 }
 
 size_t
@@ -330,11 +351,11 @@ moshi_convtr1d_run (const MoshiConvTr1d *c, MoshiConvTr1dState *s,
         float *dst = full + (size_t) (t * S + k) * co;
         const float *src = x + (size_t) t * co;
         for (int ch = 0; ch < co; ch++)
-          dst[ch] += src[ch] * c->w[(size_t) ch * K + k];
+          dst[ch] += src[ch] * c->dw[(size_t) ch * K + k];
       }
   } else {
-    moshi_sgemm_nn (pool, t_in, K * co, c->c_in, x, c->c_in, c->w, K * co,
-        0.0f, s->cols, K * co);
+    moshi_gemm_packed (pool, t_in, x, c->c_in, &c->w, NULL, FALSE, s->cols,
+        K * co);
     /* Overlap-add: input row t, tap k lands on output row t*S + k. */
     for (int t = 0; t < t_in; t++)
       for (int k = 0; k < K; k++) {

@@ -10,6 +10,7 @@
 #pragma once
 #include <glib.h>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "safetensors.h"
 
@@ -18,7 +19,7 @@ G_BEGIN_DECLS
 typedef struct {
   int c_in, c_out, kernel, stride, dilation;
   gboolean replicate;        /* pad_mode "replicate" instead of zeros */
-  float *w;                  /* [kernel * c_in][c_out] (GEMM B operand) */
+  MoshiPackedB w;            /* B operand: [kernel * c_in][c_out] */
   float *bias;               /* [c_out] or NULL */
 } MoshiConv1d;
 
@@ -26,6 +27,7 @@ typedef struct {
   int hist;                  /* (kernel-1)*dilation + 1 - stride rows */
   int max_t;                 /* largest input chunk, in rows */
   float *buf;                /* [hist + max_t][c_in]: history, then input */
+  float *cols;               /* dilated convs only: im2col [max_t][kernel * c_in] */
   gboolean first;
 } MoshiConv1dState;
 
@@ -63,7 +65,8 @@ void moshi_conv1d_run_add (const MoshiConv1d *c, MoshiConv1dState *s,
 typedef struct {
   int c_in, c_out, kernel, stride;
   gboolean depthwise;        /* groups == channels (c_in == c_out) */
-  float *w;                  /* dense: [c_in][kernel * c_out]; depthwise: [c][kernel] */
+  MoshiPackedB w;            /* dense: B operand [c_in][kernel * c_out] */
+  float *dw;                 /* depthwise: [c][kernel] */
   float *bias;               /* [c_out] or NULL */
 } MoshiConvTr1d;
 

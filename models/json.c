@@ -35,8 +35,10 @@ struct MJsonValue {
     } str;
     struct {
       size_t n, cap;
-      MJsonValue **items;      /* MJSON_ARRAY */
-      Member *members;         /* MJSON_OBJECT */
+      union {
+        MJsonValue **items;    /* MJSON_ARRAY */
+        Member *members;       /* MJSON_OBJECT */
+      };
     } c;
   } u;
 };

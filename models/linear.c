@@ -1,10 +1,22 @@
 #include "linear.h"
 
 #include "alloc.h"
+#include "model-error.h"
 #include "weights.h"
 
 #include <math.h>
 #include <string.h>
+
+static gboolean
+linear_pack (MoshiLinear *l, float *w, const char *name, GError **error)
+{
+  gboolean ok = moshi_packed_init (&l->w, w, l->in, l->out, l->in, TRUE);
+  moshi_free (w);
+  if (!ok)
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "out of memory packing %s", name);
+  return ok;
+}
 
 gboolean
 moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name, int in,
@@ -14,8 +26,8 @@ moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name, int in,
   l->in = in;
   l->out = out;
   int64_t shape[2] = { out, in };
-  l->w = weights_load (f, name, 2, shape, error);
-  return l->w != NULL;
+  float *w = weights_load (f, name, 2, shape, error);
+  return w && linear_pack (l, w, name, error);
 }
 
 void
@@ -24,26 +36,25 @@ moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out)
   memset (l, 0, sizeof *l);
   l->in = in;
   l->out = out;
-  l->w = weights_random (seed, (size_t) in * out, 1.0f / sqrtf ((float) in));
+  float *w = weights_random (seed, (size_t) in * out, 1.0f / sqrtf ((float) in));
+  linear_pack (l, w, "random", NULL);
 }
 
 void
 moshi_linear_clear (MoshiLinear *l)
 {
-  moshi_free (l->w);
-  l->w = NULL;
+  moshi_packed_clear (&l->w);
 }
 
 size_t
 moshi_linear_bytes (const MoshiLinear *l)
 {
-  return sizeof (float) * (size_t) l->in * l->out;
+  return moshi_packed_bytes (&l->w);
 }
 
 void
 moshi_linear_forward (const MoshiLinear *l, MoshiPool *pool, const float *x,
-    int rows, float beta, float *y)
+    int rows, gboolean accumulate, float *y)
 {
-  moshi_sgemm_nt (pool, rows, l->out, l->in, x, l->in, l->w, l->in, beta, y,
-      l->out);
+  moshi_gemm_packed (pool, rows, x, l->in, &l->w, NULL, accumulate, y, l->out);
 }

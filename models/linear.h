@@ -4,6 +4,7 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "safetensors.h"
 
@@ -16,7 +17,7 @@ typedef enum {
 typedef struct {
   int in, out;
   MoshiWeightType type;
-  float *w;                  /* F32: [out][in] as PyTorch stores it */
+  MoshiPackedB w;            /* F32: W^T packed, K = in, N = out */
 } MoshiLinear;
 
 gboolean moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name,
@@ -25,8 +26,8 @@ void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out);
 void moshi_linear_clear (MoshiLinear *l);
 size_t moshi_linear_bytes (const MoshiLinear *l);
 
-/* y[rows][out] = beta * y + x[rows][in] W^T */
+/* y[rows][out] = (accumulate ? y : 0) + x[rows][in] W^T */
 void moshi_linear_forward (const MoshiLinear *l, MoshiPool *pool,
-    const float *x, int rows, float beta, float *y);
+    const float *x, int rows, gboolean accumulate, float *y);
 
 G_END_DECLS

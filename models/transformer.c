@@ -273,7 +273,7 @@ transformer_forward (const Transformer *tr, TransformerState *s,
 
     /* --- self-attention block --- */
     norm (tr, s->h, x, L->norm1_w, L->norm1_b, t);
-    moshi_linear_forward (&L->in_proj, pool, s->h, t, 0.0f, s->qkv);
+    moshi_linear_forward (&L->in_proj, pool, s->h, t, FALSE, s->qkv);
     for (int i = 0; i < t; i++) {
       float *q = s->qkv + (size_t) i * 3 * d;
       float *k = q + d, *v = q + 2 * d;
@@ -307,12 +307,12 @@ transformer_forward (const Transformer *tr, TransformerState *s,
               vc + (size_t) slots[m] * d + h * hd, hd);
       }
     }
-    moshi_linear_forward (&L->out_proj, pool, s->attn, t, 0.0f, s->h);
+    moshi_linear_forward (&L->out_proj, pool, s->attn, t, FALSE, s->h);
     moshi_add_scaled_rows (x, s->h, L->ls1, t, d);
 
     /* --- feed-forward block --- */
     norm (tr, s->h, x, L->norm2_w, L->norm2_b, t);
-    moshi_linear_forward (&L->ff_in, pool, s->h, t, 0.0f, s->ff);
+    moshi_linear_forward (&L->ff_in, pool, s->h, t, FALSE, s->ff);
     const int ff = c->dim_feedforward;
     if (c->gating) {
       /* linear_in gives [gate | value]; hidden = silu(gate) * value. */
@@ -328,7 +328,7 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     } else {
       moshi_gelu (s->ff, s->ff, (size_t) t * ff);
     }
-    moshi_linear_forward (&L->ff_out, pool, s->ff, t, 0.0f, s->h);
+    moshi_linear_forward (&L->ff_out, pool, s->ff, t, FALSE, s->h);
     moshi_add_scaled_rows (x, s->h, L->ls2, t, d);
   }
   s->offset += t;

@@ -1,0 +1,44 @@
+/* GEMM against pre-packed weights: C[M,N] (+)= A[M,K] * B[K,N] (+ bias).
+ *
+ * Streaming runs tiny batches (2 to 1920 rows per call) against the same
+ * weights every 80 ms, so BLAS libraries spend most of their time re-packing
+ * the weight operand on each call.  Here B is packed once at load time into
+ * panels of 32 columns, [panel][K][32], and the micro-kernels read A in
+ * place (any row stride, so conv windows need no im2col copy).
+ *
+ * Kernels: AVX-512 (6x32 tile), AVX2+FMA (3x32 tile), portable C; chosen at
+ * run time through cpu.h. */
+#pragma once
+#include <glib.h>
+#include <stddef.h>
+
+#include "kernels.h"
+
+G_BEGIN_DECLS
+
+#define MOSHI_GEMM_NR 32
+
+typedef struct {
+  int K, N;
+  int n_panels;
+  float *data;               /* [n_panels][K][32], zero-padded columns */
+} MoshiPackedB;
+
+/* b(k, n) is element (k, n) of the logical B: from a row-major [K][N]
+ * matrix (ldb) or, when `transposed`, from a [N][K] matrix (a PyTorch Linear
+ * weight, for y = x W^T).  Returns FALSE on allocation failure. */
+gboolean moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N,
+    int ldb, gboolean transposed);
+void moshi_packed_clear (MoshiPackedB *p);
+size_t moshi_packed_bytes (const MoshiPackedB *p);
+/* Element (k, n), for tests and rare scalar uses. */
+float moshi_packed_get (const MoshiPackedB *p, int k, int n);
+
+/* C[m][n] = (accumulate ? C[m][n] : 0) + (bias ? bias[n] : 0)
+ *           + sum_k A[m*lda + k] * B[k][n]
+ * Rows of A may overlap (lda < K is fine: conv windows). */
+void moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
+    const MoshiPackedB *B, const float *bias, gboolean accumulate,
+    float *C, int ldc);
+
+G_END_DECLS

@@ -1,0 +1,153 @@
+/* bench-mimi: streaming speed and memory of Mimi, frame by frame.
+ *
+ *   bench-mimi [--threads N] [--seconds S] [--model FILE] [--codebooks N]
+ *
+ * Without --model, a full-size Mimi (Kyutai's architecture) with random
+ * weights is built in memory: the compute does not depend on the values.
+ * Prints encode and decode real-time factors (compute seconds / audio
+ * seconds), per-frame latency percentiles, peak RSS and per-stream state. */
+#include <glib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cpu.h"
+#include "mimi.h"
+
+static int
+cmp_double (const void *a, const void *b)
+{
+  double x = *(const double *) a, y = *(const double *) b;
+  return x < y ? -1 : x > y;
+}
+
+static double
+percentile (double *v, int n, double p)
+{
+  qsort (v, n, sizeof *v, cmp_double);
+  int i = (int) ceil (p * n) - 1;
+  return v[CLAMP (i, 0, n - 1)];
+}
+
+static long
+peak_rss_kb (void)
+{
+  struct rusage ru;
+  getrusage (RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+int
+main (int argc, char **argv)
+{
+  int threads = 1, codebooks = 8;
+  double seconds = 10.0;
+  gchar *model_path = NULL;
+  GOptionEntry entries[] = {
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "Compute threads per stream", "N" },
+    { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Seconds of audio to stream", "S" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "Mimi .safetensors (default: random full-size)", "FILE" },
+    { "codebooks", 'q', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks (default 8)", "N" },
+    { NULL }
+  };
+  GError *err = NULL;
+  GOptionContext *ctx = g_option_context_new ("- Mimi streaming benchmark");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!g_option_context_parse (ctx, &argc, &argv, &err)) {
+    fprintf (stderr, "%s\n", err->message);
+    return 2;
+  }
+  g_option_context_free (ctx);
+
+  long rss0 = peak_rss_kb ();
+  double t_load = g_get_monotonic_time ();
+  MimiModel *model;
+  if (model_path) {
+    model = mimi_model_load (model_path, &err);
+    if (!model) {
+      fprintf (stderr, "%s\n", err->message);
+      return 1;
+    }
+  } else {
+    MimiConfig cfg;
+    mimi_config_default (&cfg);
+    model = mimi_model_new_random (&cfg, 42);
+  }
+  t_load = (g_get_monotonic_time () - t_load) / 1e6;
+  const MimiConfig *cfg = mimi_model_config (model);
+  const int fs = cfg->frame_size;
+  const int frames = MAX (1, (int) (seconds * cfg->sample_rate / fs));
+  const int warmup = 3;
+
+  MimiEncoder *enc = mimi_encoder_new (model, codebooks, &err);
+  MimiDecoder *dec = enc ? mimi_decoder_new (model, codebooks, &err) : NULL;
+  if (!enc || !dec) {
+    fprintf (stderr, "%s\n", err->message);
+    return 1;
+  }
+  mimi_encoder_set_threads (enc, threads);
+  mimi_decoder_set_threads (dec, threads);
+
+  /* A chirp with some noise: data-independent compute, but realistic. */
+  float *pcm = g_new (float, fs);
+  float *out = g_new (float, fs);
+  uint16_t codes[MIMI_MAX_CODEBOOKS];
+  double *t_enc = g_new (double, frames), *t_dec = g_new (double, frames);
+  double sum_enc = 0, sum_dec = 0;
+  for (int f = -warmup; f < frames; f++) {
+    for (int i = 0; i < fs; i++) {
+      double t = (double) ((f + warmup) * fs + i) / cfg->sample_rate;
+      pcm[i] = 0.3f * (float) sin (2 * M_PI * (200 + 50 * t) * t)
+          + 0.01f * (float) ((i * 7919 % 1000) / 1000.0 - 0.5);
+    }
+    gint64 a = g_get_monotonic_time ();
+    mimi_encode_frame (enc, pcm, codes);
+    gint64 b = g_get_monotonic_time ();
+    if (!mimi_decode_frame (dec, codes, out, &err)) {
+      fprintf (stderr, "%s\n", err->message);
+      return 1;
+    }
+    gint64 c = g_get_monotonic_time ();
+    if (f >= 0) {
+      t_enc[f] = (b - a) / 1e3;
+      t_dec[f] = (c - b) / 1e3;
+      sum_enc += t_enc[f];
+      sum_dec += t_dec[f];
+    }
+  }
+  double audio_s = (double) frames * fs / cfg->sample_rate;
+  double rtf_enc = sum_enc / 1e3 / audio_s, rtf_dec = sum_dec / 1e3 / audio_s;
+
+  printf ("model            %s (%.1f M parameters, load %.2f s)\n",
+      model_path ? model_path : "random full-size Mimi",
+      mimi_model_weight_bytes (model) / 4.0 / 1e6, t_load);
+  printf ("cpu kernels      %s, threads %d, codebooks %d\n",
+      moshi_cpu_level_name (moshi_cpu_level ()), threads, codebooks);
+  printf ("audio            %.1f s (%d frames of %d samples)\n", audio_s,
+      frames, fs);
+  printf ("encode RTF       %.4f\n", rtf_enc);
+  printf ("decode RTF       %.4f\n", rtf_dec);
+  printf ("enc+dec RTF      %.4f\n", rtf_enc + rtf_dec);
+  printf ("encode ms/frame  p50 %.2f  p99 %.2f\n", percentile (t_enc, frames, 0.5),
+      percentile (t_enc, frames, 0.99));
+  printf ("decode ms/frame  p50 %.2f  p99 %.2f\n", percentile (t_dec, frames, 0.5),
+      percentile (t_dec, frames, 0.99));
+  printf ("peak RSS         %.1f MB (%.1f MB before load)\n",
+      peak_rss_kb () / 1024.0, rss0 / 1024.0);
+  printf ("weights          %.1f MB\n", mimi_model_weight_bytes (model) / 1e6);
+  printf ("state/stream     encoder %.1f KB, decoder %.1f KB\n",
+      mimi_encoder_state_bytes (enc) / 1024.0,
+      mimi_decoder_state_bytes (dec) / 1024.0);
+
+  mimi_encoder_free (enc);
+  mimi_decoder_free (dec);
+  mimi_model_unref (model);
+  g_free (pcm);
+  g_free (out);
+  g_free (t_enc);
+  g_free (t_dec);
+  g_free (model_path);
+  return 0;
+}

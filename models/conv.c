@@ -13,7 +13,7 @@
  * time-major input rows is kernel*c_in contiguous floats, so the GEMM B
  * operand is laid out [k][c_in][c_out]. */
 static gboolean
-conv1d_pack (MoshiConv1d *c, const float *torch_w)
+conv1d_pack (MoshiConv1d *c, const float *torch_w, MoshiWeightType type)
 {
   const size_t n = (size_t) c->c_out * c->c_in * c->kernel;
   float *b = moshi_alloc (sizeof (float) * n);
@@ -24,8 +24,8 @@ conv1d_pack (MoshiConv1d *c, const float *torch_w)
       for (int k = 0; k < c->kernel; k++)
         b[((size_t) k * c->c_in + i) * c->c_out + o] =
             torch_w[((size_t) o * c->c_in + i) * c->kernel + k];
-  gboolean ok = moshi_packed_init (&c->w, b, c->kernel * c->c_in, c->c_out,
-      c->c_out, FALSE);
+  gboolean ok = moshi_packed_init_typed (&c->w, b, c->kernel * c->c_in,
+      c->c_out, c->c_out, FALSE, type);
   moshi_free (b);
   return ok;
 }
@@ -46,7 +46,8 @@ conv1d_set_shape (MoshiConv1d *c, int c_in, int c_out, int kernel, int stride,
 gboolean
 moshi_conv1d_load (MoshiConv1d *c, const StFile *f, const char *prefix,
     int c_in, int c_out, int kernel, int stride, int dilation,
-    gboolean has_bias, gboolean replicate, GError **error)
+    gboolean has_bias, gboolean replicate, MoshiWeightType type,
+    GError **error)
 {
   char name[256];
   conv1d_set_shape (c, c_in, c_out, kernel, stride, dilation, replicate);
@@ -55,7 +56,7 @@ moshi_conv1d_load (MoshiConv1d *c, const StFile *f, const char *prefix,
       wshape, error);
   if (!tw)
     return FALSE;
-  gboolean packed = conv1d_pack (c, tw);
+  gboolean packed = conv1d_pack (c, tw, type);
   moshi_free (tw);
   if (!packed) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
@@ -76,12 +77,13 @@ moshi_conv1d_load (MoshiConv1d *c, const StFile *f, const char *prefix,
 
 void
 moshi_conv1d_random (MoshiConv1d *c, uint64_t *seed, int c_in, int c_out,
-    int kernel, int stride, int dilation, gboolean has_bias)
+    int kernel, int stride, int dilation, gboolean has_bias,
+    MoshiWeightType type)
 {
   conv1d_set_shape (c, c_in, c_out, kernel, stride, dilation, FALSE);
   float scale = 1.0f / sqrtf ((float) (c_in * kernel));
   float *tw = weights_random (seed, (size_t) c_out * c_in * kernel, scale);
-  conv1d_pack (c, tw);
+  conv1d_pack (c, tw, type);
   moshi_free (tw);
   if (has_bias)
     c->bias = weights_random (seed, c_out, scale);
@@ -205,7 +207,7 @@ convtr1d_set_shape (MoshiConvTr1d *c, int c_in, int c_out, int kernel,
 /* [c_in][c_out][k] -> B [c_in][k * c_out], so one GEMM gives, per input
  * row, all kernel taps of all output channels. */
 static gboolean
-convtr1d_pack (MoshiConvTr1d *c, const float *tw)
+convtr1d_pack (MoshiConvTr1d *c, const float *tw, MoshiWeightType type)
 {
   const int K = c->kernel, co = c->c_out;
   float *b = moshi_alloc (sizeof (float) * (size_t) c->c_in * co * K);
@@ -215,7 +217,8 @@ convtr1d_pack (MoshiConvTr1d *c, const float *tw)
     for (int o = 0; o < co; o++)
       for (int k = 0; k < K; k++)
         b[((size_t) i * K + k) * co + o] = tw[((size_t) i * co + o) * K + k];
-  gboolean ok = moshi_packed_init (&c->w, b, c->c_in, K * co, K * co, FALSE);
+  gboolean ok = moshi_packed_init_typed (&c->w, b, c->c_in, K * co, K * co,
+      FALSE, type);
   moshi_free (b);
   return ok;
 }
@@ -223,7 +226,7 @@ convtr1d_pack (MoshiConvTr1d *c, const float *tw)
 gboolean
 moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
     int c_in, int c_out, int kernel, int stride, gboolean has_bias,
-    gboolean depthwise, GError **error)
+    gboolean depthwise, MoshiWeightType type, GError **error)
 {
   char name[256];
   convtr1d_set_shape (c, c_in, c_out, kernel, stride, depthwise);
@@ -241,7 +244,7 @@ moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
   if (depthwise) {
     c->dw = tw;                 /* [c][1][k] is already [c][k] */
   } else {
-    gboolean packed = convtr1d_pack (c, tw);
+    gboolean packed = convtr1d_pack (c, tw, type);
     moshi_free (tw);
     if (!packed) {
       g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
@@ -263,7 +266,8 @@ moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
 
 void
 moshi_convtr1d_random (MoshiConvTr1d *c, uint64_t *seed, int c_in, int c_out,
-    int kernel, int stride, gboolean has_bias, gboolean depthwise)
+    int kernel, int stride, gboolean has_bias, gboolean depthwise,
+    MoshiWeightType type)
 {
   convtr1d_set_shape (c, c_in, c_out, kernel, stride, depthwise);
   float scale = 1.0f / sqrtf ((float) (c_in * kernel));
@@ -272,7 +276,7 @@ moshi_convtr1d_random (MoshiConvTr1d *c, uint64_t *seed, int c_in, int c_out,
   if (depthwise) {
     c->dw = tw;
   } else {
-    convtr1d_pack (c, tw);
+    convtr1d_pack (c, tw, type);
     moshi_free (tw);
   }
   if (has_bias)

@@ -35,9 +35,11 @@ typedef struct {
  * `<prefix>.bias`. */
 gboolean moshi_conv1d_load (MoshiConv1d *c, const StFile *f, const char *prefix,
     int c_in, int c_out, int kernel, int stride, int dilation,
-    gboolean has_bias, gboolean replicate, GError **error);
+    gboolean has_bias, gboolean replicate, MoshiWeightType type,
+    GError **error);
 void moshi_conv1d_random (MoshiConv1d *c, uint64_t *seed, int c_in, int c_out,
-    int kernel, int stride, int dilation, gboolean has_bias);
+    int kernel, int stride, int dilation, gboolean has_bias,
+    MoshiWeightType type);
 void moshi_conv1d_clear (MoshiConv1d *c);
 size_t moshi_conv1d_bytes (const MoshiConv1d *c);
 
@@ -80,9 +82,11 @@ typedef struct {
 /* Loads `<prefix>.weight` [c_in, c_out (1 if depthwise), kernel]. */
 gboolean moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f,
     const char *prefix, int c_in, int c_out, int kernel, int stride,
-    gboolean has_bias, gboolean depthwise, GError **error);
+    gboolean has_bias, gboolean depthwise, MoshiWeightType type,
+    GError **error);
 void moshi_convtr1d_random (MoshiConvTr1d *c, uint64_t *seed, int c_in,
-    int c_out, int kernel, int stride, gboolean has_bias, gboolean depthwise);
+    int c_out, int kernel, int stride, gboolean has_bias, gboolean depthwise,
+    MoshiWeightType type);
 void moshi_convtr1d_clear (MoshiConvTr1d *c);
 size_t moshi_convtr1d_bytes (const MoshiConvTr1d *c);
 

@@ -3,6 +3,8 @@
 #include "alloc.h"
 #include "cpu.h"
 
+#include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #if defined(__x86_64__)
@@ -10,75 +12,213 @@
 #endif
 
 #define NR MOSHI_GEMM_NR
+#define QB MOSHI_Q8_BLOCK
+
+const char *
+moshi_weight_type_name (MoshiWeightType t)
+{
+  switch (t) {
+    case MOSHI_WEIGHTS_BF16:
+      return "bf16";
+    case MOSHI_WEIGHTS_Q8:
+      return "q8";
+    default:
+      return "f32";
+  }
+}
+
+gboolean
+moshi_weight_type_from_string (const char *s, MoshiWeightType *t)
+{
+  if (!s || !g_ascii_strcasecmp (s, "f32") || !g_ascii_strcasecmp (s, "none"))
+    *t = MOSHI_WEIGHTS_F32;
+  else if (!g_ascii_strcasecmp (s, "bf16"))
+    *t = MOSHI_WEIGHTS_BF16;
+  else if (!g_ascii_strcasecmp (s, "q8"))
+    *t = MOSHI_WEIGHTS_Q8;
+  else
+    return FALSE;
+  return TRUE;
+}
+
+static uint16_t
+f32_to_bf16 (float f)
+{
+  uint32_t u;
+  memcpy (&u, &f, 4);
+  if ((u & 0x7fffffff) > 0x7f800000)
+    return (uint16_t) ((u >> 16) | 0x40);       /* quiet NaN */
+  u += 0x7fff + ((u >> 16) & 1);                /* round to nearest even */
+  return (uint16_t) (u >> 16);
+}
+
+static float
+bf16_to_f32 (uint16_t h)
+{
+  uint32_t u = (uint32_t) h << 16;
+  float f;
+  memcpy (&f, &u, 4);
+  return f;
+}
+
+static inline int
+k_padded (const MoshiPackedB *p)
+{
+  return p->type == MOSHI_WEIGHTS_Q8 ? (p->K + QB - 1) / QB * QB : p->K;
+}
+
+gboolean
+moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
+    int ldb, gboolean transposed, MoshiWeightType type)
+{
+  memset (p, 0, sizeof *p);
+  p->K = K;
+  p->N = N;
+  p->type = type;
+  p->n_panels = (N + NR - 1) / NR;
+  const int KP = k_padded (p);
+  const size_t elems = (size_t) p->n_panels * KP * NR;
+  const size_t esize = type == MOSHI_WEIGHTS_F32 ? 4
+      : type == MOSHI_WEIGHTS_BF16 ? 2 : 1;
+  p->data = moshi_alloc (elems * esize);
+  if (type == MOSHI_WEIGHTS_Q8)
+    p->scales = moshi_alloc (sizeof (float) * (size_t) p->n_panels * (KP / QB) * NR);
+  if (!p->data || (type == MOSHI_WEIGHTS_Q8 && !p->scales)) {
+    moshi_packed_clear (p);
+    return FALSE;
+  }
+#define B_AT(k, n) (transposed ? b[(size_t) (n) * ldb + (k)] : b[(size_t) (k) * ldb + (n)])
+  for (int pn = 0; pn < p->n_panels; pn++) {
+    for (int j = 0; j < NR; j++) {
+      const int n = pn * NR + j;
+      if (n >= N)
+        continue;
+      if (type == MOSHI_WEIGHTS_Q8) {
+        for (int kb = 0; kb < KP / QB; kb++) {
+          float amax = 0.0f;
+          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
+            amax = MAX (amax, fabsf (B_AT (k, n)));
+          float scale = amax / 127.0f;
+          float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+          p->scales[((size_t) pn * (KP / QB) + kb) * NR + j] = scale;
+          int8_t *q = (int8_t *) p->data;
+          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
+            q[((size_t) pn * KP + k) * NR + j] =
+                (int8_t) lrintf (CLAMP (B_AT (k, n) * inv, -127.0f, 127.0f));
+        }
+      } else {
+        for (int k = 0; k < K; k++) {
+          size_t idx = ((size_t) pn * KP + k) * NR + j;
+          if (type == MOSHI_WEIGHTS_F32)
+            ((float *) p->data)[idx] = B_AT (k, n);
+          else
+            ((uint16_t *) p->data)[idx] = f32_to_bf16 (B_AT (k, n));
+        }
+      }
+    }
+  }
+#undef B_AT
+  return TRUE;
+}
 
 gboolean
 moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N, int ldb,
     gboolean transposed)
 {
-  p->K = K;
-  p->N = N;
-  p->n_panels = (N + NR - 1) / NR;
-  p->data = moshi_alloc (sizeof (float) * (size_t) p->n_panels * K * NR);
-  if (!p->data)
-    return FALSE;
-  for (int pn = 0; pn < p->n_panels; pn++)
-    for (int k = 0; k < K; k++) {
-      float *dst = p->data + ((size_t) pn * K + k) * NR;
-      for (int j = 0; j < NR; j++) {
-        int n = pn * NR + j;
-        if (n < N)
-          dst[j] = transposed ? b[(size_t) n * ldb + k] : b[(size_t) k * ldb + n];
-      }
-    }
-  return TRUE;
+  return moshi_packed_init_typed (p, b, K, N, ldb, transposed, MOSHI_WEIGHTS_F32);
 }
 
 void
 moshi_packed_clear (MoshiPackedB *p)
 {
   moshi_free (p->data);
+  moshi_free (p->scales);
   p->data = NULL;
+  p->scales = NULL;
 }
 
 size_t
 moshi_packed_bytes (const MoshiPackedB *p)
 {
-  return sizeof (float) * (size_t) p->n_panels * p->K * NR;
+  const size_t elems = (size_t) p->n_panels * k_padded (p) * NR;
+  switch (p->type) {
+    case MOSHI_WEIGHTS_BF16:
+      return 2 * elems;
+    case MOSHI_WEIGHTS_Q8:
+      return elems + sizeof (float) * elems / QB;
+    default:
+      return 4 * elems;
+  }
 }
 
 float
 moshi_packed_get (const MoshiPackedB *p, int k, int n)
 {
-  return p->data[((size_t) (n / NR) * p->K + k) * NR + n % NR];
+  const int KP = k_padded (p);
+  const size_t idx = ((size_t) (n / NR) * KP + k) * NR + n % NR;
+  switch (p->type) {
+    case MOSHI_WEIGHTS_BF16:
+      return bf16_to_f32 (((const uint16_t *) p->data)[idx]);
+    case MOSHI_WEIGHTS_Q8:
+      return ((const int8_t *) p->data)[idx]
+          * p->scales[((size_t) (n / NR) * (KP / QB) + k / QB) * NR + n % NR];
+    default:
+      return ((const float *) p->data)[idx];
+  }
 }
 
-/* Writes one tile's sums to C with the epilogue (bias, accumulate). */
+/* A panel call: rows [0, M) of A against one 32-column panel of B. */
+typedef struct {
+  const MoshiPackedB *B;
+  int panel;
+  const float *bias;            /* already offset to the panel, or NULL */
+  gboolean accumulate;
+  int ncols;                    /* valid columns in this panel */
+} PanelArgs;
+
 static inline void
-store_row (float *c, const float *sum, const float *bias, int ncols,
-    gboolean accumulate)
+store_row (float *c, const float *sum, const PanelArgs *pa)
 {
-  for (int j = 0; j < ncols; j++) {
-    float v = sum[j] + (bias ? bias[j] : 0.0f);
-    c[j] = accumulate ? c[j] + v : v;
+  for (int j = 0; j < pa->ncols; j++) {
+    float v = sum[j] + (pa->bias ? pa->bias[j] : 0.0f);
+    c[j] = pa->accumulate ? c[j] + v : v;
   }
 }
 
 /* ------------------------------------------------------------ generic --- */
 
 static void
-panel_generic (int M, const float *A, int lda, const float *Bp, int K,
-    const float *bias, gboolean accumulate, float *C, int ldc, int ncols)
+panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
+    int ldc)
 {
+  const MoshiPackedB *B = pa->B;
+  const int K = B->K, KP = k_padded (B);
   for (int m = 0; m < M; m++) {
     float sum[NR] = { 0 };
     const float *a = A + (size_t) m * lda;
-    for (int k = 0; k < K; k++) {
-      const float av = a[k];
-      const float *b = Bp + (size_t) k * NR;
-      for (int j = 0; j < NR; j++)
-        sum[j] += av * b[j];
+    if (B->type == MOSHI_WEIGHTS_F32) {
+      const float *Bp = (const float *) B->data + (size_t) pa->panel * KP * NR;
+      for (int k = 0; k < K; k++)
+        for (int j = 0; j < NR; j++)
+          sum[j] += a[k] * Bp[(size_t) k * NR + j];
+    } else if (B->type == MOSHI_WEIGHTS_BF16) {
+      const uint16_t *Bp = (const uint16_t *) B->data + (size_t) pa->panel * KP * NR;
+      for (int k = 0; k < K; k++)
+        for (int j = 0; j < NR; j++)
+          sum[j] += a[k] * bf16_to_f32 (Bp[(size_t) k * NR + j]);
+    } else {
+      const int8_t *Bp = (const int8_t *) B->data + (size_t) pa->panel * KP * NR;
+      const float *S = B->scales + (size_t) pa->panel * (KP / QB) * NR;
+      for (int kb = 0; kb * QB < K; kb++) {
+        float part[NR] = { 0 };
+        for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
+          for (int j = 0; j < NR; j++)
+            part[j] += a[k] * (float) Bp[(size_t) k * NR + j];
+        for (int j = 0; j < NR; j++)
+          sum[j] += part[j] * S[(size_t) kb * NR + j];
+      }
     }
-    store_row (C + (size_t) m * ldc, sum, bias, ncols, accumulate);
+    store_row (C + (size_t) m * ldc, sum, pa);
   }
 }
 
@@ -91,7 +231,7 @@ panel_generic (int M, const float *A, int lda, const float *Bp, int K,
 __attribute__((target ("avx2,fma")))
 static inline void
 tile_avx2 (int mr, const float *A, int lda, const float *Bp, int K,
-    const float *bias, gboolean accumulate, float *C, int ldc, int ncols)
+    const PanelArgs *pa, float *C, int ldc)
 {
   __m256 acc[AVX2_MR][4];
   for (int i = 0; i < AVX2_MR; i++)
@@ -115,100 +255,192 @@ tile_avx2 (int mr, const float *A, int lda, const float *Bp, int K,
     float sum[NR] __attribute__((aligned (32)));
     for (int j = 0; j < 4; j++)
       _mm256_store_ps (sum + 8 * j, acc[i][j]);
-    store_row (C + (size_t) i * ldc, sum, bias, ncols, accumulate);
+    store_row (C + (size_t) i * ldc, sum, pa);
   }
 }
 
-__attribute__((target ("avx2,fma")))
 static void
-panel_avx2 (int M, const float *A, int lda, const float *Bp, int K,
-    const float *bias, gboolean accumulate, float *C, int ldc, int ncols)
+panel_avx2 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
+    int ldc)
 {
+  const MoshiPackedB *B = pa->B;
+  if (B->type != MOSHI_WEIGHTS_F32) {
+    panel_generic (M, A, lda, pa, C, ldc);
+    return;
+  }
+  const float *Bp = (const float *) B->data + (size_t) pa->panel * B->K * NR;
   int m = 0;
   for (; m + AVX2_MR <= M; m += AVX2_MR)
-    tile_avx2 (AVX2_MR, A + (size_t) m * lda, lda, Bp, K, bias, accumulate,
-        C + (size_t) m * ldc, ldc, ncols);
+    tile_avx2 (AVX2_MR, A + (size_t) m * lda, lda, Bp, B->K, pa,
+        C + (size_t) m * ldc, ldc);
   if (m < M)
-    tile_avx2 (M - m, A + (size_t) m * lda, lda, Bp, K, bias, accumulate,
-        C + (size_t) m * ldc, ldc, ncols);
+    tile_avx2 (M - m, A + (size_t) m * lda, lda, Bp, B->K, pa,
+        C + (size_t) m * ldc, ldc);
 }
 
 /* ------------------------------------------------------------ AVX-512 --- */
 
 #define AVX512_MR 6
 
-/* One tile of MR rows x 32 columns; MR is a compile-time constant at each
- * call site so the accumulators stay in registers. */
-#define DEFINE_TILE_AVX512(MR)                                               \
-__attribute__((target ("avx512f")))                                          \
+__attribute__((target ("avx512f")))
+static inline void
+store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
+    float *C, int ldc)
+{
+  const int ncols = pa->ncols;
+  __mmask16 m0 = ncols >= 16 ? 0xFFFF : (__mmask16) ((1u << ncols) - 1);
+  __mmask16 m1 = ncols >= 32 ? 0xFFFF
+      : ncols <= 16 ? 0 : (__mmask16) ((1u << (ncols - 16)) - 1);
+  __m512 bias0 = pa->bias ? _mm512_maskz_loadu_ps (m0, pa->bias) : _mm512_setzero_ps ();
+  __m512 bias1 = pa->bias ? _mm512_maskz_loadu_ps (m1, pa->bias + 16) : _mm512_setzero_ps ();
+  for (int i = 0; i < mr; i++) {
+    float *c = C + (size_t) i * ldc;
+    __m512 v0 = _mm512_add_ps (acc0[i], bias0);
+    __m512 v1 = _mm512_add_ps (acc1[i], bias1);
+    if (pa->accumulate) {
+      v0 = _mm512_add_ps (v0, _mm512_maskz_loadu_ps (m0, c));
+      v1 = _mm512_add_ps (v1, _mm512_maskz_loadu_ps (m1, c + 16));
+    }
+    _mm512_mask_storeu_ps (c, m0, v0);
+    _mm512_mask_storeu_ps (c + 16, m1, v1);
+  }
+}
+
+/* Loads 32 weights of row k of a panel as two f32 vectors. */
+#define LOAD_F32(Bp, k, b0, b1) do {                                         \
+    const float *b_ = (const float *) (Bp) + (size_t) (k) * NR;              \
+    b0 = _mm512_load_ps (b_);                                                \
+    b1 = _mm512_load_ps (b_ + 16);                                           \
+  } while (0)
+#define LOAD_BF16(Bp, k, b0, b1) do {                                        \
+    const uint16_t *b_ = (const uint16_t *) (Bp) + (size_t) (k) * NR;        \
+    b0 = _mm512_castsi512_ps (_mm512_slli_epi32 (_mm512_cvtepu16_epi32 (     \
+        _mm256_load_si256 ((const __m256i *) b_)), 16));                     \
+    b1 = _mm512_castsi512_ps (_mm512_slli_epi32 (_mm512_cvtepu16_epi32 (     \
+        _mm256_load_si256 ((const __m256i *) (b_ + 16))), 16));              \
+  } while (0)
+#define LOAD_Q8(Bp, k, b0, b1) do {                                          \
+    const int8_t *b_ = (const int8_t *) (Bp) + (size_t) (k) * NR;            \
+    b0 = _mm512_cvtepi32_ps (_mm512_cvtepi8_epi32 (                          \
+        _mm_load_si128 ((const __m128i *) b_)));                             \
+    b1 = _mm512_cvtepi32_ps (_mm512_cvtepi8_epi32 (                          \
+        _mm_load_si128 ((const __m128i *) (b_ + 16))));                      \
+  } while (0)
+
+/* One tile of MR rows x 32 columns for F32 and BF16 weights; MR is a
+ * compile-time constant so the accumulators stay in registers. */
+#define DEFINE_TILE_AVX512(NAME, MR, LOAD, ETYPE)                            \
+__attribute__((target ("avx512f,avx512bw")))                                 \
 static void                                                                  \
-tile_avx512_##MR (const float *A, int lda, const float *Bp, int K,           \
-    const float *bias, gboolean accumulate, float *C, int ldc, int ncols)    \
+NAME##_##MR (const float *A, int lda, const ETYPE *Bp, int K,                \
+    const PanelArgs *pa, float *C, int ldc)                                  \
 {                                                                            \
   __m512 acc0[MR], acc1[MR];                                                 \
-  for (int i = 0; i < MR; i++) {                                             \
-    acc0[i] = _mm512_setzero_ps ();                                          \
-    acc1[i] = _mm512_setzero_ps ();                                          \
-  }                                                                          \
+  for (int i = 0; i < MR; i++)                                               \
+    acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
   for (int k = 0; k < K; k++) {                                              \
-    const float *b = Bp + (size_t) k * NR;                                   \
-    __m512 b0 = _mm512_load_ps (b), b1 = _mm512_load_ps (b + 16);            \
+    __m512 b0, b1;                                                           \
+    LOAD (Bp, k, b0, b1);                                                    \
     for (int i = 0; i < MR; i++) {                                           \
       __m512 a = _mm512_set1_ps (A[(size_t) i * lda + k]);                   \
       acc0[i] = _mm512_fmadd_ps (a, b0, acc0[i]);                            \
       acc1[i] = _mm512_fmadd_ps (a, b1, acc1[i]);                            \
     }                                                                        \
   }                                                                          \
-  __mmask16 m0 = ncols >= 16 ? 0xFFFF : (__mmask16) ((1u << ncols) - 1);     \
-  __mmask16 m1 = ncols >= 32 ? 0xFFFF                                        \
-      : ncols <= 16 ? 0 : (__mmask16) ((1u << (ncols - 16)) - 1);            \
-  __m512 bias0 = bias ? _mm512_maskz_loadu_ps (m0, bias) : _mm512_setzero_ps (); \
-  __m512 bias1 = bias ? _mm512_maskz_loadu_ps (m1, bias + 16) : _mm512_setzero_ps (); \
-  for (int i = 0; i < MR; i++) {                                             \
-    float *c = C + (size_t) i * ldc;                                         \
-    __m512 v0 = _mm512_add_ps (acc0[i], bias0);                              \
-    __m512 v1 = _mm512_add_ps (acc1[i], bias1);                              \
-    if (accumulate) {                                                        \
-      v0 = _mm512_add_ps (v0, _mm512_maskz_loadu_ps (m0, c));                \
-      v1 = _mm512_add_ps (v1, _mm512_maskz_loadu_ps (m1, c + 16));           \
-    }                                                                        \
-    _mm512_mask_storeu_ps (c, m0, v0);                                       \
-    _mm512_mask_storeu_ps (c + 16, m1, v1);                                  \
-  }                                                                          \
+  store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
 }
 
-DEFINE_TILE_AVX512 (1)
-DEFINE_TILE_AVX512 (2)
-DEFINE_TILE_AVX512 (3)
-DEFINE_TILE_AVX512 (4)
-DEFINE_TILE_AVX512 (5)
-DEFINE_TILE_AVX512 (6)
+/* Q8: sums over each 32-k block in integer-exact f32, then one multiply by
+ * the block's per-column scale. */
+#define DEFINE_TILE_Q8_AVX512(MR)                                            \
+__attribute__((target ("avx512f,avx512bw")))                                 \
+static void                                                                  \
+tile_q8_##MR (const float *A, int lda, const int8_t *Bp, int K,              \
+    const PanelArgs *pa, float *C, int ldc)                                  \
+{                                                                            \
+  const float *S = pa->B->scales + (size_t) pa->panel * (k_padded (pa->B) / QB) * NR; \
+  __m512 acc0[MR], acc1[MR];                                                 \
+  for (int i = 0; i < MR; i++)                                               \
+    acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
+  for (int k0 = 0; k0 < K; k0 += QB) {                                       \
+    __m512 p0[MR], p1[MR];                                                   \
+    for (int i = 0; i < MR; i++)                                             \
+      p0[i] = p1[i] = _mm512_setzero_ps ();                                  \
+    const int k1 = MIN (K, k0 + QB);                                         \
+    for (int k = k0; k < k1; k++) {                                          \
+      __m512 b0, b1;                                                         \
+      LOAD_Q8 (Bp, k, b0, b1);                                               \
+      for (int i = 0; i < MR; i++) {                                         \
+        __m512 a = _mm512_set1_ps (A[(size_t) i * lda + k]);                 \
+        p0[i] = _mm512_fmadd_ps (a, b0, p0[i]);                              \
+        p1[i] = _mm512_fmadd_ps (a, b1, p1[i]);                              \
+      }                                                                      \
+    }                                                                        \
+    __m512 s0 = _mm512_load_ps (S + (size_t) (k0 / QB) * NR);                \
+    __m512 s1 = _mm512_load_ps (S + (size_t) (k0 / QB) * NR + 16);           \
+    for (int i = 0; i < MR; i++) {                                           \
+      acc0[i] = _mm512_fmadd_ps (p0[i], s0, acc0[i]);                        \
+      acc1[i] = _mm512_fmadd_ps (p1[i], s1, acc1[i]);                        \
+    }                                                                        \
+  }                                                                          \
+  store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
+}
 
-typedef void (*TileFn) (const float *, int, const float *, int, const float *,
-    gboolean, float *, int, int);
+#define DEFINE_ALL(MR)                                                       \
+  DEFINE_TILE_AVX512 (tile_f32, MR, LOAD_F32, float)                         \
+  DEFINE_TILE_AVX512 (tile_bf16, MR, LOAD_BF16, uint16_t)                    \
+  DEFINE_TILE_Q8_AVX512 (MR)
 
-static const TileFn tiles_avx512[AVX512_MR + 1] = {
-  NULL, tile_avx512_1, tile_avx512_2, tile_avx512_3, tile_avx512_4,
-  tile_avx512_5, tile_avx512_6,
-};
+DEFINE_ALL (1)
+DEFINE_ALL (2)
+DEFINE_ALL (3)
+DEFINE_ALL (4)
+DEFINE_ALL (5)
+DEFINE_ALL (6)
+
+typedef void (*TileF32) (const float *, int, const float *, int,
+    const PanelArgs *, float *, int);
+typedef void (*TileBF16) (const float *, int, const uint16_t *, int,
+    const PanelArgs *, float *, int);
+typedef void (*TileQ8) (const float *, int, const int8_t *, int,
+    const PanelArgs *, float *, int);
+
+static const TileF32 tiles_f32[AVX512_MR + 1] = { NULL, tile_f32_1,
+  tile_f32_2, tile_f32_3, tile_f32_4, tile_f32_5, tile_f32_6 };
+static const TileBF16 tiles_bf16[AVX512_MR + 1] = { NULL, tile_bf16_1,
+  tile_bf16_2, tile_bf16_3, tile_bf16_4, tile_bf16_5, tile_bf16_6 };
+static const TileQ8 tiles_q8[AVX512_MR + 1] = { NULL, tile_q8_1, tile_q8_2,
+  tile_q8_3, tile_q8_4, tile_q8_5, tile_q8_6 };
 
 static void
-panel_avx512 (int M, const float *A, int lda, const float *Bp, int K,
-    const float *bias, gboolean accumulate, float *C, int ldc, int ncols)
+panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
+    int ldc)
 {
-  int m = 0;
-  for (; m + AVX512_MR <= M; m += AVX512_MR)
-    tile_avx512_6 (A + (size_t) m * lda, lda, Bp, K, bias, accumulate,
-        C + (size_t) m * ldc, ldc, ncols);
-  if (m < M)
-    tiles_avx512[M - m] (A + (size_t) m * lda, lda, Bp, K, bias, accumulate,
-        C + (size_t) m * ldc, ldc, ncols);
+  const MoshiPackedB *B = pa->B;
+  const int KP = k_padded (B);
+  const size_t off = (size_t) pa->panel * KP * NR;
+  for (int m = 0; m < M; m += AVX512_MR) {
+    const int mr = MIN (AVX512_MR, M - m);
+    const float *a = A + (size_t) m * lda;
+    float *c = C + (size_t) m * ldc;
+    switch (B->type) {
+      case MOSHI_WEIGHTS_F32:
+        tiles_f32[mr] (a, lda, (const float *) B->data + off, B->K, pa, c, ldc);
+        break;
+      case MOSHI_WEIGHTS_BF16:
+        tiles_bf16[mr] (a, lda, (const uint16_t *) B->data + off, B->K, pa, c, ldc);
+        break;
+      case MOSHI_WEIGHTS_Q8:
+        tiles_q8[mr] (a, lda, (const int8_t *) B->data + off, B->K, pa, c, ldc);
+        break;
+    }
+  }
 }
 
 #endif /* __x86_64__ */
 
-typedef void (*PanelFn) (int, const float *, int, const float *, int,
-    const float *, gboolean, float *, int, int);
+typedef void (*PanelFn) (int, const float *, int, const PanelArgs *, float *,
+    int);
 
 static PanelFn
 select_panel (void)
@@ -253,11 +485,10 @@ packed_part (void *data, int index, int count)
     int mb = MIN (M_BLOCK, j->M - m0);
     for (int p = p0; p < p1; p++) {
       int n0 = p * NR;
-      int ncols = MIN (NR, B->N - n0);
-      j->panel (mb, j->A + (size_t) m0 * j->lda, j->lda,
-          B->data + (size_t) p * B->K * NR, B->K,
-          j->bias ? j->bias + n0 : NULL, j->accumulate,
-          j->C + (size_t) m0 * j->ldc + n0, j->ldc, ncols);
+      PanelArgs pa = { B, p, j->bias ? j->bias + n0 : NULL, j->accumulate,
+        MIN (NR, B->N - n0) };
+      j->panel (mb, j->A + (size_t) m0 * j->lda, j->lda, &pa,
+          j->C + (size_t) m0 * j->ldc + n0, j->ldc);
     }
   }
 }

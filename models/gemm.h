@@ -6,22 +6,30 @@
  * panels of 32 columns, [panel][K][32], and the micro-kernels read A in
  * place (any row stride, so conv windows need no im2col copy).
  *
- * Kernels: AVX-512 (6x32 tile), AVX2+FMA (3x32 tile), portable C; chosen at
- * run time through cpu.h. */
+ * Kernels: AVX-512 (6x32 tile) for every storage type, AVX2+FMA (3x32
+ * tile) for F32, portable C for all; chosen at run time through cpu.h. */
 #pragma once
 #include <glib.h>
 #include <stddef.h>
 
 #include "kernels.h"
+#include "weight-type.h"
 
 G_BEGIN_DECLS
 
 #define MOSHI_GEMM_NR 32
+#define MOSHI_Q8_BLOCK 32
 
 typedef struct {
   int K, N;
   int n_panels;
-  float *data;               /* [n_panels][K][32], zero-padded columns */
+  MoshiWeightType type;
+  /* F32:  float    [n_panels][K][32]
+   * BF16: uint16_t [n_panels][K][32]
+   * Q8:   int8_t   [n_panels][K32][32], K32 = K rounded up to 32,
+   *       scales   [n_panels][K32 / 32][32] floats.  Padding is zero. */
+  void *data;
+  float *scales;
 } MoshiPackedB;
 
 /* b(k, n) is element (k, n) of the logical B: from a row-major [K][N]
@@ -29,6 +37,8 @@ typedef struct {
  * weight, for y = x W^T).  Returns FALSE on allocation failure. */
 gboolean moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N,
     int ldb, gboolean transposed);
+gboolean moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K,
+    int N, int ldb, gboolean transposed, MoshiWeightType type);
 void moshi_packed_clear (MoshiPackedB *p);
 size_t moshi_packed_bytes (const MoshiPackedB *p);
 /* Element (k, n), for tests and rare scalar uses. */

@@ -36,8 +36,8 @@ struct MJsonValue {
     struct {
       size_t n, cap;
       union {
-        MJsonValue **items;    /* MJSON_ARRAY */
-        Member *members;       /* MJSON_OBJECT */
+        MJsonValue **items; /* MJSON_ARRAY */
+        Member *members; /* MJSON_OBJECT */
       };
     } c;
   } u;
@@ -49,7 +49,10 @@ typedef struct {
   GError **error;
 } Parser;
 
-G_GNUC_PRINTF (3, 4) static void
+static void fail (Parser *ps, size_t at, const char *fmt, ...)
+    G_GNUC_PRINTF (3, 4);
+
+static void
 fail (Parser *ps, size_t at, const char *fmt, ...)
 {
   va_list ap;
@@ -109,6 +112,13 @@ skip_digits (Parser *ps, size_t at)
   return at;
 }
 
+/* k-th digit of the concatenation ip[0..ni) fp[..]. */
+static inline unsigned char
+digit_at (const unsigned char *ip, size_t ni, const unsigned char *fp, size_t k)
+{
+  return k < ni ? ip[k] : fp[k - ni];
+}
+
 /* Decides from the literal's digits, not from the rounded double, whether it
  * denotes an integer in int64 range ("1.5e1" does, "1.0000000000000000001"
  * does not).  Digits are ip[0..ni) followed by fp[0..nf), scaled by 10^exp10. */
@@ -117,7 +127,7 @@ exact_integer (gboolean neg, const unsigned char *ip, size_t ni,
     const unsigned char *fp, size_t nf, int64_t exp10, int64_t *out)
 {
   size_t total = ni + nf, first = 0, end = total;
-#define DIGIT(k) ((k) < ni ? ip[(k)] : fp[(k) - ni])
+#define DIGIT(k) digit_at (ip, ni, fp, (k))
   while (first < total && DIGIT (first) == '0')
     first++;
   if (first == total) {
@@ -134,7 +144,7 @@ exact_integer (gboolean neg, const unsigned char *ip, size_t ni,
     return FALSE;
   uint64_t v = 0, limit = neg ? (uint64_t) INT64_MAX + 1 : (uint64_t) INT64_MAX;
   for (size_t k = first; k < end; k++)
-    v = v * 10 + (uint64_t) (DIGIT (k) - '0');   /* <= 19 digits: no wrap */
+    v = v * 10 + (uint64_t) (DIGIT (k) - '0'); /* <= 19 digits: no wrap */
 #undef DIGIT
   for (int64_t s = 0; s < scale; s++) {
     if (v > UINT64_MAX / 10)
@@ -276,7 +286,7 @@ static char *
 parse_string (Parser *ps, size_t *out_len)
 {
   GString *s = g_string_new (NULL);
-  size_t at = ps->pos + 1;   /* caller checked the quote */
+  size_t at = ps->pos + 1; /* caller checked the quote */
   for (;;) {
     if (at >= ps->len) {
       fail (ps, at, "unterminated string");
@@ -305,43 +315,59 @@ parse_string (Parser *ps, size_t *out_len)
     }
     size_t esc = at - 1;
     switch (ps->p[at++]) {
-    case '"': g_string_append_c (s, '"'); break;
-    case '\\': g_string_append_c (s, '\\'); break;
-    case '/': g_string_append_c (s, '/'); break;
-    case 'b': g_string_append_c (s, '\b'); break;
-    case 'f': g_string_append_c (s, '\f'); break;
-    case 'n': g_string_append_c (s, '\n'); break;
-    case 'r': g_string_append_c (s, '\r'); break;
-    case 't': g_string_append_c (s, '\t'); break;
-    case 'u': {
-      uint32_t cp, lo;
-      if (!parse_hex4 (ps, at, &cp))
-        goto error;
-      at += 4;
-      if (cp >= 0xdc00 && cp <= 0xdfff) {
-        fail (ps, esc, "unpaired low surrogate \\u%04X", cp);
-        goto error;
-      }
-      if (cp >= 0xd800 && cp <= 0xdbff) {
-        if (ps->len - at < 2 || ps->p[at] != '\\' || ps->p[at + 1] != 'u') {
-          fail (ps, esc, "unpaired high surrogate \\u%04X", cp);
+      case '"':
+        g_string_append_c (s, '"');
+        break;
+      case '\\':
+        g_string_append_c (s, '\\');
+        break;
+      case '/':
+        g_string_append_c (s, '/');
+        break;
+      case 'b':
+        g_string_append_c (s, '\b');
+        break;
+      case 'f':
+        g_string_append_c (s, '\f');
+        break;
+      case 'n':
+        g_string_append_c (s, '\n');
+        break;
+      case 'r':
+        g_string_append_c (s, '\r');
+        break;
+      case 't':
+        g_string_append_c (s, '\t');
+        break;
+      case 'u': {
+        uint32_t cp, lo;
+        if (!parse_hex4 (ps, at, &cp))
+          goto error;
+        at += 4;
+        if (cp >= 0xdc00 && cp <= 0xdfff) {
+          fail (ps, esc, "unpaired low surrogate \\u%04X", cp);
           goto error;
         }
-        if (!parse_hex4 (ps, at + 2, &lo))
-          goto error;
-        if (lo < 0xdc00 || lo > 0xdfff) {
-          fail (ps, esc, "unpaired high surrogate \\u%04X", cp);
-          goto error;
+        if (cp >= 0xd800 && cp <= 0xdbff) {
+          if (ps->len - at < 2 || ps->p[at] != '\\' || ps->p[at + 1] != 'u') {
+            fail (ps, esc, "unpaired high surrogate \\u%04X", cp);
+            goto error;
+          }
+          if (!parse_hex4 (ps, at + 2, &lo))
+            goto error;
+          if (lo < 0xdc00 || lo > 0xdfff) {
+            fail (ps, esc, "unpaired high surrogate \\u%04X", cp);
+            goto error;
+          }
+          at += 6;
+          cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
         }
-        at += 6;
-        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        put_utf8 (s, cp);
+        break;
       }
-      put_utf8 (s, cp);
-      break;
-    }
-    default:
-      fail (ps, esc, "invalid escape sequence");
-      goto error;
+      default:
+        fail (ps, esc, "invalid escape sequence");
+        goto error;
     }
   }
   ps->pos = at;
@@ -404,7 +430,7 @@ parse_container (Parser *ps, int depth, gboolean obj)
         v->u.c.items = g_renew (MJsonValue *, v->u.c.items, v->u.c.cap);
     }
     if (obj)
-      v->u.c.members[v->u.c.n++] = (Member) { key, key_len, item };
+      v->u.c.members[v->u.c.n++] = (Member){ key, key_len, item };
     else
       v->u.c.items[v->u.c.n++] = item;
 
@@ -437,38 +463,38 @@ parse_value (Parser *ps, int depth)
   unsigned char c = ps->p[ps->pos];
   MJsonValue *v;
   switch (c) {
-  case '{':
-  case '[':
-    return parse_container (ps, depth + 1, c == '{');
-  case '"': {
-    size_t n;
-    char *s = parse_string (ps, &n);
-    if (!s)
-      return NULL;
-    v = g_new0 (MJsonValue, 1);
-    v->type = MJSON_STRING;
-    v->u.str.s = s;
-    v->u.str.len = n;
-    return v;
-  }
-  case 't':
-  case 'f':
-  case 'n':
-    if (match (ps, "true") || match (ps, "false")) {
+    case '{':
+    case '[':
+      return parse_container (ps, depth + 1, c == '{');
+    case '"': {
+      size_t n;
+      char *s = parse_string (ps, &n);
+      if (!s)
+        return NULL;
       v = g_new0 (MJsonValue, 1);
-      v->type = MJSON_BOOL;
-      v->u.b = c == 't';
+      v->type = MJSON_STRING;
+      v->u.str.s = s;
+      v->u.str.len = n;
       return v;
     }
-    if (match (ps, "null"))
-      return g_new0 (MJsonValue, 1);   /* MJSON_NULL == 0 */
-    fail (ps, ps->pos, "invalid literal");
-    return NULL;
-  default:
-    if (c == '-' || (c >= '0' && c <= '9'))
-      return parse_number (ps);
-    fail_unexpected (ps);
-    return NULL;
+    case 't':
+    case 'f':
+    case 'n':
+      if (match (ps, "true") || match (ps, "false")) {
+        v = g_new0 (MJsonValue, 1);
+        v->type = MJSON_BOOL;
+        v->u.b = c == 't';
+        return v;
+      }
+      if (match (ps, "null"))
+        return g_new0 (MJsonValue, 1); /* MJSON_NULL == 0 */
+      fail (ps, ps->pos, "invalid literal");
+      return NULL;
+    default:
+      if (c == '-' || (c >= '0' && c <= '9'))
+        return parse_number (ps);
+      fail_unexpected (ps);
+      return NULL;
   }
 }
 
@@ -520,12 +546,18 @@ const char *
 mjson_type_name (MJsonType t)
 {
   switch (t) {
-  case MJSON_NULL: return "null";
-  case MJSON_BOOL: return "boolean";
-  case MJSON_NUMBER: return "number";
-  case MJSON_STRING: return "string";
-  case MJSON_ARRAY: return "array";
-  case MJSON_OBJECT: return "object";
+    case MJSON_NULL:
+      return "null";
+    case MJSON_BOOL:
+      return "boolean";
+    case MJSON_NUMBER:
+      return "number";
+    case MJSON_STRING:
+      return "string";
+    case MJSON_ARRAY:
+      return "array";
+    case MJSON_OBJECT:
+      return "object";
   }
   return "invalid";
 }

@@ -8,9 +8,11 @@
 #include <string.h>
 
 static gboolean
-linear_pack (MoshiLinear *l, float *w, const char *name, GError **error)
+linear_pack (MoshiLinear *l, float *w, MoshiWeightType type, const char *name,
+    GError **error)
 {
-  gboolean ok = moshi_packed_init (&l->w, w, l->in, l->out, l->in, TRUE);
+  gboolean ok = moshi_packed_init_typed (&l->w, w, l->in, l->out, l->in, TRUE,
+      type);
   moshi_free (w);
   if (!ok)
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
@@ -20,24 +22,25 @@ linear_pack (MoshiLinear *l, float *w, const char *name, GError **error)
 
 gboolean
 moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name, int in,
-    int out, GError **error)
+    int out, MoshiWeightType type, GError **error)
 {
   memset (l, 0, sizeof *l);
   l->in = in;
   l->out = out;
   int64_t shape[2] = { out, in };
   float *w = weights_load (f, name, 2, shape, error);
-  return w && linear_pack (l, w, name, error);
+  return w && linear_pack (l, w, type, name, error);
 }
 
 void
-moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out)
+moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
+    MoshiWeightType type)
 {
   memset (l, 0, sizeof *l);
   l->in = in;
   l->out = out;
   float *w = weights_random (seed, (size_t) in * out, 1.0f / sqrtf ((float) in));
-  linear_pack (l, w, "random", NULL);
+  linear_pack (l, w, type, "random", NULL);
 }
 
 void

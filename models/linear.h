@@ -10,19 +10,15 @@
 
 G_BEGIN_DECLS
 
-typedef enum {
-  MOSHI_WEIGHT_F32 = 0,
-} MoshiWeightType;
-
 typedef struct {
   int in, out;
-  MoshiWeightType type;
-  MoshiPackedB w;            /* F32: W^T packed, K = in, N = out */
+  MoshiPackedB w;            /* W^T packed, K = in, N = out */
 } MoshiLinear;
 
 gboolean moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name,
-    int in, int out, GError **error);
-void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out);
+    int in, int out, MoshiWeightType type, GError **error);
+void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
+    MoshiWeightType type);
 void moshi_linear_clear (MoshiLinear *l);
 size_t moshi_linear_bytes (const MoshiLinear *l);
 

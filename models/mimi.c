@@ -15,6 +15,7 @@ struct MimiModel {
   gint refcount;
   MimiConfig cfg;
   int steps;                    /* transformer steps per frame (2) */
+  MoshiWeightType weights;
   Seanet encoder, decoder;
   Transformer enc_tr, dec_tr;
   MoshiConv1d downsample;       /* learnt, stride 2, replicate padding */
@@ -64,7 +65,8 @@ seanet_config_from (SeanetConfig *s, const MimiConfig *c)
 }
 
 static void
-transformer_config_from (TransformerConfig *t, const MimiConfig *c)
+transformer_config_from (TransformerConfig *t, const MimiConfig *c,
+    MoshiWeightType weights)
 {
   memset (t, 0, sizeof *t);
   t->d_model = c->d_model;
@@ -77,14 +79,16 @@ transformer_config_from (TransformerConfig *t, const MimiConfig *c)
   t->norm_eps = 1e-5f;
   t->gating = FALSE;
   t->layer_scale = TRUE;
+  t->weights = weights;
 }
 
 static MimiModel *
-model_new (const MimiConfig *cfg)
+model_new (const MimiConfig *cfg, MoshiWeightType weights)
 {
   MimiModel *m = g_new0 (MimiModel, 1);
   m->refcount = 1;
   m->cfg = *cfg;
+  m->weights = weights;
   int hop = 1;
   for (int i = 0; i < cfg->n_ratios; i++)
     hop *= cfg->ratios[i];
@@ -107,7 +111,7 @@ model_free (MimiModel *m)
 
 MimiModel *
 mimi_model_load_with_config (const char *path, const MimiConfig *cfg,
-    GError **error)
+    MoshiWeightType weights, GError **error)
 {
   if (!mimi_config_validate (cfg, path, error))
     return NULL;
@@ -115,20 +119,20 @@ mimi_model_load_with_config (const char *path, const MimiConfig *cfg,
   if (!f)
     return NULL;
 
-  MimiModel *m = model_new (cfg);
+  MimiModel *m = model_new (cfg, weights);
   SeanetConfig sc;
   TransformerConfig tc;
   const int dim = cfg->dimension, stride = m->steps;
   seanet_config_from (&sc, cfg);
-  transformer_config_from (&tc, cfg);
-  gboolean ok = seanet_load (&m->encoder, &sc, FALSE, f, "encoder", error)
-      && seanet_load (&m->decoder, &sc, TRUE, f, "decoder", error)
+  transformer_config_from (&tc, cfg, weights);
+  gboolean ok = seanet_load (&m->encoder, &sc, FALSE, f, "encoder", weights, error)
+      && seanet_load (&m->decoder, &sc, TRUE, f, "decoder", weights, error)
       && transformer_load (&m->enc_tr, &tc, f, "encoder_transformer.transformer", error)
       && transformer_load (&m->dec_tr, &tc, f, "decoder_transformer.transformer", error)
       && moshi_conv1d_load (&m->downsample, f, "downsample.conv.conv.conv",
-          dim, dim, 2 * stride, stride, 1, FALSE, TRUE, error)
+          dim, dim, 2 * stride, stride, 1, FALSE, TRUE, weights, error)
       && moshi_convtr1d_load (&m->upsample, f, "upsample.convtr.convtr.convtr",
-          dim, dim, 2 * stride, stride, FALSE, TRUE, error)
+          dim, dim, 2 * stride, stride, FALSE, TRUE, weights, error)
       && rvq_load (&m->rvq, f, "quantizer", cfg->q_dimension, dim, dim,
           cfg->q_bins, cfg->q_n_q, error);
   st_unref (f);
@@ -141,6 +145,13 @@ mimi_model_load_with_config (const char *path, const MimiConfig *cfg,
 
 MimiModel *
 mimi_model_load (const char *path, GError **error)
+{
+  return mimi_model_load_typed (path, MOSHI_WEIGHTS_F32, error);
+}
+
+MimiModel *
+mimi_model_load_typed (const char *path, MoshiWeightType weights,
+    GError **error)
 {
   MimiConfig cfg;
   mimi_config_default (&cfg);
@@ -162,28 +173,31 @@ mimi_model_load (const char *path, GError **error)
     g_free (text);
   }
   g_free (json);
-  return mimi_model_load_with_config (path, &cfg, error);
+  return mimi_model_load_with_config (path, &cfg, weights, error);
 }
 
 MimiModel *
-mimi_model_new_random (const MimiConfig *cfg, uint64_t seed)
+mimi_model_new_random (const MimiConfig *cfg, uint64_t seed,
+    MoshiWeightType weights)
 {
   if (!mimi_config_validate (cfg, "random model", NULL))
     return NULL;
-  MimiModel *m = model_new (cfg);
+  MimiModel *m = model_new (cfg, weights);
   SeanetConfig sc;
   TransformerConfig tc;
   const int dim = cfg->dimension, stride = m->steps;
   uint64_t s = seed * 2654435761u + 1;
   seanet_config_from (&sc, cfg);
-  transformer_config_from (&tc, cfg);
-  seanet_random (&m->encoder, &sc, FALSE, &s);
-  seanet_random (&m->decoder, &sc, TRUE, &s);
+  transformer_config_from (&tc, cfg, weights);
+  seanet_random (&m->encoder, &sc, FALSE, &s, weights);
+  seanet_random (&m->decoder, &sc, TRUE, &s, weights);
   transformer_random (&m->enc_tr, &tc, &s);
   transformer_random (&m->dec_tr, &tc, &s);
-  moshi_conv1d_random (&m->downsample, &s, dim, dim, 2 * stride, stride, 1, FALSE);
+  moshi_conv1d_random (&m->downsample, &s, dim, dim, 2 * stride, stride, 1,
+      FALSE, weights);
   m->downsample.replicate = TRUE;
-  moshi_convtr1d_random (&m->upsample, &s, dim, dim, 2 * stride, stride, FALSE, TRUE);
+  moshi_convtr1d_random (&m->upsample, &s, dim, dim, 2 * stride, stride, FALSE,
+      TRUE, weights);
   rvq_random (&m->rvq, &s, cfg->q_dimension, dim, dim, cfg->q_bins, cfg->q_n_q);
   return m;
 }
@@ -200,6 +214,12 @@ mimi_model_unref (MimiModel *m)
 {
   if (m && g_atomic_int_dec_and_test (&m->refcount))
     model_free (m);
+}
+
+MoshiWeightType
+mimi_model_weight_type (const MimiModel *m)
+{
+  return m->weights;
 }
 
 const MimiConfig *

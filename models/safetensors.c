@@ -26,19 +26,27 @@ struct StFile {
   gint refcount;
   char *path;
   GMappedFile *map;
-  StTensor *tensors;          /* sorted by name; names owned */
+  StTensor *tensors; /* sorted by name; names owned */
   size_t n;
-  GHashTable *metadata;       /* char* -> char*, may be NULL */
+  GHashTable *metadata; /* char* -> char*, may be NULL */
 };
 
 static const struct {
   const char *name;
   size_t size;
 } dtypes[] = {
-  [ST_BOOL] = { "BOOL", 1 }, [ST_U8] = { "U8", 1 }, [ST_I8] = { "I8", 1 },
-  [ST_I16] = { "I16", 2 }, [ST_U16] = { "U16", 2 }, [ST_I32] = { "I32", 4 },
-  [ST_U32] = { "U32", 4 }, [ST_I64] = { "I64", 8 }, [ST_U64] = { "U64", 8 },
-  [ST_F16] = { "F16", 2 }, [ST_BF16] = { "BF16", 2 }, [ST_F32] = { "F32", 4 },
+  [ST_BOOL] = { "BOOL", 1 },
+  [ST_U8] = { "U8", 1 },
+  [ST_I8] = { "I8", 1 },
+  [ST_I16] = { "I16", 2 },
+  [ST_U16] = { "U16", 2 },
+  [ST_I32] = { "I32", 4 },
+  [ST_U32] = { "U32", 4 },
+  [ST_I64] = { "I64", 8 },
+  [ST_U64] = { "U64", 8 },
+  [ST_F16] = { "F16", 2 },
+  [ST_BF16] = { "BF16", 2 },
+  [ST_F32] = { "F32", 4 },
   [ST_F64] = { "F64", 8 },
 };
 
@@ -77,7 +85,10 @@ cmp_data (const void *a, const void *b)
   return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
 }
 
-G_GNUC_PRINTF (4, 5) static gboolean
+static gboolean format_error (GError **error, const char *path,
+    const char *tensor, const char *fmt, ...) G_GNUC_PRINTF (4, 5);
+
+static gboolean
 format_error (GError **error, const char *path, const char *tensor,
     const char *fmt, ...)
 {
@@ -89,8 +100,8 @@ format_error (GError **error, const char *path, const char *tensor,
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_FORMAT,
         "%s: tensor '%s': %s", path, tensor, msg);
   else
-    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_FORMAT,
-        "%s: %s", path, msg);
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_FORMAT, "%s: %s",
+        path, msg);
   g_free (msg);
   return FALSE;
 }
@@ -116,29 +127,35 @@ parse_entry (const char *path, const char *name, const MJsonValue *e,
     const char *data_base, size_t data_len, StTensor *t, GError **error)
 {
   if (mjson_type (e) != MJSON_OBJECT)
-    return format_error (error, path, name, "entry: expected an object, found %s",
+    return format_error (error, path, name,
+        "entry: expected an object, found %s",
         mjson_type_name (mjson_type (e)));
 
   const MJsonValue *dt = mjson_get (e, "dtype");
   if (!dt)
     return format_error (error, path, name, "missing \"dtype\"");
   if (mjson_type (dt) != MJSON_STRING)
-    return format_error (error, path, name, "\"dtype\": expected a string, found %s",
+    return format_error (error, path, name,
+        "\"dtype\": expected a string, found %s",
         mjson_type_name (mjson_type (dt)));
-  if (!parse_dtype (dt, &t->dtype))
+  if (!parse_dtype (dt, &t->dtype)) {
+    /* Quote at most 32 bytes of a hostile string; mark what was cut. */
+    gboolean cut = mjson_string_len (dt) > 32
+        || strlen (mjson_string (dt)) != mjson_string_len (dt);
     return format_error (error, path, name, "unknown dtype \"%.32s%s\"",
-        mjson_string (dt), mjson_string_len (dt) > 32
-        || strlen (mjson_string (dt)) != mjson_string_len (dt) ? "..." : "");
+        mjson_string (dt), cut ? "..." : "");
+  }
 
   const MJsonValue *sh = mjson_get (e, "shape");
   if (!sh)
     return format_error (error, path, name, "missing \"shape\"");
   if (mjson_type (sh) != MJSON_ARRAY)
-    return format_error (error, path, name, "\"shape\": expected an array, found %s",
+    return format_error (error, path, name,
+        "\"shape\": expected an array, found %s",
         mjson_type_name (mjson_type (sh)));
   if (mjson_len (sh) > ST_MAX_DIMS)
-    return format_error (error, path, name, "%zu dimensions, at most %d supported",
-        mjson_len (sh), ST_MAX_DIMS);
+    return format_error (error, path, name,
+        "%zu dimensions, at most %d supported", mjson_len (sh), ST_MAX_DIMS);
   t->ndim = (int) mjson_len (sh);
   gboolean has_zero = FALSE, overflow = FALSE;
   int64_t numel = 1;
@@ -171,17 +188,19 @@ parse_entry (const char *path, const char *name, const MJsonValue *e,
         "\"data_offsets\" must be an array of 2 non-negative integers");
   if (end < begin)
     return format_error (error, path, name,
-        "data_offsets end %" G_GINT64_FORMAT " < begin %" G_GINT64_FORMAT,
-        end, begin);
+        "data_offsets end %" G_GINT64_FORMAT " < begin %" G_GINT64_FORMAT, end,
+        begin);
   if ((uint64_t) end > data_len)
     return format_error (error, path, name,
         "data_offsets [%" G_GINT64_FORMAT ", %" G_GINT64_FORMAT
-        "] outside the data area (%zu bytes)", begin, end, data_len);
+        "] outside the data area (%zu bytes)",
+        begin, end, data_len);
   t->nbytes = (size_t) (end - begin);
   if (t->nbytes != (size_t) t->numel * esize)
     return format_error (error, path, name,
         "data is %zu bytes, expected %" G_GINT64_FORMAT " elements x %zu bytes"
-        " (%s) = %zu", t->nbytes, t->numel, esize, dtypes[t->dtype].name,
+        " (%s) = %zu",
+        t->nbytes, t->numel, esize, dtypes[t->dtype].name,
         (size_t) t->numel * esize);
   t->data = data_base + begin;
   return TRUE;
@@ -223,8 +242,8 @@ load_header (StFile *f, const char *contents, size_t size, GError **error)
     hlen = (hlen << 8) | (unsigned char) contents[i];
   if (hlen > ST_MAX_HEADER)
     return format_error (error, path, NULL,
-        "header length %" G_GUINT64_FORMAT " exceeds the %u-byte limit",
-        hlen, ST_MAX_HEADER);
+        "header length %" G_GUINT64_FORMAT " exceeds the %u-byte limit", hlen,
+        ST_MAX_HEADER);
   if (hlen > size - 8)
     return format_error (error, path, NULL,
         "header length %" G_GUINT64_FORMAT " exceeds the %zu bytes after it",
@@ -292,7 +311,8 @@ load_header (StFile *f, const char *contents, size_t size, GError **error)
     const StTensor *t = &by_data[i];
     if (t->nbytes == 0)
       continue;
-    if (last && (const char *) t->data < (const char *) last->data + last->nbytes) {
+    if (last
+        && (const char *) t->data < (const char *) last->data + last->nbytes) {
       format_error (error, path, t->name,
           "data [%td, %td) overlaps tensor '%s' [%td, %td)",
           (const char *) t->data - data_base,
@@ -301,8 +321,9 @@ load_header (StFile *f, const char *contents, size_t size, GError **error)
           (const char *) last->data + last->nbytes - data_base);
       goto out;
     }
-    if (!last || (const char *) t->data + t->nbytes
-        > (const char *) last->data + last->nbytes)
+    if (!last
+        || (const char *) t->data + t->nbytes
+            > (const char *) last->data + last->nbytes)
       last = t;
   }
   ok = TRUE;
@@ -398,7 +419,8 @@ shape_str (int ndim, const int64_t *shape)
     if (shape[i] < 0)
       g_string_append_printf (s, "%s*", i ? ", " : "");
     else
-      g_string_append_printf (s, "%s%" G_GINT64_FORMAT, i ? ", " : "", shape[i]);
+      g_string_append_printf (s, "%s%" G_GINT64_FORMAT, i ? ", " : "",
+          shape[i]);
   }
   g_string_append_c (s, ']');
   return g_string_free (s, FALSE);
@@ -449,7 +471,7 @@ st_f16_to_f32 (uint16_t h)
     float x = ldexpf ((float) mant, -24);
     return sign ? -x : x;
   } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);    /* inf, NaN keeps payload */
+    bits = sign | 0x7f800000u | (mant << 13); /* inf, NaN keeps payload */
   } else {
     bits = sign | ((exp + 112) << 23) | (mant << 13);
   }
@@ -475,28 +497,28 @@ st_read_f32 (const StFile *f, const StTensor *t, float *dst, GError **error)
   size_t n = (size_t) t->numel;
   /* Data may be unaligned inside the mapping, hence memcpy per element. */
   switch (t->dtype) {
-  case ST_F32:
-    if (n)
-      memcpy (dst, src, n * sizeof (float));
-    return TRUE;
-  case ST_F64:
-    for (size_t i = 0; i < n; i++) {
-      double d;
-      memcpy (&d, src + 8 * i, 8);
-      dst[i] = (float) d;
-    }
-    return TRUE;
-  case ST_F16:
-  case ST_BF16:
-    for (size_t i = 0; i < n; i++) {
-      uint16_t h;
-      memcpy (&h, src + 2 * i, 2);
-      dst[i] = t->dtype == ST_F16 ? st_f16_to_f32 (h) : st_bf16_to_f32 (h);
-    }
-    return TRUE;
-  default:
-    return dtype_error (f, t, "a floating-point type (F32, F16, BF16, F64)",
-        error);
+    case ST_F32:
+      if (n)
+        memcpy (dst, src, n * sizeof (float));
+      return TRUE;
+    case ST_F64:
+      for (size_t i = 0; i < n; i++) {
+        double d;
+        memcpy (&d, src + 8 * i, 8);
+        dst[i] = (float) d;
+      }
+      return TRUE;
+    case ST_F16:
+    case ST_BF16:
+      for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy (&h, src + 2 * i, 2);
+        dst[i] = t->dtype == ST_F16 ? st_f16_to_f32 (h) : st_bf16_to_f32 (h);
+      }
+      return TRUE;
+    default:
+      return dtype_error (f, t, "a floating-point type (F32, F16, BF16, F64)",
+          error);
   }
 }
 
@@ -512,8 +534,8 @@ st_dup_f32 (const StFile *f, const StTensor *t, GError **error)
   float *dst = moshi_alloc ((size_t) t->numel * sizeof (float));
   if (!dst) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
-        "%s: tensor '%s': out of memory allocating %zu bytes", f->path,
-        t->name, (size_t) t->numel * sizeof (float));
+        "%s: tensor '%s': out of memory allocating %zu bytes", f->path, t->name,
+        (size_t) t->numel * sizeof (float));
     return NULL;
   }
   st_read_f32 (f, t, dst, NULL);
@@ -530,28 +552,51 @@ st_read_i64 (const StFile *f, const StTensor *t, int64_t *dst, GError **error)
     return dtype_error (f, t, "an integer or BOOL type", error);
   for (size_t i = 0; i < n; i++) {
     union {
-      uint8_t u8; int8_t i8; uint16_t u16; int16_t i16;
-      uint32_t u32; int32_t i32; uint64_t u64; int64_t i64;
+      uint8_t u8;
+      int8_t i8;
+      uint16_t u16;
+      int16_t i16;
+      uint32_t u32;
+      int32_t i32;
+      uint64_t u64;
+      int64_t i64;
     } v;
-    memcpy (&v, src + es * i, es);   /* unaligned-safe */
+    memcpy (&v, src + es * i, es); /* unaligned-safe */
     switch (t->dtype) {
-    case ST_BOOL: dst[i] = v.u8 != 0; break;
-    case ST_U8: dst[i] = v.u8; break;
-    case ST_I8: dst[i] = v.i8; break;
-    case ST_U16: dst[i] = v.u16; break;
-    case ST_I16: dst[i] = v.i16; break;
-    case ST_U32: dst[i] = v.u32; break;
-    case ST_I32: dst[i] = v.i32; break;
-    case ST_I64: dst[i] = v.i64; break;
-    default:   /* ST_U64 */
-      if (v.u64 > INT64_MAX) {
-        g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_DTYPE,
-            "%s: tensor '%s': U64 value %" G_GUINT64_FORMAT " at index %zu "
-            "does not fit in int64", f->path, t->name, v.u64, i);
-        return FALSE;
-      }
-      dst[i] = (int64_t) v.u64;
-      break;
+      case ST_BOOL:
+        dst[i] = v.u8 != 0;
+        break;
+      case ST_U8:
+        dst[i] = v.u8;
+        break;
+      case ST_I8:
+        dst[i] = v.i8;
+        break;
+      case ST_U16:
+        dst[i] = v.u16;
+        break;
+      case ST_I16:
+        dst[i] = v.i16;
+        break;
+      case ST_U32:
+        dst[i] = v.u32;
+        break;
+      case ST_I32:
+        dst[i] = v.i32;
+        break;
+      case ST_I64:
+        dst[i] = v.i64;
+        break;
+      default: /* ST_U64 */
+        if (v.u64 > INT64_MAX) {
+          g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_DTYPE,
+              "%s: tensor '%s': U64 value %" G_GUINT64_FORMAT " at index %zu "
+              "does not fit in int64",
+              f->path, t->name, v.u64, i);
+          return FALSE;
+        }
+        dst[i] = (int64_t) v.u64;
+        break;
     }
   }
   return TRUE;

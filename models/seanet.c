@@ -52,6 +52,7 @@ typedef struct {
   const StFile *f;
   const char *prefix;
   uint64_t *seed;               /* random init when non-NULL */
+  MoshiWeightType type;
   GError **error;
 } Builder;
 
@@ -60,11 +61,12 @@ build_conv (Builder *b, MoshiConv1d *c, const char *name, int c_in, int c_out,
     int k, int stride, int dilation)
 {
   if (b->seed) {
-    moshi_conv1d_random (c, b->seed, c_in, c_out, k, stride, dilation, TRUE);
+    moshi_conv1d_random (c, b->seed, c_in, c_out, k, stride, dilation, TRUE,
+        b->type);
     return TRUE;
   }
   return moshi_conv1d_load (c, b->f, name, c_in, c_out, k, stride, dilation,
-      TRUE, FALSE, b->error);
+      TRUE, FALSE, b->type, b->error);
 }
 
 static gboolean
@@ -125,9 +127,9 @@ seanet_build (Seanet *net, Builder *b)
     weights_name (name, "%s.model.%d.convtr.convtr", b->prefix, idx++);
     if (b->seed) {
       moshi_convtr1d_random (&net->up[i], b->seed, ch * 2, ch, r * 2, r, TRUE,
-          FALSE);
+          FALSE, b->type);
     } else if (!moshi_convtr1d_load (&net->up[i], b->f, name, ch * 2, ch,
-            r * 2, r, TRUE, FALSE, b->error)) {
+            r * 2, r, TRUE, FALSE, b->type, b->error)) {
       return FALSE;
     }
     for (int j = 0; j < nres; j++)
@@ -142,10 +144,10 @@ seanet_build (Seanet *net, Builder *b)
 
 gboolean
 seanet_load (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    const StFile *f, const char *prefix, GError **error)
+    const StFile *f, const char *prefix, MoshiWeightType type, GError **error)
 {
   seanet_alloc (net, cfg, decoder);
-  Builder b = { f, prefix, NULL, error };
+  Builder b = { f, prefix, NULL, type, error };
   if (!seanet_build (net, &b)) {
     seanet_clear (net);
     return FALSE;
@@ -155,10 +157,10 @@ seanet_load (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
 
 void
 seanet_random (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    uint64_t *seed)
+    uint64_t *seed, MoshiWeightType type)
 {
   seanet_alloc (net, cfg, decoder);
-  Builder b = { NULL, decoder ? "decoder" : "encoder", seed, NULL };
+  Builder b = { NULL, decoder ? "decoder" : "encoder", seed, type, NULL };
   seanet_build (net, &b);
 }
 

@@ -48,9 +48,9 @@ typedef struct {
 } SeanetState;
 
 gboolean seanet_load (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    const StFile *f, const char *prefix, GError **error);
+    const StFile *f, const char *prefix, MoshiWeightType type, GError **error);
 void seanet_random (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    uint64_t *seed);
+    uint64_t *seed, MoshiWeightType type);
 void seanet_clear (Seanet *net);
 size_t seanet_bytes (const Seanet *net);
 int seanet_hop (const SeanetConfig *cfg);   /* product of ratios */

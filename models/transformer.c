@@ -63,24 +63,24 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
         goto fail;
     }
     if (!moshi_linear_load (&L->in_proj, f,
-            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, error))
+            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, cfg->weights, error))
       goto fail;
     if (!moshi_linear_load (&L->out_proj, f,
-            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, error))
+            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, cfg->weights, error))
       goto fail;
     if (cfg->gating) {
       if (!moshi_linear_load (&L->ff_in, f,
-              weights_name (name, "%s.gating.linear_in.weight", p), d, 2 * ff, error))
+              weights_name (name, "%s.gating.linear_in.weight", p), d, 2 * ff, cfg->weights, error))
         goto fail;
       if (!moshi_linear_load (&L->ff_out, f,
-              weights_name (name, "%s.gating.linear_out.weight", p), ff, d, error))
+              weights_name (name, "%s.gating.linear_out.weight", p), ff, d, cfg->weights, error))
         goto fail;
     } else {
       if (!moshi_linear_load (&L->ff_in, f,
-              weights_name (name, "%s.linear1.weight", p), d, ff, error))
+              weights_name (name, "%s.linear1.weight", p), d, ff, cfg->weights, error))
         goto fail;
       if (!moshi_linear_load (&L->ff_out, f,
-              weights_name (name, "%s.linear2.weight", p), ff, d, error))
+              weights_name (name, "%s.linear2.weight", p), ff, d, cfg->weights, error))
         goto fail;
     }
     if (cfg->layer_scale) {
@@ -118,10 +118,10 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
       L->norm1_b = weights_random (seed, d, 0.1f);
       L->norm2_b = weights_random (seed, d, 0.1f);
     }
-    moshi_linear_random (&L->in_proj, seed, d, 3 * d);
-    moshi_linear_random (&L->out_proj, seed, d, d);
-    moshi_linear_random (&L->ff_in, seed, d, cfg->gating ? 2 * ff : ff);
-    moshi_linear_random (&L->ff_out, seed, ff, d);
+    moshi_linear_random (&L->in_proj, seed, d, 3 * d, cfg->weights);
+    moshi_linear_random (&L->out_proj, seed, d, d, cfg->weights);
+    moshi_linear_random (&L->ff_in, seed, d, cfg->gating ? 2 * ff : ff, cfg->weights);
+    moshi_linear_random (&L->ff_out, seed, ff, d, cfg->weights);
     if (cfg->layer_scale) {
       L->ls1 = weights_random (seed, d, 0.1f);
       L->ls2 = weights_random (seed, d, 0.1f);

@@ -29,6 +29,7 @@ typedef struct {
   float norm_eps;
   gboolean gating;           /* SiLU-gated MLP (LM) instead of GELU (Mimi) */
   gboolean layer_scale;
+  MoshiWeightType weights;   /* storage of the linear layers */
 } TransformerConfig;
 
 typedef struct {

@@ -44,12 +44,13 @@ main (int argc, char **argv)
 {
   int threads = 1, codebooks = 8;
   double seconds = 10.0;
-  gchar *model_path = NULL;
+  gchar *model_path = NULL, *weights_name = NULL;
   GOptionEntry entries[] = {
     { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "Compute threads per stream", "N" },
     { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Seconds of audio to stream", "S" },
     { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "Mimi .safetensors (default: random full-size)", "FILE" },
     { "codebooks", 'q', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks (default 8)", "N" },
+    { "weights", 'w', 0, G_OPTION_ARG_STRING, &weights_name, "Weight storage: f32 (default), bf16, q8", "TYPE" },
     { NULL }
   };
   GError *err = NULL;
@@ -61,11 +62,16 @@ main (int argc, char **argv)
   }
   g_option_context_free (ctx);
 
+  MoshiWeightType weights;
+  if (!moshi_weight_type_from_string (weights_name, &weights)) {
+    fprintf (stderr, "unknown --weights %s (use f32, bf16 or q8)\n", weights_name);
+    return 2;
+  }
   long rss0 = peak_rss_kb ();
   double t_load = g_get_monotonic_time ();
   MimiModel *model;
   if (model_path) {
-    model = mimi_model_load (model_path, &err);
+    model = mimi_model_load_typed (model_path, weights, &err);
     if (!model) {
       fprintf (stderr, "%s\n", err->message);
       return 1;
@@ -73,7 +79,7 @@ main (int argc, char **argv)
   } else {
     MimiConfig cfg;
     mimi_config_default (&cfg);
-    model = mimi_model_new_random (&cfg, 42);
+    model = mimi_model_new_random (&cfg, 42, weights);
   }
   t_load = (g_get_monotonic_time () - t_load) / 1e6;
   const MimiConfig *cfg = mimi_model_config (model);
@@ -120,11 +126,11 @@ main (int argc, char **argv)
   double audio_s = (double) frames * fs / cfg->sample_rate;
   double rtf_enc = sum_enc / 1e3 / audio_s, rtf_dec = sum_dec / 1e3 / audio_s;
 
-  printf ("model            %s (%.1f M parameters, load %.2f s)\n",
-      model_path ? model_path : "random full-size Mimi",
-      mimi_model_weight_bytes (model) / 4.0 / 1e6, t_load);
-  printf ("cpu kernels      %s, threads %d, codebooks %d\n",
-      moshi_cpu_level_name (moshi_cpu_level ()), threads, codebooks);
+  printf ("model            %s (load %.2f s)\n",
+      model_path ? model_path : "random full-size Mimi", t_load);
+  printf ("cpu kernels      %s, weights %s, threads %d, codebooks %d\n",
+      moshi_cpu_level_name (moshi_cpu_level ()),
+      moshi_weight_type_name (weights), threads, codebooks);
   printf ("audio            %.1f s (%d frames of %d samples)\n", audio_s,
       frames, fs);
   printf ("encode RTF       %.4f\n", rtf_enc);
@@ -149,5 +155,6 @@ main (int argc, char **argv)
   g_free (t_enc);
   g_free (t_dec);
   g_free (model_path);
+  g_free (weights_name);
   return 0;
 }

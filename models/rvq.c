@@ -11,20 +11,25 @@
 #define CODEBOOK_EPSILON 1e-5f
 
 static gboolean
-part_alloc (RvqPart *p, int n_q, int dim, int in_dim, int out_dim, int bins)
+part_alloc (RvqPart *p, int n_q, int bins)
 {
   memset (p, 0, sizeof *p);
   p->n_q = n_q;
-  p->codebooks = moshi_alloc (sizeof (float) * (size_t) MAX (n_q, 1) * bins * dim);
+  p->codebooks = g_new0 (MoshiPackedB, MAX (n_q, 1));
   p->norms = moshi_alloc (sizeof (float) * (size_t) MAX (n_q, 1) * bins);
-  return p->codebooks && p->norms;
+  return p->norms != NULL;
 }
 
-static void
-part_norms (RvqPart *p, int dim, int bins)
+/* Stores codebook i ([bins][dim] vectors) for the nearest-code GEMM, and
+ * the squared norms the distance needs.  The search always runs in float32:
+ * codes must match the reference exactly. */
+static gboolean
+part_set_codebook (RvqPart *p, int i, const float *cb, int dim, int bins)
 {
-  for (size_t e = 0; e < (size_t) p->n_q * bins; e++)
-    p->norms[e] = moshi_dot (p->codebooks + e * dim, p->codebooks + e * dim, dim);
+  for (int b = 0; b < bins; b++)
+    p->norms[(size_t) i * bins + b] = moshi_dot (cb + (size_t) b * dim,
+        cb + (size_t) b * dim, dim);
+  return moshi_packed_init (&p->codebooks[i], cb, dim, bins, dim, TRUE);
 }
 
 static gboolean
@@ -32,7 +37,9 @@ part_load (RvqPart *p, const StFile *f, const char *prefix, int n_q, int dim,
     int in_dim, int out_dim, int bins, GError **error)
 {
   char name[256];
-  if (!part_alloc (p, n_q, dim, in_dim, out_dim, bins)) {
+  float *cb = moshi_alloc (sizeof (float) * (size_t) bins * dim);
+  if (!part_alloc (p, n_q, bins) || !cb) {
+    moshi_free (cb);
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
         "out of memory loading %s", prefix);
     return FALSE;
@@ -40,24 +47,23 @@ part_load (RvqPart *p, const StFile *f, const char *prefix, int n_q, int dim,
   int64_t ish[3] = { dim, in_dim, 1 }, osh[3] = { out_dim, dim, 1 };
   p->in_proj = weights_load (f, weights_name (name, "%s.input_proj.weight", prefix), 3, ish, error);
   if (!p->in_proj)
-    return FALSE;
+    goto fail;
   p->out_proj = weights_load (f, weights_name (name, "%s.output_proj.weight", prefix), 3, osh, error);
   if (!p->out_proj)
-    return FALSE;
+    goto fail;
   for (int i = 0; i < n_q; i++) {
     int64_t esh[2] = { bins, dim }, ush[1] = { bins };
     float *sum = weights_load (f, weights_name (name,
             "%s.vq.layers.%d._codebook.embedding_sum", prefix, i), 2, esh, error);
     if (!sum)
-      return FALSE;
+      goto fail;
     float *usage = weights_load (f, weights_name (name,
             "%s.vq.layers.%d._codebook.cluster_usage", prefix, i), 1, ush, error);
     if (!usage) {
       moshi_free (sum);
-      return FALSE;
+      goto fail;
     }
     /* The checkpoint stores running sums; the codebook is their mean. */
-    float *cb = p->codebooks + (size_t) i * bins * dim;
     for (int b = 0; b < bins; b++) {
       float u = MAX (usage[b], CODEBOOK_EPSILON);
       for (int j = 0; j < dim; j++)
@@ -65,9 +71,17 @@ part_load (RvqPart *p, const StFile *f, const char *prefix, int n_q, int dim,
     }
     moshi_free (sum);
     moshi_free (usage);
+    if (!part_set_codebook (p, i, cb, dim, bins)) {
+      g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+          "out of memory loading %s", prefix);
+      goto fail;
+    }
   }
-  part_norms (p, dim, bins);
+  moshi_free (cb);
   return TRUE;
+fail:
+  moshi_free (cb);
+  return FALSE;
 }
 
 static void
@@ -75,7 +89,10 @@ part_clear (RvqPart *p)
 {
   moshi_free (p->in_proj);
   moshi_free (p->out_proj);
-  moshi_free (p->codebooks);
+  if (p->codebooks)
+    for (int i = 0; i < MAX (p->n_q, 1); i++)
+      moshi_packed_clear (&p->codebooks[i]);
+  g_free (p->codebooks);
   moshi_free (p->norms);
   memset (p, 0, sizeof *p);
 }
@@ -105,12 +122,14 @@ static void
 part_random (RvqPart *p, uint64_t *seed, int n_q, int dim, int in_dim,
     int out_dim, int bins)
 {
-  part_alloc (p, n_q, dim, in_dim, out_dim, bins);
+  part_alloc (p, n_q, bins);
   p->in_proj = weights_random (seed, (size_t) dim * in_dim, 0.05f);
   p->out_proj = weights_random (seed, (size_t) out_dim * dim, 0.05f);
-  moshi_free (p->codebooks);
-  p->codebooks = weights_random (seed, (size_t) MAX (n_q, 1) * bins * dim, 1.0f);
-  part_norms (p, dim, bins);
+  for (int i = 0; i < n_q; i++) {
+    float *cb = weights_random (seed, (size_t) bins * dim, 1.0f);
+    part_set_codebook (p, i, cb, dim, bins);
+    moshi_free (cb);
+  }
 }
 
 void
@@ -137,8 +156,13 @@ rvq_clear (Rvq *q)
 size_t
 rvq_bytes (const Rvq *q)
 {
-  return sizeof (float) * ((size_t) 2 * q->dim * (q->in_dim + q->out_dim)
-      + (size_t) q->n_q * q->bins * (q->dim + 1));
+  size_t n = sizeof (float) * ((size_t) 2 * q->dim * (q->in_dim + q->out_dim)
+      + (size_t) q->n_q * q->bins);
+  for (int i = 0; i < q->first.n_q; i++)
+    n += moshi_packed_bytes (&q->first.codebooks[i]);
+  for (int i = 0; i < q->rest.n_q; i++)
+    n += moshi_packed_bytes (&q->rest.codebooks[i]);
+  return n;
 }
 
 size_t
@@ -164,11 +188,11 @@ part_encode (const Rvq *q, const RvqPart *p, int n, const float *latent,
   float *dots = scratch + dim;
   matvec (p->in_proj, latent, residual, dim, q->in_dim);
   for (int i = 0; i < n; i++) {
-    const float *cb = p->codebooks + (size_t) i * bins * dim;
+    const MoshiPackedB *cb = &p->codebooks[i];
     const float *nrm = p->norms + (size_t) i * bins;
     /* argmin |r - e|^2 = argmin |e|^2 - 2 r.e ; first index wins ties,
      * like torch.argmin. */
-    matvec (cb, residual, dots, bins, dim);
+    moshi_gemm_packed (NULL, 1, residual, dim, cb, NULL, FALSE, dots, bins);
     int best = 0;
     float best_d = FLT_MAX;
     for (int b = 0; b < bins; b++) {
@@ -179,9 +203,8 @@ part_encode (const Rvq *q, const RvqPart *p, int n, const float *latent,
       }
     }
     codes[i] = (uint16_t) best;
-    const float *e = cb + (size_t) best * dim;
     for (int j = 0; j < dim; j++)
-      residual[j] -= e[j];
+      residual[j] -= moshi_packed_get (cb, j, best);
   }
 }
 
@@ -201,11 +224,9 @@ part_decode_add (const Rvq *q, const RvqPart *p, int n, const uint16_t *codes,
   const int dim = q->dim;
   float *sum = scratch;
   memset (sum, 0, sizeof (float) * dim);
-  for (int i = 0; i < n; i++) {
-    const float *e = p->codebooks + ((size_t) i * q->bins + codes[i]) * dim;
+  for (int i = 0; i < n; i++)
     for (int j = 0; j < dim; j++)
-      sum[j] += e[j];
-  }
+      sum[j] += moshi_packed_get (&p->codebooks[i], j, codes[i]);
   for (int r = 0; r < q->out_dim; r++)
     latent[r] += moshi_dot (p->out_proj + (size_t) r * dim, sum, dim);
 }

@@ -7,6 +7,7 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "gemm.h"
 #include "kernels.h"
 #include "safetensors.h"
 
@@ -16,7 +17,7 @@ typedef struct {
   int n_q;                   /* codebooks stored */
   float *in_proj;            /* [dim][in_dim] */
   float *out_proj;           /* [out_dim][dim] */
-  float *codebooks;          /* [n_q][bins][dim], embedding_sum / usage */
+  MoshiPackedB *codebooks;   /* [n_q], each B = E^T: K = dim, N = bins (f32) */
   float *norms;              /* [n_q][bins], |e|^2 */
 } RvqPart;
 

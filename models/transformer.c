@@ -183,7 +183,9 @@ transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
   s->attn = moshi_alloc (sizeof (float) * max_t * d);
   s->ff = moshi_alloc (sizeof (float) * max_t * ffw);
   s->scores = moshi_alloc (sizeof (float) * ctx);
-  if (!(s->k && s->v && s->h && s->qkv && s->attn && s->ff && s->scores)) {
+  s->valid = moshi_alloc (ctx);
+  if (!(s->k && s->v && s->h && s->qkv && s->attn && s->ff && s->scores
+          && s->valid)) {
     transformer_state_clear (s);
     return FALSE;
   }
@@ -202,6 +204,7 @@ transformer_state_clear (TransformerState *s)
   moshi_free (s->attn);
   moshi_free (s->ff);
   moshi_free (s->scores);
+  moshi_free (s->valid);
   memset (s, 0, sizeof *s);
 }
 
@@ -281,7 +284,8 @@ transformer_forward (const Transformer *tr, TransformerState *s,
       rope_apply (tr, q, pos);
       rope_apply (tr, k, pos);
       int slot = (int) (pos % ctx);
-      memcpy (kc + (size_t) slot * d, k, sizeof (float) * d);
+      for (int c = 0; c < d; c++)
+        kc[(size_t) c * ctx + slot] = k[c];
       memcpy (vc + (size_t) slot * d, v, sizeof (float) * d);
     }
     for (int i = 0; i < t; i++) {
@@ -289,22 +293,38 @@ transformer_forward (const Transformer *tr, TransformerState *s,
       const int64_t pos_q = s->offset + i;
       float *out = s->attn + (size_t) i * d;
       memset (out, 0, sizeof (float) * d);
-      for (int h = 0; h < H; h++) {
-        int n = 0;
-        int slots[ctx > 0 ? ctx : 1];
-        for (int j = 0; j < ctx; j++) {
-          int64_t pk = s->slot_pos[j];
-          int64_t delta = pos_q - pk;
-          if (pk < 0 || delta < 0 || delta >= ctx)
-            continue;
-          slots[n] = j;
-          s->scores[n++] = moshi_dot (q + h * hd, kc + (size_t) j * d + h * hd,
-              hd) * scale;
+      /* Valid slots: written, not in the future, inside the window. */
+      int lo = ctx, hi = -1;
+      for (int j = 0; j < ctx; j++) {
+        int64_t pk = s->slot_pos[j];
+        int64_t delta = pos_q - pk;
+        s->valid[j] = pk >= 0 && delta >= 0 && delta < ctx;
+        if (s->valid[j]) {
+          lo = MIN (lo, j);
+          hi = MAX (hi, j);
         }
-        moshi_softmax (s->scores, n);
-        for (int m = 0; m < n; m++)
-          moshi_axpy (out + h * hd, s->scores[m],
-              vc + (size_t) slots[m] * d + h * hd, hd);
+      }
+      for (int h = 0; h < H; h++) {
+        float *sc = s->scores;
+        const float *kh = kc + (size_t) h * hd * ctx;
+        memset (sc, 0, sizeof (float) * ctx);
+        for (int c = 0; c < hd; c++)
+          moshi_axpy (sc + lo, q[h * hd + c] * scale,
+              kh + (size_t) c * ctx + lo, hi - lo + 1);
+        float mx = -INFINITY;
+        for (int j = lo; j <= hi; j++)
+          if (s->valid[j])
+            mx = MAX (mx, sc[j]);
+        double sum = 0.0;
+        for (int j = lo; j <= hi; j++) {
+          sc[j] = s->valid[j] ? expf (sc[j] - mx) : 0.0f;
+          sum += sc[j];
+        }
+        const float inv = (float) (1.0 / sum);
+        for (int j = lo; j <= hi; j++)
+          if (s->valid[j])
+            moshi_axpy (out + h * hd, sc[j] * inv, vc + (size_t) j * d + h * hd,
+                hd);
       }
     }
     moshi_linear_forward (&L->out_proj, pool, s->attn, t, FALSE, s->h);

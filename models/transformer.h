@@ -51,8 +51,12 @@ typedef struct {
   int max_t;                 /* most steps per call */
   int64_t offset;            /* position of the next step */
   int64_t *slot_pos;         /* [context]: position held by each ring slot, -1 empty */
-  float *k, *v;              /* [layers][context][d] */
+  float *k;                  /* [layers][heads][head_dim][context]: keys
+                              * transposed, so a query scores every slot
+                              * with contiguous vector FMAs */
+  float *v;                  /* [layers][context][d] */
   float *h, *qkv, *attn, *ff, *scores;  /* scratch */
+  guint8 *valid;             /* [context] slot usable by the current query */
 } TransformerState;
 
 /* Loads `<prefix>.layers.N.*` with Kyutai's checkpoint names. */

@@ -67,6 +67,13 @@ k_padded (const MoshiPackedB *p)
   return p->type == MOSHI_WEIGHTS_Q8 ? (p->K + QB - 1) / QB * QB : p->K;
 }
 
+/* Byte offset of weight (k, column j of panel pn) in the Q8 layout. */
+static inline size_t
+q8_index (int pn, int k, int j, int KP)
+{
+  return (((size_t) pn * (KP / 4) + k / 4) * NR + j) * 4 + (k & 3);
+}
+
 gboolean
 moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
     int ldb, gboolean transposed, MoshiWeightType type)
@@ -81,9 +88,11 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
   const size_t esize = type == MOSHI_WEIGHTS_F32 ? 4
       : type == MOSHI_WEIGHTS_BF16 ? 2 : 1;
   p->data = moshi_alloc (elems * esize);
-  if (type == MOSHI_WEIGHTS_Q8)
+  if (type == MOSHI_WEIGHTS_Q8) {
     p->scales = moshi_alloc (sizeof (float) * (size_t) p->n_panels * (KP / QB) * NR);
-  if (!p->data || (type == MOSHI_WEIGHTS_Q8 && !p->scales)) {
+    p->colsum = moshi_alloc (sizeof (int32_t) * (size_t) p->n_panels * (KP / QB) * NR);
+  }
+  if (!p->data || (type == MOSHI_WEIGHTS_Q8 && (!p->scales || !p->colsum))) {
     moshi_packed_clear (p);
     return FALSE;
   }
@@ -100,11 +109,16 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
             amax = MAX (amax, fabsf (B_AT (k, n)));
           float scale = amax / 127.0f;
           float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-          p->scales[((size_t) pn * (KP / QB) + kb) * NR + j] = scale;
+          const size_t sidx = ((size_t) pn * (KP / QB) + kb) * NR + j;
+          p->scales[sidx] = scale;
           int8_t *q = (int8_t *) p->data;
-          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
-            q[((size_t) pn * KP + k) * NR + j] =
-                (int8_t) lrintf (CLAMP (B_AT (k, n) * inv, -127.0f, 127.0f));
+          int32_t sum = 0;
+          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++) {
+            int8_t v = (int8_t) lrintf (CLAMP (B_AT (k, n) * inv, -127.0f, 127.0f));
+            q[q8_index (pn, k, j, KP)] = v;
+            sum += v;
+          }
+          p->colsum[sidx] = 128 * sum;
         }
       } else {
         for (int k = 0; k < K; k++) {
@@ -133,8 +147,10 @@ moshi_packed_clear (MoshiPackedB *p)
 {
   moshi_free (p->data);
   moshi_free (p->scales);
+  moshi_free (p->colsum);
   p->data = NULL;
   p->scales = NULL;
+  p->colsum = NULL;
 }
 
 size_t
@@ -145,7 +161,7 @@ moshi_packed_bytes (const MoshiPackedB *p)
     case MOSHI_WEIGHTS_BF16:
       return 2 * elems;
     case MOSHI_WEIGHTS_Q8:
-      return elems + sizeof (float) * elems / QB;
+      return elems + (sizeof (float) + sizeof (int32_t)) * elems / QB;
     default:
       return 4 * elems;
   }
@@ -160,7 +176,7 @@ moshi_packed_get (const MoshiPackedB *p, int k, int n)
     case MOSHI_WEIGHTS_BF16:
       return bf16_to_f32 (((const uint16_t *) p->data)[idx]);
     case MOSHI_WEIGHTS_Q8:
-      return ((const int8_t *) p->data)[idx]
+      return ((const int8_t *) p->data)[q8_index (n / NR, k, n % NR, KP)]
           * p->scales[((size_t) (n / NR) * (KP / QB) + k / QB) * NR + n % NR];
     default:
       return ((const float *) p->data)[idx];
@@ -207,13 +223,13 @@ panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
         for (int j = 0; j < NR; j++)
           sum[j] += a[k] * bf16_to_f32 (Bp[(size_t) k * NR + j]);
     } else {
-      const int8_t *Bp = (const int8_t *) B->data + (size_t) pa->panel * KP * NR;
+      const int8_t *Bq = (const int8_t *) B->data;
       const float *S = B->scales + (size_t) pa->panel * (KP / QB) * NR;
       for (int kb = 0; kb * QB < K; kb++) {
         float part[NR] = { 0 };
         for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
           for (int j = 0; j < NR; j++)
-            part[j] += a[k] * (float) Bp[(size_t) k * NR + j];
+            part[j] += a[k] * (float) Bq[q8_index (pa->panel, k, j, KP)];
         for (int j = 0; j < NR; j++)
           sum[j] += part[j] * S[(size_t) kb * NR + j];
       }
@@ -319,14 +335,6 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
     b1 = _mm512_castsi512_ps (_mm512_slli_epi32 (_mm512_cvtepu16_epi32 (     \
         _mm256_load_si256 ((const __m256i *) (b_ + 16))), 16));              \
   } while (0)
-#define LOAD_Q8(Bp, k, b0, b1) do {                                          \
-    const int8_t *b_ = (const int8_t *) (Bp) + (size_t) (k) * NR;            \
-    b0 = _mm512_cvtepi32_ps (_mm512_cvtepi8_epi32 (                          \
-        _mm_load_si128 ((const __m128i *) b_)));                             \
-    b1 = _mm512_cvtepi32_ps (_mm512_cvtepi8_epi32 (                          \
-        _mm_load_si128 ((const __m128i *) (b_ + 16))));                      \
-  } while (0)
-
 /* One tile of MR rows x 32 columns for F32 and BF16 weights; MR is a
  * compile-time constant so the accumulators stay in registers. */
 #define DEFINE_TILE_AVX512(NAME, MR, LOAD, ETYPE)                            \
@@ -350,37 +358,51 @@ NAME##_##MR (const float *A, int lda, const ETYPE *Bp, int K,                \
   store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
 }
 
-/* Q8: sums over each 32-k block in integer-exact f32, then one multiply by
- * the block's per-column scale. */
-#define DEFINE_TILE_Q8_AVX512(MR)                                            \
-__attribute__((target ("avx512f,avx512bw")))                                 \
+/* Q8 x Q8 with AVX-512 VNNI.  Activations arrive quantized per row and
+ * 32-block as unsigned bytes (q + 128) with one scale per block; vpdpbusd
+ * multiplies 4 such bytes by 4 signed weights per lane.  Each block's int32
+ * sum, minus 128 x the block's weight column sum, times both scales, goes
+ * into the float accumulators. */
+#define DEFINE_TILE_VNNI(MR)                                                 \
+__attribute__((target ("avx512f,avx512bw,avx512vnni")))                      \
 static void                                                                  \
-tile_q8_##MR (const float *A, int lda, const int8_t *Bp, int K,              \
+tile_vnni_##MR (const uint8_t *QA, int ldq, const float *SA, int lds,        \
     const PanelArgs *pa, float *C, int ldc)                                  \
 {                                                                            \
-  const float *S = pa->B->scales + (size_t) pa->panel * (k_padded (pa->B) / QB) * NR; \
+  const MoshiPackedB *B = pa->B;                                             \
+  const int KP = k_padded (B), KB = KP / QB;                                 \
+  const int8_t *Bp = (const int8_t *) B->data + (size_t) pa->panel * KP * NR; \
+  const float *S = B->scales + (size_t) pa->panel * KB * NR;                 \
+  const int32_t *CS = B->colsum + (size_t) pa->panel * KB * NR;              \
   __m512 acc0[MR], acc1[MR];                                                 \
   for (int i = 0; i < MR; i++)                                               \
     acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
-  for (int k0 = 0; k0 < K; k0 += QB) {                                       \
-    __m512 p0[MR], p1[MR];                                                   \
+  for (int kb = 0; kb < KB; kb++) {                                          \
+    __m512i d0[MR], d1[MR];                                                  \
     for (int i = 0; i < MR; i++)                                             \
-      p0[i] = p1[i] = _mm512_setzero_ps ();                                  \
-    const int k1 = MIN (K, k0 + QB);                                         \
-    for (int k = k0; k < k1; k++) {                                          \
-      __m512 b0, b1;                                                         \
-      LOAD_Q8 (Bp, k, b0, b1);                                               \
+      d0[i] = d1[i] = _mm512_setzero_si512 ();                               \
+    const int8_t *bb = Bp + (size_t) kb * QB * NR;                           \
+    for (int g = 0; g < QB / 4; g++) {                                       \
+      __m512i b0 = _mm512_load_si512 ((const void *) (bb + g * 4 * NR));     \
+      __m512i b1 = _mm512_load_si512 ((const void *) (bb + g * 4 * NR + 64)); \
       for (int i = 0; i < MR; i++) {                                         \
-        __m512 a = _mm512_set1_ps (A[(size_t) i * lda + k]);                 \
-        p0[i] = _mm512_fmadd_ps (a, b0, p0[i]);                              \
-        p1[i] = _mm512_fmadd_ps (a, b1, p1[i]);                              \
+        int32_t a4;                                                          \
+        memcpy (&a4, QA + (size_t) i * ldq + kb * QB + g * 4, 4);            \
+        __m512i a = _mm512_set1_epi32 (a4);                                  \
+        d0[i] = _mm512_dpbusd_epi32 (d0[i], a, b0);                          \
+        d1[i] = _mm512_dpbusd_epi32 (d1[i], a, b1);                          \
       }                                                                      \
     }                                                                        \
-    __m512 s0 = _mm512_load_ps (S + (size_t) (k0 / QB) * NR);                \
-    __m512 s1 = _mm512_load_ps (S + (size_t) (k0 / QB) * NR + 16);           \
+    __m512i c0 = _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR)); \
+    __m512i c1 = _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR + 16)); \
+    __m512 s0 = _mm512_load_ps (S + (size_t) kb * NR);                       \
+    __m512 s1 = _mm512_load_ps (S + (size_t) kb * NR + 16);                  \
     for (int i = 0; i < MR; i++) {                                           \
-      acc0[i] = _mm512_fmadd_ps (p0[i], s0, acc0[i]);                        \
-      acc1[i] = _mm512_fmadd_ps (p1[i], s1, acc1[i]);                        \
+      __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);                \
+      acc0[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
+              _mm512_sub_epi32 (d0[i], c0)), _mm512_mul_ps (sa, s0), acc0[i]); \
+      acc1[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
+              _mm512_sub_epi32 (d1[i], c1)), _mm512_mul_ps (sa, s1), acc1[i]); \
     }                                                                        \
   }                                                                          \
   store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
@@ -389,7 +411,7 @@ tile_q8_##MR (const float *A, int lda, const int8_t *Bp, int K,              \
 #define DEFINE_ALL(MR)                                                       \
   DEFINE_TILE_AVX512 (tile_f32, MR, LOAD_F32, float)                         \
   DEFINE_TILE_AVX512 (tile_bf16, MR, LOAD_BF16, uint16_t)                    \
-  DEFINE_TILE_Q8_AVX512 (MR)
+  DEFINE_TILE_VNNI (MR)
 
 DEFINE_ALL (1)
 DEFINE_ALL (2)
@@ -402,15 +424,15 @@ typedef void (*TileF32) (const float *, int, const float *, int,
     const PanelArgs *, float *, int);
 typedef void (*TileBF16) (const float *, int, const uint16_t *, int,
     const PanelArgs *, float *, int);
-typedef void (*TileQ8) (const float *, int, const int8_t *, int,
+typedef void (*TileVnni) (const uint8_t *, int, const float *, int,
     const PanelArgs *, float *, int);
 
 static const TileF32 tiles_f32[AVX512_MR + 1] = { NULL, tile_f32_1,
   tile_f32_2, tile_f32_3, tile_f32_4, tile_f32_5, tile_f32_6 };
 static const TileBF16 tiles_bf16[AVX512_MR + 1] = { NULL, tile_bf16_1,
   tile_bf16_2, tile_bf16_3, tile_bf16_4, tile_bf16_5, tile_bf16_6 };
-static const TileQ8 tiles_q8[AVX512_MR + 1] = { NULL, tile_q8_1, tile_q8_2,
-  tile_q8_3, tile_q8_4, tile_q8_5, tile_q8_6 };
+static const TileVnni tiles_vnni[AVX512_MR + 1] = { NULL, tile_vnni_1,
+  tile_vnni_2, tile_vnni_3, tile_vnni_4, tile_vnni_5, tile_vnni_6 };
 
 static void
 panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
@@ -431,13 +453,59 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
         tiles_bf16[mr] (a, lda, (const uint16_t *) B->data + off, B->K, pa, c, ldc);
         break;
       case MOSHI_WEIGHTS_Q8:
-        tiles_q8[mr] (a, lda, (const int8_t *) B->data + off, B->K, pa, c, ldc);
+        panel_generic (mr, a, lda, pa, c, ldc);   /* no VNNI: see moshi_gemm_packed */
         break;
     }
   }
 }
 
 #endif /* __x86_64__ */
+
+#if defined(__x86_64__)
+/* Quantizes rows of A for the VNNI kernel: per 32-block, q = round(a / s)
+ * with s = max|a| / 127, stored as q + 128 (unsigned).  Padding past K is
+ * 128 (q = 0). */
+__attribute__((target ("avx512f,avx512bw")))
+static void
+quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
+    uint8_t *QA, float *SA)
+{
+  const int KB = KP / QB;
+  const __m512i offset = _mm512_set1_epi32 (128);
+  for (int m = 0; m < M; m++) {
+    const float *a = A + (size_t) m * lda;
+    uint8_t *q = QA + (size_t) m * KP;
+    for (int kb = 0; kb < KB; kb++) {
+      const int k0 = kb * QB;
+      const int n = MIN (QB, K - k0);
+      __mmask16 m0 = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16) ((1u << n) - 1);
+      __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16) ((1u << (n - 16)) - 1);
+      __m512 x0 = _mm512_maskz_loadu_ps (m0, a + k0);
+      __m512 x1 = _mm512_maskz_loadu_ps (m1, a + k0 + 16);
+      __m512 amax = _mm512_max_ps (_mm512_abs_ps (x0), _mm512_abs_ps (x1));
+      float mx = _mm512_reduce_max_ps (amax);
+      float s = mx / 127.0f;
+      SA[(size_t) m * KB + kb] = s;
+      __m512 inv = _mm512_set1_ps (s > 0.0f ? 1.0f / s : 0.0f);
+      __m512i q0 = _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x0, inv)), offset);
+      __m512i q1 = _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x1, inv)), offset);
+      _mm_storeu_si128 ((__m128i *) (q + k0), _mm512_cvtepi32_epi8 (q0));
+      _mm_storeu_si128 ((__m128i *) (q + k0 + 16), _mm512_cvtepi32_epi8 (q1));
+    }
+  }
+}
+
+static void
+panel_vnni (int M, const uint8_t *QA, int ldq, const float *SA, int lds,
+    const PanelArgs *pa, float *C, int ldc)
+{
+  for (int m = 0; m < M; m += AVX512_MR) {
+    const int mr = MIN (AVX512_MR, M - m);
+    tiles_vnni[mr] (QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds, lds, pa,
+        C + (size_t) m * ldc, ldc);
+  }
+}
+#endif
 
 typedef void (*PanelFn) (int, const float *, int, const PanelArgs *, float *,
     int);
@@ -468,6 +536,8 @@ typedef struct {
   gboolean accumulate;
   float *C;
   int ldc;
+  const uint8_t *QA;            /* VNNI path: quantized A, [M][KP] */
+  const float *SA;              /* and its scales, [M][KP / 32] */
 } PackedJob;
 
 /* Rows per block: keeps a block of A rows hot in L1/L2 while one panel of
@@ -479,6 +549,7 @@ packed_part (void *data, int index, int count)
 {
   const PackedJob *j = data;
   const MoshiPackedB *B = j->B;
+  const int KP = k_padded (B);
   int p0 = (int) ((long) B->n_panels * index / count);
   int p1 = (int) ((long) B->n_panels * (index + 1) / count);
   for (int m0 = 0; m0 < j->M; m0 += M_BLOCK) {
@@ -487,8 +558,15 @@ packed_part (void *data, int index, int count)
       int n0 = p * NR;
       PanelArgs pa = { B, p, j->bias ? j->bias + n0 : NULL, j->accumulate,
         MIN (NR, B->N - n0) };
-      j->panel (mb, j->A + (size_t) m0 * j->lda, j->lda, &pa,
-          j->C + (size_t) m0 * j->ldc + n0, j->ldc);
+      float *c = j->C + (size_t) m0 * j->ldc + n0;
+#if defined(__x86_64__)
+      if (j->QA) {
+        panel_vnni (mb, j->QA + (size_t) m0 * KP, KP,
+            j->SA + (size_t) m0 * (KP / QB), KP / QB, &pa, c, j->ldc);
+        continue;
+      }
+#endif
+      j->panel (mb, j->A + (size_t) m0 * j->lda, j->lda, &pa, c, j->ldc);
     }
   }
 }
@@ -500,10 +578,31 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
 {
   if (M <= 0 || B->N <= 0)
     return;
-  PackedJob job = { select_panel (), M, A, lda, B, bias, accumulate, C, ldc };
+  PackedJob job = { select_panel (), M, A, lda, B, bias, accumulate, C, ldc,
+    NULL, NULL };
+  uint8_t *qa = NULL;
+#if defined(__x86_64__)
+  uint8_t qa_stack[4096] __attribute__((aligned (64)));
+  float sa_stack[128];
+  if (B->type == MOSHI_WEIGHTS_Q8 && moshi_cpu_has_avx512_vnni ()) {
+    const int KP = k_padded (B);
+    const size_t need = (size_t) M * KP;
+    uint8_t *q = qa_stack;
+    float *sa = sa_stack;
+    if (need > sizeof qa_stack || (size_t) M * (KP / QB) > G_N_ELEMENTS (sa_stack)) {
+      qa = g_malloc (need + sizeof (float) * (size_t) M * (KP / QB) + 64);
+      q = qa;
+      sa = (float *) (qa + ((need + 63) & ~(size_t) 63));
+    }
+    quantize_rows_avx512 (M, A, lda, B->K, KP, q, sa);
+    job.QA = q;
+    job.SA = sa;
+  }
+#endif
   double flops = 2.0 * M * B->N * B->K;
   if (moshi_pool_threads (pool) > 1 && flops > 4e5 && B->n_panels >= 2)
     moshi_pool_run (pool, packed_part, &job);
   else
     packed_part (&job, 0, 1);
+  g_free (qa);
 }

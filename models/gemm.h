@@ -11,6 +11,7 @@
 #pragma once
 #include <glib.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kernels.h"
 #include "weight-type.h"
@@ -26,10 +27,15 @@ typedef struct {
   MoshiWeightType type;
   /* F32:  float    [n_panels][K][32]
    * BF16: uint16_t [n_panels][K][32]
-   * Q8:   int8_t   [n_panels][K32][32], K32 = K rounded up to 32,
-   *       scales   [n_panels][K32 / 32][32] floats.  Padding is zero. */
+   * Q8:   int8_t   [n_panels][K32 / 4][32][4], K32 = K rounded up to 32
+   *       (groups of 4 consecutive k per column: the operand layout of
+   *       AVX-512 VNNI's vpdpbusd), scales [n_panels][K32 / 32][32] floats,
+   *       colsum [n_panels][K32 / 32][32] int32 = 128 * sum of the block's
+   *       int8 weights (undoes the +128 that makes activations unsigned).
+   *       Padding is zero. */
   void *data;
   float *scales;
+  int32_t *colsum;
 } MoshiPackedB;
 
 /* b(k, n) is element (k, n) of the logical B: from a row-major [K][N]
@@ -46,7 +52,10 @@ float moshi_packed_get (const MoshiPackedB *p, int k, int n);
 
 /* C[m][n] = (accumulate ? C[m][n] : 0) + (bias ? bias[n] : 0)
  *           + sum_k A[m*lda + k] * B[k][n]
- * Rows of A may overlap (lda < K is fine: conv windows). */
+ * Rows of A may overlap (lda < K is fine: conv windows).
+ * With Q8 weights on a CPU with AVX-512 VNNI, A is quantized per row and
+ * 32-block to int8 as well and the products run in integer arithmetic (adds
+ * ~0.4 % relative error per block); elsewhere A stays float32. */
 void moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
     const MoshiPackedB *B, const float *bias, gboolean accumulate,
     float *C, int ldc);

@@ -277,6 +277,102 @@ axpy_avx512 (float *y, float a, const float *x, int n)
 }
 #endif
 
+#if defined(__x86_64__)
+__attribute__((target ("avx512f")))
+static void
+attention_head_avx512 (const float *q, const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
+    int hi, float *sc, float *out)
+{
+  /* Scores, 64 slots at a time with the accumulators in registers. */
+  for (int j0 = lo; j0 <= hi; j0 += 64) {
+    const int n = MIN (64, hi + 1 - j0);
+    __mmask16 mk[4];
+    for (int b = 0; b < 4; b++) {
+      int r = n - 16 * b;
+      mk[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+    }
+    __m512 acc[4] = { _mm512_setzero_ps (), _mm512_setzero_ps (),
+      _mm512_setzero_ps (), _mm512_setzero_ps () };
+    for (int c = 0; c < hd; c++) {
+      const __m512 qc = _mm512_set1_ps (q[c] * scale);
+      const float *row = kT + (size_t) c * ctx + j0;
+      for (int b = 0; b < 4; b++)
+        acc[b] = _mm512_fmadd_ps (qc, _mm512_maskz_loadu_ps (mk[b], row + 16 * b), acc[b]);
+    }
+    for (int b = 0; b < 4; b++)
+      _mm512_mask_storeu_ps (sc + j0 + 16 * b, mk[b], acc[b]);
+  }
+  float mx = -INFINITY;
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      mx = MAX (mx, sc[j]);
+  double sum = 0.0;
+  for (int j = lo; j <= hi; j++) {
+    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
+    sum += sc[j];
+  }
+  const float inv = (float) (1.0 / sum);
+  /* Weighted sum of values, head_dim in registers (up to 128). */
+  for (int c0 = 0; c0 < hd; c0 += 128) {
+    const int w = MIN (128, hd - c0);
+    __mmask16 mv[8];
+    __m512 o[8];
+    for (int b = 0; b < 8; b++) {
+      int r = w - 16 * b;
+      mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+      o[b] = _mm512_maskz_loadu_ps (mv[b], out + c0 + 16 * b);
+    }
+    for (int j = lo; j <= hi; j++) {
+      if (!valid[j])
+        continue;
+      const __m512 p = _mm512_set1_ps (sc[j] * inv);
+      const float *vj = v + (size_t) j * ldv + c0;
+      for (int b = 0; b < 8; b++)
+        if (mv[b])
+          o[b] = _mm512_fmadd_ps (p, _mm512_maskz_loadu_ps (mv[b], vj + 16 * b), o[b]);
+    }
+    for (int b = 0; b < 8; b++)
+      _mm512_mask_storeu_ps (out + c0 + 16 * b, mv[b], o[b]);
+  }
+}
+#endif
+
+void
+moshi_attention_head (const float *q, const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
+    int hi, float *sc, float *out)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    attention_head_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out);
+    return;
+  }
+#endif
+  for (int j = lo; j <= hi; j++)
+    sc[j] = 0.0f;
+  for (int c = 0; c < hd; c++) {
+    const float qc = q[c] * scale;
+    const float *row = kT + (size_t) c * ctx;
+    for (int j = lo; j <= hi; j++)
+      sc[j] += qc * row[j];
+  }
+  float mx = -INFINITY;
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      mx = MAX (mx, sc[j]);
+  double sum = 0.0;
+  for (int j = lo; j <= hi; j++) {
+    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
+    sum += sc[j];
+  }
+  const float inv = (float) (1.0 / sum);
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      for (int c = 0; c < hd; c++)
+        out[c] += sc[j] * inv * v[(size_t) j * ldv + c];
+}
+
 void
 moshi_elu (float *dst, const float *src, size_t n)
 {

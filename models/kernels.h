@@ -43,6 +43,15 @@ void moshi_layer_norm (float *dst, const float *src, const float *weight,
 void moshi_rms_norm (float *dst, const float *src, const float *weight,
     int rows, int C, float eps);
 
+/* One head of attention against a ring of cached keys and values.
+ *   kT: keys transposed, [hd][ctx] (row stride ctx); v: values, row j at
+ *   v + j * ldv; valid[j]: slot j may be attended; [lo, hi] bounds the valid
+ *   slots.  out[hd] = sum_j softmax_j(scale * q.k_j) v_j.  scores: [ctx]
+ *   scratch.  Needs at least one valid slot. */
+void moshi_attention_head (const float *q, const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
+    int hi, float *scores, float *out);
+
 /* In-place softmax of n values. */
 void moshi_softmax (float *x, int n);
 float moshi_dot (const float *a, const float *b, int n);

@@ -304,28 +304,10 @@ transformer_forward (const Transformer *tr, TransformerState *s,
           hi = MAX (hi, j);
         }
       }
-      for (int h = 0; h < H; h++) {
-        float *sc = s->scores;
-        const float *kh = kc + (size_t) h * hd * ctx;
-        memset (sc, 0, sizeof (float) * ctx);
-        for (int c = 0; c < hd; c++)
-          moshi_axpy (sc + lo, q[h * hd + c] * scale,
-              kh + (size_t) c * ctx + lo, hi - lo + 1);
-        float mx = -INFINITY;
-        for (int j = lo; j <= hi; j++)
-          if (s->valid[j])
-            mx = MAX (mx, sc[j]);
-        double sum = 0.0;
-        for (int j = lo; j <= hi; j++) {
-          sc[j] = s->valid[j] ? expf (sc[j] - mx) : 0.0f;
-          sum += sc[j];
-        }
-        const float inv = (float) (1.0 / sum);
-        for (int j = lo; j <= hi; j++)
-          if (s->valid[j])
-            moshi_axpy (out + h * hd, sc[j] * inv, vc + (size_t) j * d + h * hd,
-                hd);
-      }
+      for (int h = 0; h < H; h++)
+        moshi_attention_head (q + h * hd, kc + (size_t) h * hd * ctx, ctx,
+            vc + h * hd, d, hd, scale, s->valid, lo, hi, s->scores,
+            out + h * hd);
     }
     moshi_linear_forward (&L->out_proj, pool, s->attn, t, FALSE, s->h);
     moshi_add_scaled_rows (x, s->h, L->ls1, t, d);

@@ -46,8 +46,7 @@ conv1d_set_shape (MoshiConv1d *c, int c_in, int c_out, int kernel, int stride,
 gboolean
 moshi_conv1d_load (MoshiConv1d *c, const StFile *f, const char *prefix,
     int c_in, int c_out, int kernel, int stride, int dilation,
-    gboolean has_bias, gboolean replicate, MoshiWeightType type,
-    GError **error)
+    gboolean has_bias, gboolean replicate, MoshiWeightType type, GError **error)
 {
   char name[256];
   conv1d_set_shape (c, c_in, c_out, kernel, stride, dilation, replicate);
@@ -100,8 +99,8 @@ moshi_conv1d_clear (MoshiConv1d *c)
 size_t
 moshi_conv1d_bytes (const MoshiConv1d *c)
 {
-  return sizeof (float) * ((size_t) c->c_out * c->c_in * c->kernel
-      + (c->bias ? c->c_out : 0));
+  return sizeof (float)
+      * ((size_t) c->c_out * c->c_in * c->kernel + (c->bias ? c->c_out : 0));
 }
 
 gboolean
@@ -137,8 +136,11 @@ moshi_conv1d_state_reset (MoshiConv1dState *s, const MoshiConv1d *c)
 size_t
 moshi_conv1d_state_bytes (const MoshiConv1dState *s, const MoshiConv1d *c)
 {
-  return sizeof (float) * ((size_t) (s->hist + s->max_t) * c->c_in
-      + (c->dilation > 1 ? (size_t) (s->max_t / c->stride + 1) * c->kernel * c->c_in : 0));
+  return sizeof (float)
+      * ((size_t) (s->hist + s->max_t) * c->c_in
+          + (c->dilation > 1
+                  ? (size_t) (s->max_t / c->stride + 1) * c->kernel * c->c_in
+                  : 0));
 }
 
 static void
@@ -217,8 +219,8 @@ convtr1d_pack (MoshiConvTr1d *c, const float *tw, MoshiWeightType type)
     for (int o = 0; o < co; o++)
       for (int k = 0; k < K; k++)
         b[((size_t) i * K + k) * co + o] = tw[((size_t) i * co + o) * K + k];
-  gboolean ok = moshi_packed_init_typed (&c->w, b, c->c_in, K * co, K * co,
-      FALSE, type);
+  gboolean ok =
+      moshi_packed_init_typed (&c->w, b, c->c_in, K * co, K * co, FALSE, type);
   moshi_free (b);
   return ok;
 }
@@ -232,8 +234,8 @@ moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
   convtr1d_set_shape (c, c_in, c_out, kernel, stride, depthwise);
   if (depthwise && c_in != c_out) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_CONFIG,
-        "%s: depthwise transposed conv needs equal channels (%d vs %d)",
-        prefix, c_in, c_out);
+        "%s: depthwise transposed conv needs equal channels (%d vs %d)", prefix,
+        c_in, c_out);
     return FALSE;
   }
   int64_t wshape[3] = { c_in, depthwise ? 1 : c_out, kernel };
@@ -242,7 +244,7 @@ moshi_convtr1d_load (MoshiConvTr1d *c, const StFile *f, const char *prefix,
   if (!tw)
     return FALSE;
   if (depthwise) {
-    c->dw = tw;                 /* [c][1][k] is already [c][k] */
+    c->dw = tw; /* [c][1][k] is already [c][k] */
   } else {
     gboolean packed = convtr1d_pack (c, tw, type);
     moshi_free (tw);
@@ -295,8 +297,9 @@ moshi_convtr1d_clear (MoshiConvTr1d *c)
 size_t
 moshi_convtr1d_bytes (const MoshiConvTr1d *c)
 {
-  return sizeof (float) * ((size_t) c->c_in * (c->depthwise ? 1 : c->c_out)
-      * c->kernel + (c->bias ? c->c_out : 0));
+  return sizeof (float)
+      * ((size_t) c->c_in * (c->depthwise ? 1 : c->c_out) * c->kernel
+          + (c->bias ? c->c_out : 0));
 }
 
 gboolean
@@ -306,10 +309,11 @@ moshi_convtr1d_state_init (MoshiConvTr1dState *s, const MoshiConvTr1d *c,
   int pt = c->kernel - c->stride;
   s->max_t = max_t;
   s->partial = moshi_alloc (sizeof (float) * (size_t) MAX (pt, 1) * c->c_out);
-  s->cols = c->depthwise ? moshi_alloc (16)
+  s->cols = c->depthwise
+      ? moshi_alloc (16)
       : moshi_alloc (sizeof (float) * (size_t) max_t * c->kernel * c->c_out);
-  s->full = moshi_alloc (sizeof (float)
-      * ((size_t) max_t * c->stride + MAX (pt, 0)) * c->c_out);
+  s->full = moshi_alloc (
+      sizeof (float) * ((size_t) max_t * c->stride + MAX (pt, 0)) * c->c_out);
   return s->partial && s->cols && s->full;
 }
 
@@ -333,9 +337,10 @@ size_t
 moshi_convtr1d_state_bytes (const MoshiConvTr1dState *s, const MoshiConvTr1d *c)
 {
   int pt = MAX (c->kernel - c->stride, 0);
-  return sizeof (float) * ((size_t) MAX (pt, 1) * c->c_out
-      + (c->depthwise ? 4 : (size_t) s->max_t * c->kernel * c->c_out)
-      + ((size_t) s->max_t * c->stride + pt) * c->c_out);
+  return sizeof (float)
+      * ((size_t) MAX (pt, 1) * c->c_out
+          + (c->depthwise ? 4 : (size_t) s->max_t * c->kernel * c->c_out)
+          + ((size_t) s->max_t * c->stride + pt) * c->c_out);
 }
 
 void

@@ -18,16 +18,16 @@ G_BEGIN_DECLS
 
 typedef struct {
   int c_in, c_out, kernel, stride, dilation;
-  gboolean replicate;        /* pad_mode "replicate" instead of zeros */
-  MoshiPackedB w;            /* B operand: [kernel * c_in][c_out] */
-  float *bias;               /* [c_out] or NULL */
+  gboolean replicate; /* pad_mode "replicate" instead of zeros */
+  MoshiPackedB w; /* B operand: [kernel * c_in][c_out] */
+  float *bias; /* [c_out] or NULL */
 } MoshiConv1d;
 
 typedef struct {
-  int hist;                  /* (kernel-1)*dilation + 1 - stride rows */
-  int max_t;                 /* largest input chunk, in rows */
-  float *buf;                /* [hist + max_t][c_in]: history, then input */
-  float *cols;               /* dilated convs only: im2col [max_t][kernel * c_in] */
+  int hist; /* (kernel-1)*dilation + 1 - stride rows */
+  int max_t; /* largest input chunk, in rows */
+  float *buf; /* [hist + max_t][c_in]: history, then input */
+  float *cols; /* dilated convs only: im2col [max_t][kernel * c_in] */
   gboolean first;
 } MoshiConv1dState;
 
@@ -47,7 +47,8 @@ gboolean moshi_conv1d_state_init (MoshiConv1dState *s, const MoshiConv1d *c,
     int max_t);
 void moshi_conv1d_state_clear (MoshiConv1dState *s);
 void moshi_conv1d_state_reset (MoshiConv1dState *s, const MoshiConv1d *c);
-size_t moshi_conv1d_state_bytes (const MoshiConv1dState *s, const MoshiConv1d *c);
+size_t moshi_conv1d_state_bytes (const MoshiConv1dState *s,
+    const MoshiConv1d *c);
 
 /* Where the next input chunk must be written ([max_t][c_in] room). */
 static inline float *
@@ -66,17 +67,17 @@ void moshi_conv1d_run_add (const MoshiConv1d *c, MoshiConv1dState *s,
 
 typedef struct {
   int c_in, c_out, kernel, stride;
-  gboolean depthwise;        /* groups == channels (c_in == c_out) */
-  MoshiPackedB w;            /* dense: B operand [c_in][kernel * c_out] */
-  float *dw;                 /* depthwise: [c][kernel] */
-  float *bias;               /* [c_out] or NULL */
+  gboolean depthwise; /* groups == channels (c_in == c_out) */
+  MoshiPackedB w; /* dense: B operand [c_in][kernel * c_out] */
+  float *dw; /* depthwise: [c][kernel] */
+  float *bias; /* [c_out] or NULL */
 } MoshiConvTr1d;
 
 typedef struct {
   int max_t;
-  float *partial;            /* [kernel - stride][c_out] overlap, no bias */
-  float *cols;               /* [max_t][kernel * c_out] GEMM output */
-  float *full;               /* [max_t * stride + kernel - stride][c_out] */
+  float *partial; /* [kernel - stride][c_out] overlap, no bias */
+  float *cols; /* [max_t][kernel * c_out] GEMM output */
+  float *full; /* [max_t * stride + kernel - stride][c_out] */
 } MoshiConvTr1dState;
 
 /* Loads `<prefix>.weight` [c_in, c_out (1 if depthwise), kernel]. */

@@ -18,7 +18,8 @@ cpu_init_once (void)
   if (__builtin_cpu_supports ("avx2") && __builtin_cpu_supports ("fma"))
     detected = MOSHI_CPU_AVX2;
   if (__builtin_cpu_supports ("avx512f") && __builtin_cpu_supports ("avx512bw")
-      && __builtin_cpu_supports ("avx512dq") && __builtin_cpu_supports ("avx512vl"))
+      && __builtin_cpu_supports ("avx512dq")
+      && __builtin_cpu_supports ("avx512vl"))
     detected = MOSHI_CPU_AVX512;
   has_vnni = __builtin_cpu_supports ("avx512vnni");
 #endif

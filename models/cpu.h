@@ -8,8 +8,8 @@
 
 typedef enum {
   MOSHI_CPU_GENERIC = 0,
-  MOSHI_CPU_AVX2 = 1,      /* AVX2 + FMA */
-  MOSHI_CPU_AVX512 = 2,    /* AVX-512 F/BW/DQ/VL */
+  MOSHI_CPU_AVX2 = 1, /* AVX2 + FMA */
+  MOSHI_CPU_AVX512 = 2, /* AVX-512 F/BW/DQ/VL */
 } MoshiCpuLevel;
 
 MoshiCpuLevel moshi_cpu_level (void);

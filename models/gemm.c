@@ -47,8 +47,8 @@ f32_to_bf16 (float f)
   uint32_t u;
   memcpy (&u, &f, 4);
   if ((u & 0x7fffffff) > 0x7f800000)
-    return (uint16_t) ((u >> 16) | 0x40);       /* quiet NaN */
-  u += 0x7fff + ((u >> 16) & 1);                /* round to nearest even */
+    return (uint16_t) ((u >> 16) | 0x40); /* quiet NaN */
+  u += 0x7fff + ((u >> 16) & 1); /* round to nearest even */
   return (uint16_t) (u >> 16);
 }
 
@@ -75,8 +75,8 @@ q8_index (int pn, int k, int j, int KP)
 }
 
 gboolean
-moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
-    int ldb, gboolean transposed, MoshiWeightType type)
+moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
+    gboolean transposed, MoshiWeightType type)
 {
   memset (p, 0, sizeof *p);
   p->K = K;
@@ -86,17 +86,21 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
   const int KP = k_padded (p);
   const size_t elems = (size_t) p->n_panels * KP * NR;
   const size_t esize = type == MOSHI_WEIGHTS_F32 ? 4
-      : type == MOSHI_WEIGHTS_BF16 ? 2 : 1;
+      : type == MOSHI_WEIGHTS_BF16               ? 2
+                                                 : 1;
   p->data = moshi_alloc (elems * esize);
   if (type == MOSHI_WEIGHTS_Q8) {
-    p->scales = moshi_alloc (sizeof (float) * (size_t) p->n_panels * (KP / QB) * NR);
-    p->colsum = moshi_alloc (sizeof (int32_t) * (size_t) p->n_panels * (KP / QB) * NR);
+    p->scales =
+        moshi_alloc (sizeof (float) * (size_t) p->n_panels * (KP / QB) * NR);
+    p->colsum =
+        moshi_alloc (sizeof (int32_t) * (size_t) p->n_panels * (KP / QB) * NR);
   }
   if (!p->data || (type == MOSHI_WEIGHTS_Q8 && (!p->scales || !p->colsum))) {
     moshi_packed_clear (p);
     return FALSE;
   }
-#define B_AT(k, n) (transposed ? b[(size_t) (n) * ldb + (k)] : b[(size_t) (k) * ldb + (n)])
+#define B_AT(k, n) \
+  (transposed ? b[(size_t) (n) *ldb + (k)] : b[(size_t) (k) *ldb + (n)])
   for (int pn = 0; pn < p->n_panels; pn++) {
     for (int j = 0; j < NR; j++) {
       const int n = pn * NR + j;
@@ -114,7 +118,8 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
           int8_t *q = (int8_t *) p->data;
           int32_t sum = 0;
           for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++) {
-            int8_t v = (int8_t) lrintf (CLAMP (B_AT (k, n) * inv, -127.0f, 127.0f));
+            int8_t v =
+                (int8_t) lrintf (CLAMP (B_AT (k, n) * inv, -127.0f, 127.0f));
             q[q8_index (pn, k, j, KP)] = v;
             sum += v;
           }
@@ -139,7 +144,8 @@ gboolean
 moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N, int ldb,
     gboolean transposed)
 {
-  return moshi_packed_init_typed (p, b, K, N, ldb, transposed, MOSHI_WEIGHTS_F32);
+  return moshi_packed_init_typed (p, b, K, N, ldb, transposed,
+      MOSHI_WEIGHTS_F32);
 }
 
 void
@@ -187,9 +193,9 @@ moshi_packed_get (const MoshiPackedB *p, int k, int n)
 typedef struct {
   const MoshiPackedB *B;
   int panel;
-  const float *bias;            /* already offset to the panel, or NULL */
+  const float *bias; /* already offset to the panel, or NULL */
   gboolean accumulate;
-  int ncols;                    /* valid columns in this panel */
+  int ncols; /* valid columns in this panel */
 } PanelArgs;
 
 static inline void
@@ -218,7 +224,8 @@ panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
         for (int j = 0; j < NR; j++)
           sum[j] += a[k] * Bp[(size_t) k * NR + j];
     } else if (B->type == MOSHI_WEIGHTS_BF16) {
-      const uint16_t *Bp = (const uint16_t *) B->data + (size_t) pa->panel * KP * NR;
+      const uint16_t *Bp =
+          (const uint16_t *) B->data + (size_t) pa->panel * KP * NR;
       for (int k = 0; k < K; k++)
         for (int j = 0; j < NR; j++)
           sum[j] += a[k] * bf16_to_f32 (Bp[(size_t) k * NR + j]);
@@ -244,8 +251,7 @@ panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
 
 #define AVX2_MR 3
 
-__attribute__((target ("avx2,fma")))
-static inline void
+__attribute__ ((target ("avx2,fma"))) static inline void
 tile_avx2 (int mr, const float *A, int lda, const float *Bp, int K,
     const PanelArgs *pa, float *C, int ldc)
 {
@@ -268,7 +274,7 @@ tile_avx2 (int mr, const float *A, int lda, const float *Bp, int K,
     }
   }
   for (int i = 0; i < mr; i++) {
-    float sum[NR] __attribute__((aligned (32)));
+    float sum[NR] __attribute__ ((aligned (32)));
     for (int j = 0; j < 4; j++)
       _mm256_store_ps (sum + 8 * j, acc[i][j]);
     store_row (C + (size_t) i * ldc, sum, pa);
@@ -298,17 +304,19 @@ panel_avx2 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
 
 #define AVX512_MR 6
 
-__attribute__((target ("avx512f")))
-static inline void
+__attribute__ ((target ("avx512f"))) static inline void
 store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
     float *C, int ldc)
 {
   const int ncols = pa->ncols;
   __mmask16 m0 = ncols >= 16 ? 0xFFFF : (__mmask16) ((1u << ncols) - 1);
   __mmask16 m1 = ncols >= 32 ? 0xFFFF
-      : ncols <= 16 ? 0 : (__mmask16) ((1u << (ncols - 16)) - 1);
-  __m512 bias0 = pa->bias ? _mm512_maskz_loadu_ps (m0, pa->bias) : _mm512_setzero_ps ();
-  __m512 bias1 = pa->bias ? _mm512_maskz_loadu_ps (m1, pa->bias + 16) : _mm512_setzero_ps ();
+      : ncols <= 16          ? 0
+                             : (__mmask16) ((1u << (ncols - 16)) - 1);
+  __m512 bias0 =
+      pa->bias ? _mm512_maskz_loadu_ps (m0, pa->bias) : _mm512_setzero_ps ();
+  __m512 bias1 = pa->bias ? _mm512_maskz_loadu_ps (m1, pa->bias + 16)
+                          : _mm512_setzero_ps ();
   for (int i = 0; i < mr; i++) {
     float *c = C + (size_t) i * ldc;
     __m512 v0 = _mm512_add_ps (acc0[i], bias0);
@@ -323,94 +331,103 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
 }
 
 /* Loads 32 weights of row k of a panel as two f32 vectors. */
-#define LOAD_F32(Bp, k, b0, b1) do {                                         \
-    const float *b_ = (const float *) (Bp) + (size_t) (k) * NR;              \
-    b0 = _mm512_load_ps (b_);                                                \
-    b1 = _mm512_load_ps (b_ + 16);                                           \
+#define LOAD_F32(Bp, k, b0, b1)                                \
+  do {                                                         \
+    const float *b_ = (const float *) (Bp) + (size_t) (k) *NR; \
+    b0 = _mm512_load_ps (b_);                                  \
+    b1 = _mm512_load_ps (b_ + 16);                             \
   } while (0)
-#define LOAD_BF16(Bp, k, b0, b1) do {                                        \
-    const uint16_t *b_ = (const uint16_t *) (Bp) + (size_t) (k) * NR;        \
-    b0 = _mm512_castsi512_ps (_mm512_slli_epi32 (_mm512_cvtepu16_epi32 (     \
-        _mm256_load_si256 ((const __m256i *) b_)), 16));                     \
-    b1 = _mm512_castsi512_ps (_mm512_slli_epi32 (_mm512_cvtepu16_epi32 (     \
-        _mm256_load_si256 ((const __m256i *) (b_ + 16))), 16));              \
+#define LOAD_BF16(Bp, k, b0, b1)                                          \
+  do {                                                                    \
+    const uint16_t *b_ = (const uint16_t *) (Bp) + (size_t) (k) *NR;      \
+    b0 = _mm512_castsi512_ps (                                            \
+        _mm512_slli_epi32 (_mm512_cvtepu16_epi32 (                        \
+                               _mm256_load_si256 ((const __m256i *) b_)), \
+            16));                                                         \
+    b1 = _mm512_castsi512_ps (                                            \
+        _mm512_slli_epi32 (_mm512_cvtepu16_epi32 (_mm256_load_si256 (     \
+                               (const __m256i *) (b_ + 16))),             \
+            16));                                                         \
   } while (0)
 /* One tile of MR rows x 32 columns for F32 and BF16 weights; MR is a
  * compile-time constant so the accumulators stay in registers. */
-#define DEFINE_TILE_AVX512(NAME, MR, LOAD, ETYPE)                            \
-__attribute__((target ("avx512f,avx512bw")))                                 \
-static void                                                                  \
-NAME##_##MR (const float *A, int lda, const ETYPE *Bp, int K,                \
-    const PanelArgs *pa, float *C, int ldc)                                  \
-{                                                                            \
-  __m512 acc0[MR], acc1[MR];                                                 \
-  for (int i = 0; i < MR; i++)                                               \
-    acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
-  for (int k = 0; k < K; k++) {                                              \
-    __m512 b0, b1;                                                           \
-    LOAD (Bp, k, b0, b1);                                                    \
-    for (int i = 0; i < MR; i++) {                                           \
-      __m512 a = _mm512_set1_ps (A[(size_t) i * lda + k]);                   \
-      acc0[i] = _mm512_fmadd_ps (a, b0, acc0[i]);                            \
-      acc1[i] = _mm512_fmadd_ps (a, b1, acc1[i]);                            \
-    }                                                                        \
-  }                                                                          \
-  store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
-}
+#define DEFINE_TILE_AVX512(NAME, MR, LOAD, ETYPE)                              \
+  __attribute__ ((                                                             \
+      target ("avx512f,avx512bw"))) static void NAME##_##MR (const float *A,   \
+      int lda, const ETYPE *Bp, int K, const PanelArgs *pa, float *C, int ldc) \
+  {                                                                            \
+    __m512 acc0[MR], acc1[MR];                                                 \
+    for (int i = 0; i < MR; i++)                                               \
+      acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
+    for (int k = 0; k < K; k++) {                                              \
+      __m512 b0, b1;                                                           \
+      LOAD (Bp, k, b0, b1);                                                    \
+      for (int i = 0; i < MR; i++) {                                           \
+        __m512 a = _mm512_set1_ps (A[(size_t) i * lda + k]);                   \
+        acc0[i] = _mm512_fmadd_ps (a, b0, acc0[i]);                            \
+        acc1[i] = _mm512_fmadd_ps (a, b1, acc1[i]);                            \
+      }                                                                        \
+    }                                                                          \
+    store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
+  }
 
 /* Q8 x Q8 with AVX-512 VNNI.  Activations arrive quantized per row and
  * 32-block as unsigned bytes (q + 128) with one scale per block; vpdpbusd
  * multiplies 4 such bytes by 4 signed weights per lane.  Each block's int32
  * sum, minus 128 x the block's weight column sum, times both scales, goes
  * into the float accumulators. */
-#define DEFINE_TILE_VNNI(MR)                                                 \
-__attribute__((target ("avx512f,avx512bw,avx512vnni")))                      \
-static void                                                                  \
-tile_vnni_##MR (const uint8_t *QA, int ldq, const float *SA, int lds,        \
-    const PanelArgs *pa, float *C, int ldc)                                  \
-{                                                                            \
-  const MoshiPackedB *B = pa->B;                                             \
-  const int KP = k_padded (B), KB = KP / QB;                                 \
-  const int8_t *Bp = (const int8_t *) B->data + (size_t) pa->panel * KP * NR; \
-  const float *S = B->scales + (size_t) pa->panel * KB * NR;                 \
-  const int32_t *CS = B->colsum + (size_t) pa->panel * KB * NR;              \
-  __m512 acc0[MR], acc1[MR];                                                 \
-  for (int i = 0; i < MR; i++)                                               \
-    acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
-  for (int kb = 0; kb < KB; kb++) {                                          \
-    __m512i d0[MR], d1[MR];                                                  \
-    for (int i = 0; i < MR; i++)                                             \
-      d0[i] = d1[i] = _mm512_setzero_si512 ();                               \
-    const int8_t *bb = Bp + (size_t) kb * QB * NR;                           \
-    for (int g = 0; g < QB / 4; g++) {                                       \
-      __m512i b0 = _mm512_load_si512 ((const void *) (bb + g * 4 * NR));     \
-      __m512i b1 = _mm512_load_si512 ((const void *) (bb + g * 4 * NR + 64)); \
-      for (int i = 0; i < MR; i++) {                                         \
-        int32_t a4;                                                          \
-        memcpy (&a4, QA + (size_t) i * ldq + kb * QB + g * 4, 4);            \
-        __m512i a = _mm512_set1_epi32 (a4);                                  \
-        d0[i] = _mm512_dpbusd_epi32 (d0[i], a, b0);                          \
-        d1[i] = _mm512_dpbusd_epi32 (d1[i], a, b1);                          \
-      }                                                                      \
-    }                                                                        \
-    __m512i c0 = _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR)); \
-    __m512i c1 = _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR + 16)); \
-    __m512 s0 = _mm512_load_ps (S + (size_t) kb * NR);                       \
-    __m512 s1 = _mm512_load_ps (S + (size_t) kb * NR + 16);                  \
-    for (int i = 0; i < MR; i++) {                                           \
-      __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);                \
-      acc0[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
-              _mm512_sub_epi32 (d0[i], c0)), _mm512_mul_ps (sa, s0), acc0[i]); \
-      acc1[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
-              _mm512_sub_epi32 (d1[i], c1)), _mm512_mul_ps (sa, s1), acc1[i]); \
-    }                                                                        \
-  }                                                                          \
-  store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
-}
+#define DEFINE_TILE_VNNI(MR)                                                   \
+  __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void         \
+      tile_vnni_##MR (const uint8_t *QA, int ldq, const float *SA, int lds,    \
+          const PanelArgs *pa, float *C, int ldc)                              \
+  {                                                                            \
+    const MoshiPackedB *B = pa->B;                                             \
+    const int KP = k_padded (B), KB = KP / QB;                                 \
+    const int8_t *Bp =                                                         \
+        (const int8_t *) B->data + (size_t) pa->panel * KP * NR;               \
+    const float *S = B->scales + (size_t) pa->panel * KB * NR;                 \
+    const int32_t *CS = B->colsum + (size_t) pa->panel * KB * NR;              \
+    __m512 acc0[MR], acc1[MR];                                                 \
+    for (int i = 0; i < MR; i++)                                               \
+      acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
+    for (int kb = 0; kb < KB; kb++) {                                          \
+      __m512i d0[MR], d1[MR];                                                  \
+      for (int i = 0; i < MR; i++)                                             \
+        d0[i] = d1[i] = _mm512_setzero_si512 ();                               \
+      const int8_t *bb = Bp + (size_t) kb * QB * NR;                           \
+      for (int g = 0; g < QB / 4; g++) {                                       \
+        __m512i b0 = _mm512_load_si512 ((const void *) (bb + g * 4 * NR));     \
+        __m512i b1 =                                                           \
+            _mm512_load_si512 ((const void *) (bb + g * 4 * NR + 64));         \
+        for (int i = 0; i < MR; i++) {                                         \
+          int32_t a4;                                                          \
+          memcpy (&a4, QA + (size_t) i * ldq + kb * QB + g * 4, 4);            \
+          __m512i a = _mm512_set1_epi32 (a4);                                  \
+          d0[i] = _mm512_dpbusd_epi32 (d0[i], a, b0);                          \
+          d1[i] = _mm512_dpbusd_epi32 (d1[i], a, b1);                          \
+        }                                                                      \
+      }                                                                        \
+      __m512i c0 = _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR)); \
+      __m512i c1 =                                                             \
+          _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR + 16));     \
+      __m512 s0 = _mm512_load_ps (S + (size_t) kb * NR);                       \
+      __m512 s1 = _mm512_load_ps (S + (size_t) kb * NR + 16);                  \
+      for (int i = 0; i < MR; i++) {                                           \
+        __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);                \
+        acc0[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
+                                       _mm512_sub_epi32 (d0[i], c0)),          \
+            _mm512_mul_ps (sa, s0), acc0[i]);                                  \
+        acc1[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
+                                       _mm512_sub_epi32 (d1[i], c1)),          \
+            _mm512_mul_ps (sa, s1), acc1[i]);                                  \
+      }                                                                        \
+    }                                                                          \
+    store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
+  }
 
-#define DEFINE_ALL(MR)                                                       \
-  DEFINE_TILE_AVX512 (tile_f32, MR, LOAD_F32, float)                         \
-  DEFINE_TILE_AVX512 (tile_bf16, MR, LOAD_BF16, uint16_t)                    \
+#define DEFINE_ALL(MR)                                    \
+  DEFINE_TILE_AVX512 (tile_f32, MR, LOAD_F32, float)      \
+  DEFINE_TILE_AVX512 (tile_bf16, MR, LOAD_BF16, uint16_t) \
   DEFINE_TILE_VNNI (MR)
 
 DEFINE_ALL (1)
@@ -427,8 +444,8 @@ typedef void (*TileBF16) (const float *, int, const uint16_t *, int,
 typedef void (*TileVnni) (const uint8_t *, int, const float *, int,
     const PanelArgs *, float *, int);
 
-static const TileF32 tiles_f32[AVX512_MR + 1] = { NULL, tile_f32_1,
-  tile_f32_2, tile_f32_3, tile_f32_4, tile_f32_5, tile_f32_6 };
+static const TileF32 tiles_f32[AVX512_MR + 1] = { NULL, tile_f32_1, tile_f32_2,
+  tile_f32_3, tile_f32_4, tile_f32_5, tile_f32_6 };
 static const TileBF16 tiles_bf16[AVX512_MR + 1] = { NULL, tile_bf16_1,
   tile_bf16_2, tile_bf16_3, tile_bf16_4, tile_bf16_5, tile_bf16_6 };
 static const TileVnni tiles_vnni[AVX512_MR + 1] = { NULL, tile_vnni_1,
@@ -447,13 +464,15 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
     float *c = C + (size_t) m * ldc;
     switch (B->type) {
       case MOSHI_WEIGHTS_F32:
-        tiles_f32[mr] (a, lda, (const float *) B->data + off, B->K, pa, c, ldc);
+        tiles_f32[mr](a, lda, (const float *) B->data + off, B->K, pa, c, ldc);
         break;
       case MOSHI_WEIGHTS_BF16:
-        tiles_bf16[mr] (a, lda, (const uint16_t *) B->data + off, B->K, pa, c, ldc);
+        tiles_bf16[mr](a, lda, (const uint16_t *) B->data + off, B->K, pa, c,
+            ldc);
         break;
       case MOSHI_WEIGHTS_Q8:
-        panel_generic (mr, a, lda, pa, c, ldc);   /* no VNNI: see moshi_gemm_packed */
+        panel_generic (mr, a, lda, pa, c,
+            ldc); /* no VNNI: see moshi_gemm_packed */
         break;
     }
   }
@@ -465,8 +484,7 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
 /* Quantizes rows of A for the VNNI kernel: per 32-block, q = round(a / s)
  * with s = max|a| / 127, stored as q + 128 (unsigned).  Padding past K is
  * 128 (q = 0). */
-__attribute__((target ("avx512f,avx512bw")))
-static void
+__attribute__ ((target ("avx512f,avx512bw"))) static void
 quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
     uint8_t *QA, float *SA)
 {
@@ -478,8 +496,12 @@ quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
     for (int kb = 0; kb < KB; kb++) {
       const int k0 = kb * QB;
       const int n = MIN (QB, K - k0);
-      __mmask16 m0 = n >= 16 ? 0xFFFF : n <= 0 ? 0 : (__mmask16) ((1u << n) - 1);
-      __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16) ((1u << (n - 16)) - 1);
+      __mmask16 m0 = n >= 16 ? 0xFFFF
+          : n <= 0           ? 0
+                             : (__mmask16) ((1u << n) - 1);
+      __mmask16 m1 = n >= 32 ? 0xFFFF
+          : n <= 16          ? 0
+                             : (__mmask16) ((1u << (n - 16)) - 1);
       __m512 x0 = _mm512_maskz_loadu_ps (m0, a + k0);
       __m512 x1 = _mm512_maskz_loadu_ps (m1, a + k0 + 16);
       __m512 amax = _mm512_max_ps (_mm512_abs_ps (x0), _mm512_abs_ps (x1));
@@ -487,8 +509,12 @@ quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
       float s = mx / 127.0f;
       SA[(size_t) m * KB + kb] = s;
       __m512 inv = _mm512_set1_ps (s > 0.0f ? 1.0f / s : 0.0f);
-      __m512i q0 = _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x0, inv)), offset);
-      __m512i q1 = _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x1, inv)), offset);
+      __m512i q0 =
+          _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x0, inv)),
+              offset);
+      __m512i q1 =
+          _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x1, inv)),
+              offset);
       _mm_storeu_si128 ((__m128i *) (q + k0), _mm512_cvtepi32_epi8 (q0));
       _mm_storeu_si128 ((__m128i *) (q + k0 + 16), _mm512_cvtepi32_epi8 (q1));
     }
@@ -501,14 +527,14 @@ panel_vnni (int M, const uint8_t *QA, int ldq, const float *SA, int lds,
 {
   for (int m = 0; m < M; m += AVX512_MR) {
     const int mr = MIN (AVX512_MR, M - m);
-    tiles_vnni[mr] (QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds, lds, pa,
+    tiles_vnni[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds, lds, pa,
         C + (size_t) m * ldc, ldc);
   }
 }
 #endif
 
-typedef void (*PanelFn) (int, const float *, int, const PanelArgs *, float *,
-    int);
+typedef void (
+    *PanelFn) (int, const float *, int, const PanelArgs *, float *, int);
 
 static PanelFn
 select_panel (void)
@@ -536,8 +562,8 @@ typedef struct {
   gboolean accumulate;
   float *C;
   int ldc;
-  const uint8_t *QA;            /* VNNI path: quantized A, [M][KP] */
-  const float *SA;              /* and its scales, [M][KP / 32] */
+  const uint8_t *QA; /* VNNI path: quantized A, [M][KP] */
+  const float *SA; /* and its scales, [M][KP / 32] */
 } PackedJob;
 
 /* Rows per block: keeps a block of A rows hot in L1/L2 while one panel of
@@ -582,14 +608,15 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
     NULL, NULL };
   uint8_t *qa = NULL;
 #if defined(__x86_64__)
-  uint8_t qa_stack[4096] __attribute__((aligned (64)));
+  uint8_t qa_stack[4096] __attribute__ ((aligned (64)));
   float sa_stack[128];
   if (B->type == MOSHI_WEIGHTS_Q8 && moshi_cpu_has_avx512_vnni ()) {
     const int KP = k_padded (B);
     const size_t need = (size_t) M * KP;
     uint8_t *q = qa_stack;
     float *sa = sa_stack;
-    if (need > sizeof qa_stack || (size_t) M * (KP / QB) > G_N_ELEMENTS (sa_stack)) {
+    if (need > sizeof qa_stack
+        || (size_t) M * (KP / QB) > G_N_ELEMENTS (sa_stack)) {
       qa = g_malloc (need + sizeof (float) * (size_t) M * (KP / QB) + 64);
       q = qa;
       sa = (float *) (qa + ((need + 63) & ~(size_t) 63));

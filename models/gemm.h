@@ -43,8 +43,8 @@ typedef struct {
  * weight, for y = x W^T).  Returns FALSE on allocation failure. */
 gboolean moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N,
     int ldb, gboolean transposed);
-gboolean moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K,
-    int N, int ldb, gboolean transposed, MoshiWeightType type);
+gboolean moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
+    int ldb, gboolean transposed, MoshiWeightType type);
 void moshi_packed_clear (MoshiPackedB *p);
 size_t moshi_packed_bytes (const MoshiPackedB *p);
 /* Element (k, n), for tests and rare scalar uses. */
@@ -57,7 +57,7 @@ float moshi_packed_get (const MoshiPackedB *p, int k, int n);
  * 32-block to int8 as well and the products run in integer arithmetic (adds
  * ~0.4 % relative error per block); elsewhere A stays float32. */
 void moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
-    const MoshiPackedB *B, const float *bias, gboolean accumulate,
-    float *C, int ldc);
+    const MoshiPackedB *B, const float *bias, gboolean accumulate, float *C,
+    int ldc);
 
 G_END_DECLS

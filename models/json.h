@@ -32,15 +32,18 @@ const char *mjson_type_name (MJsonType t);
 
 /* Objects: lookup by key (first match), iteration in document order. */
 const MJsonValue *mjson_get (const MJsonValue *obj, const char *key);
-size_t mjson_len (const MJsonValue *v);      /* array or object size, else 0 */
-const MJsonValue *mjson_at (const MJsonValue *v, size_t i);  /* element / member value */
-const char *mjson_key_at (const MJsonValue *obj, size_t i);  /* member key */
+size_t mjson_len (const MJsonValue *v); /* array or object size, else 0 */
+const MJsonValue *mjson_at (const MJsonValue *v,
+    size_t i); /* element / member value */
+const char *mjson_key_at (const MJsonValue *obj, size_t i); /* member key */
 /* Key length in bytes; differs from strlen() when the key contains \u0000. */
 size_t mjson_key_len_at (const MJsonValue *obj, size_t i);
 
-double mjson_number (const MJsonValue *v);   /* 0 when not a number */
-gboolean mjson_is_integer (const MJsonValue *v, int64_t *out); /* exact integer in int64 range */
-const char *mjson_string (const MJsonValue *v);  /* NUL-terminated UTF-8, NULL when not a string */
+double mjson_number (const MJsonValue *v); /* 0 when not a number */
+gboolean mjson_is_integer (const MJsonValue *v,
+    int64_t *out); /* exact integer in int64 range */
+const char *mjson_string (
+    const MJsonValue *v); /* NUL-terminated UTF-8, NULL when not a string */
 size_t mjson_string_len (const MJsonValue *v);
 gboolean mjson_bool (const MJsonValue *v);
 

@@ -64,7 +64,7 @@ moshi_pool_new (int n_threads)
   MoshiPool *pool = g_new0 (MoshiPool, 1);
   if (n_threads < 1)
     n_threads = 1;
-  moshi_cpu_level ();           /* makes sure OpenBLAS runs single-threaded */
+  moshi_cpu_level (); /* makes sure OpenBLAS runs single-threaded */
   pool->n_threads = n_threads;
   pthread_mutex_init (&pool->lock, NULL);
   pthread_cond_init (&pool->wake, NULL);
@@ -159,8 +159,8 @@ gemm_part (void *data, int index, int count)
     return;
   const float *B = j->trans_b ? j->B + (size_t) n0 * j->ldb : j->B + n0;
   cblas_sgemm (CblasRowMajor, CblasNoTrans,
-      j->trans_b ? CblasTrans : CblasNoTrans, j->M, n1 - n0, j->K, 1.0f,
-      j->A, j->lda, B, j->ldb, j->beta, j->C + n0, j->ldc);
+      j->trans_b ? CblasTrans : CblasNoTrans, j->M, n1 - n0, j->K, 1.0f, j->A,
+      j->lda, B, j->ldb, j->beta, j->C + n0, j->ldc);
 }
 
 static void
@@ -207,8 +207,7 @@ moshi_sgemm_nt (MoshiPool *pool, int M, int N, int K, const float *A, int lda,
  * degree-6 polynomial for exp on [-ln2/2, ln2/2]; ~2 ulp of exp, i.e. an
  * absolute error below 1e-7 for the ELU's negative branch.  For |x| tiny the
  * direct series keeps relative accuracy. */
-__attribute__((target ("avx512f")))
-static void
+__attribute__ ((target ("avx512f"))) static void
 elu_avx512 (float *dst, const float *src, size_t n)
 {
   const __m512 log2e = _mm512_set1_ps (1.44269504088896341f);
@@ -244,14 +243,14 @@ elu_avx512 (float *dst, const float *src, size_t n)
   }
 }
 
-__attribute__((target ("avx512f")))
-static float
+__attribute__ ((target ("avx512f"))) static float
 dot_avx512 (const float *a, const float *b, int n)
 {
   __m512 acc0 = _mm512_setzero_ps (), acc1 = _mm512_setzero_ps ();
   int i = 0;
   for (; i + 32 <= n; i += 32) {
-    acc0 = _mm512_fmadd_ps (_mm512_loadu_ps (a + i), _mm512_loadu_ps (b + i), acc0);
+    acc0 = _mm512_fmadd_ps (_mm512_loadu_ps (a + i), _mm512_loadu_ps (b + i),
+        acc0);
     acc1 = _mm512_fmadd_ps (_mm512_loadu_ps (a + i + 16),
         _mm512_loadu_ps (b + i + 16), acc1);
   }
@@ -263,8 +262,7 @@ dot_avx512 (const float *a, const float *b, int n)
   return _mm512_reduce_add_ps (_mm512_add_ps (acc0, acc1));
 }
 
-__attribute__((target ("avx512f")))
-static void
+__attribute__ ((target ("avx512f"))) static void
 axpy_avx512 (float *y, float a, const float *x, int n)
 {
   __m512 va = _mm512_set1_ps (a);
@@ -278,11 +276,10 @@ axpy_avx512 (float *y, float a, const float *x, int n)
 #endif
 
 #if defined(__x86_64__)
-__attribute__((target ("avx512f")))
-static void
-attention_head_avx512 (const float *q, const float *kT, int ctx,
-    const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
-    int hi, float *sc, float *out)
+__attribute__ ((target ("avx512f"))) static void
+attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
 {
   /* Scores, 64 slots at a time with the accumulators in registers. */
   for (int j0 = lo; j0 <= hi; j0 += 64) {
@@ -298,7 +295,8 @@ attention_head_avx512 (const float *q, const float *kT, int ctx,
       const __m512 qc = _mm512_set1_ps (q[c] * scale);
       const float *row = kT + (size_t) c * ctx + j0;
       for (int b = 0; b < 4; b++)
-        acc[b] = _mm512_fmadd_ps (qc, _mm512_maskz_loadu_ps (mk[b], row + 16 * b), acc[b]);
+        acc[b] = _mm512_fmadd_ps (qc,
+            _mm512_maskz_loadu_ps (mk[b], row + 16 * b), acc[b]);
     }
     for (int b = 0; b < 4; b++)
       _mm512_mask_storeu_ps (sc + j0 + 16 * b, mk[b], acc[b]);
@@ -330,7 +328,8 @@ attention_head_avx512 (const float *q, const float *kT, int ctx,
       const float *vj = v + (size_t) j * ldv + c0;
       for (int b = 0; b < 8; b++)
         if (mv[b])
-          o[b] = _mm512_fmadd_ps (p, _mm512_maskz_loadu_ps (mv[b], vj + 16 * b), o[b]);
+          o[b] = _mm512_fmadd_ps (p, _mm512_maskz_loadu_ps (mv[b], vj + 16 * b),
+              o[b]);
     }
     for (int b = 0; b < 8; b++)
       _mm512_mask_storeu_ps (out + c0 + 16 * b, mv[b], o[b]);
@@ -339,13 +338,14 @@ attention_head_avx512 (const float *q, const float *kT, int ctx,
 #endif
 
 void
-moshi_attention_head (const float *q, const float *kT, int ctx,
-    const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
-    int hi, float *sc, float *out)
+moshi_attention_head (const float *q, const float *kT, int ctx, const float *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
 {
 #if defined(__x86_64__)
   if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
-    attention_head_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out);
+    attention_head_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc,
+        out);
     return;
   }
 #endif

@@ -20,17 +20,15 @@ int moshi_pool_threads (const MoshiPool *pool);
 void moshi_pool_run (MoshiPool *pool, MoshiPoolFn fn, void *ctx);
 
 /* C[M,N] = beta*C + A[M,K] * B[K,N]. */
-void moshi_sgemm_nn (MoshiPool *pool, int M, int N, int K,
-    const float *A, int lda, const float *B, int ldb,
-    float beta, float *C, int ldc);
+void moshi_sgemm_nn (MoshiPool *pool, int M, int N, int K, const float *A,
+    int lda, const float *B, int ldb, float beta, float *C, int ldc);
 /* C[M,N] = beta*C + A[M,K] * W[N,K]^T  (W as a PyTorch Linear weight). */
-void moshi_sgemm_nt (MoshiPool *pool, int M, int N, int K,
-    const float *A, int lda, const float *W, int ldw,
-    float beta, float *C, int ldc);
+void moshi_sgemm_nt (MoshiPool *pool, int M, int N, int K, const float *A,
+    int lda, const float *W, int ldw, float beta, float *C, int ldc);
 
 /* Elementwise, in place or out of place (dst may equal src). */
-void moshi_elu (float *dst, const float *src, size_t n);   /* alpha = 1 */
-void moshi_gelu (float *dst, const float *src, size_t n);  /* exact (erf) */
+void moshi_elu (float *dst, const float *src, size_t n); /* alpha = 1 */
+void moshi_gelu (float *dst, const float *src, size_t n); /* exact (erf) */
 void moshi_silu (float *dst, const float *src, size_t n);
 void moshi_add (float *dst, const float *a, const float *b, size_t n);
 /* dst += scale[c] * src, over rows of C channels. */

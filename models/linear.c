@@ -11,8 +11,8 @@ static gboolean
 linear_pack (MoshiLinear *l, float *w, MoshiWeightType type, const char *name,
     GError **error)
 {
-  gboolean ok = moshi_packed_init_typed (&l->w, w, l->in, l->out, l->in, TRUE,
-      type);
+  gboolean ok =
+      moshi_packed_init_typed (&l->w, w, l->in, l->out, l->in, TRUE, type);
   moshi_free (w);
   if (!ok)
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
@@ -39,7 +39,8 @@ moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
   memset (l, 0, sizeof *l);
   l->in = in;
   l->out = out;
-  float *w = weights_random (seed, (size_t) in * out, 1.0f / sqrtf ((float) in));
+  float *w =
+      weights_random (seed, (size_t) in * out, 1.0f / sqrtf ((float) in));
   linear_pack (l, w, type, "random", NULL);
 }
 

@@ -12,7 +12,7 @@ G_BEGIN_DECLS
 
 typedef struct {
   int in, out;
-  MoshiPackedB w;            /* W^T packed, K = in, N = out */
+  MoshiPackedB w; /* W^T packed, K = in, N = out */
 } MoshiLinear;
 
 gboolean moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name,

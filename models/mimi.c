@@ -14,12 +14,12 @@
 struct MimiModel {
   gint refcount;
   MimiConfig cfg;
-  int steps;                    /* transformer steps per frame (2) */
+  int steps; /* transformer steps per frame (2) */
   MoshiWeightType weights;
   Seanet encoder, decoder;
   Transformer enc_tr, dec_tr;
-  MoshiConv1d downsample;       /* learnt, stride 2, replicate padding */
-  MoshiConvTr1d upsample;       /* depthwise, stride 2 */
+  MoshiConv1d downsample; /* learnt, stride 2, replicate padding */
+  MoshiConvTr1d upsample; /* depthwise, stride 2 */
   Rvq rvq;
 };
 
@@ -30,8 +30,8 @@ struct MimiEncoder {
   SeanetState seanet;
   TransformerState tr;
   MoshiConv1dState down;
-  float *x;                     /* [steps][dim] */
-  float *latent;                /* [dim] */
+  float *x; /* [steps][dim] */
+  float *latent; /* [dim] */
   float *scratch;
 };
 
@@ -42,8 +42,8 @@ struct MimiDecoder {
   SeanetState seanet;
   TransformerState tr;
   MoshiConvTr1dState up;
-  float *latent;                /* [dim] */
-  float *x;                     /* [steps][dim] */
+  float *latent; /* [dim] */
+  float *x; /* [steps][dim] */
   float *scratch;
 };
 
@@ -125,12 +125,15 @@ mimi_model_load_with_config (const char *path, const MimiConfig *cfg,
   const int dim = cfg->dimension, stride = m->steps;
   seanet_config_from (&sc, cfg);
   transformer_config_from (&tc, cfg, weights);
-  gboolean ok = seanet_load (&m->encoder, &sc, FALSE, f, "encoder", weights, error)
+  gboolean ok =
+      seanet_load (&m->encoder, &sc, FALSE, f, "encoder", weights, error)
       && seanet_load (&m->decoder, &sc, TRUE, f, "decoder", weights, error)
-      && transformer_load (&m->enc_tr, &tc, f, "encoder_transformer.transformer", error)
-      && transformer_load (&m->dec_tr, &tc, f, "decoder_transformer.transformer", error)
-      && moshi_conv1d_load (&m->downsample, f, "downsample.conv.conv.conv",
-          dim, dim, 2 * stride, stride, 1, FALSE, TRUE, weights, error)
+      && transformer_load (&m->enc_tr, &tc, f,
+          "encoder_transformer.transformer", error)
+      && transformer_load (&m->dec_tr, &tc, f,
+          "decoder_transformer.transformer", error)
+      && moshi_conv1d_load (&m->downsample, f, "downsample.conv.conv.conv", dim,
+          dim, 2 * stride, stride, 1, FALSE, TRUE, weights, error)
       && moshi_convtr1d_load (&m->upsample, f, "upsample.convtr.convtr.convtr",
           dim, dim, 2 * stride, stride, FALSE, TRUE, weights, error)
       && rvq_load (&m->rvq, f, "quantizer", cfg->q_dimension, dim, dim,
@@ -233,8 +236,8 @@ mimi_model_weight_bytes (const MimiModel *m)
 {
   return seanet_bytes (&m->encoder) + seanet_bytes (&m->decoder)
       + transformer_bytes (&m->enc_tr) + transformer_bytes (&m->dec_tr)
-      + moshi_conv1d_bytes (&m->downsample) + moshi_convtr1d_bytes (&m->upsample)
-      + rvq_bytes (&m->rvq);
+      + moshi_conv1d_bytes (&m->downsample)
+      + moshi_convtr1d_bytes (&m->upsample) + rvq_bytes (&m->rvq);
 }
 
 static gboolean
@@ -242,8 +245,8 @@ check_codebooks (const MimiModel *m, int n_q, GError **error)
 {
   if (n_q < 1 || n_q > m->cfg.q_n_q) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
-        "%d codebooks requested, but this Mimi model has %d (use 1 to %d)",
-        n_q, m->cfg.q_n_q, m->cfg.q_n_q);
+        "%d codebooks requested, but this Mimi model has %d (use 1 to %d)", n_q,
+        m->cfg.q_n_q, m->cfg.q_n_q);
     return FALSE;
   }
   return TRUE;
@@ -315,8 +318,9 @@ mimi_encoder_state_bytes (const MimiEncoder *e)
   return seanet_state_bytes (&e->seanet, &m->encoder)
       + transformer_state_bytes (&e->tr, &m->enc_tr)
       + moshi_conv1d_state_bytes (&e->down, &m->downsample)
-      + sizeof (float) * ((size_t) (m->steps + 1) * m->cfg.dimension
-      + rvq_scratch_floats (&m->rvq));
+      + sizeof (float)
+      * ((size_t) (m->steps + 1) * m->cfg.dimension
+          + rvq_scratch_floats (&m->rvq));
 }
 
 void
@@ -422,8 +426,9 @@ mimi_decoder_state_bytes (const MimiDecoder *d)
   return seanet_state_bytes (&d->seanet, &m->decoder)
       + transformer_state_bytes (&d->tr, &m->dec_tr)
       + moshi_convtr1d_state_bytes (&d->up, &m->upsample)
-      + sizeof (float) * ((size_t) (m->steps + 1) * m->cfg.dimension
-      + rvq_scratch_floats (&m->rvq));
+      + sizeof (float)
+      * ((size_t) (m->steps + 1) * m->cfg.dimension
+          + rvq_scratch_floats (&m->rvq));
 }
 
 void
@@ -447,7 +452,8 @@ mimi_decode_frame_traced (MimiDecoder *d, const uint16_t *codes, float *pcm,
     if (codes[i] >= m->cfg.q_bins) {
       g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
           "code %u in codebook %d is out of range (this model has %d entries "
-          "per codebook)", codes[i], i, m->cfg.q_bins);
+          "per codebook)",
+          codes[i], i, m->cfg.q_bins);
       return FALSE;
     }
   }

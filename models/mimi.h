@@ -21,34 +21,34 @@ G_BEGIN_DECLS
 
 typedef struct {
   /* SEANet */
-  int channels;            /* audio channels, 1 */
-  int dimension;           /* latent dimension (512) */
-  int n_filters;           /* 64 */
-  int n_residual_layers;   /* 1 */
-  int ratios[8];           /* decoder order: 8, 6, 5, 4 */
+  int channels; /* audio channels, 1 */
+  int dimension; /* latent dimension (512) */
+  int n_filters; /* 64 */
+  int n_residual_layers; /* 1 */
+  int ratios[8]; /* decoder order: 8, 6, 5, 4 */
   int n_ratios;
-  int kernel_size;         /* 7 */
-  int residual_kernel_size;/* 3 */
-  int last_kernel_size;    /* 3 */
-  int dilation_base;       /* 2 */
-  int compress;            /* 2 */
-  gboolean true_skip;      /* TRUE (only TRUE is supported) */
+  int kernel_size; /* 7 */
+  int residual_kernel_size; /* 3 */
+  int last_kernel_size; /* 3 */
+  int dilation_base; /* 2 */
+  int compress; /* 2 */
+  gboolean true_skip; /* TRUE (only TRUE is supported) */
   /* transformer (encoder and decoder are identical in shape) */
-  int d_model;             /* 512 */
-  int num_heads;           /* 8 */
-  int num_layers;          /* 8 */
-  int dim_feedforward;     /* 2048 */
-  int context;             /* 250 */
-  double max_period;       /* 10000 */
+  int d_model; /* 512 */
+  int num_heads; /* 8 */
+  int num_layers; /* 8 */
+  int dim_feedforward; /* 2048 */
+  int context; /* 250 */
+  double max_period; /* 10000 */
   /* quantizer */
-  int q_dimension;         /* 256 */
-  int q_n_q;               /* 32 codebooks stored */
-  int q_bins;              /* 2048 */
+  int q_dimension; /* 256 */
+  int q_n_q; /* 32 codebooks stored */
+  int q_bins; /* 2048 */
   /* rates */
-  int sample_rate;         /* 24000 */
-  double frame_rate;       /* 12.5 */
-  int frame_size;          /* 1920 */
-  int num_codebooks;       /* default used codebooks, 8 */
+  int sample_rate; /* 24000 */
+  double frame_rate; /* 12.5 */
+  int frame_size; /* 1920 */
+  int num_codebooks; /* default used codebooks, 8 */
 } MimiConfig;
 
 typedef struct MimiModel MimiModel;
@@ -59,7 +59,8 @@ typedef struct MimiDecoder MimiDecoder;
 void mimi_config_default (MimiConfig *cfg);
 /* Reads a Kyutai-schema mimi config.json (keys seanet/transformer/quantizer,
  * as in tests/data/conformance/mimi-tiny/config.json) over the defaults. */
-gboolean mimi_config_load_json (MimiConfig *cfg, const char *path, GError **error);
+gboolean mimi_config_load_json (MimiConfig *cfg, const char *path,
+    GError **error);
 /* Checks that the values describe a buildable Mimi; `path` names the source
  * in error messages. */
 gboolean mimi_config_validate (const MimiConfig *cfg, const char *path,
@@ -109,15 +110,15 @@ gboolean mimi_decode_frame (MimiDecoder *d, const uint16_t *codes, float *pcm,
  * may be NULL.  Layout is time-major: [steps][channels] with
  * steps = frame_size / hop (2 for Mimi). */
 typedef struct {
-  float *seanet_out;         /* [steps][dimension] */
-  float *transformer_out;    /* [steps][dimension] */
-  float *latent;             /* [dimension], after the stride-2 downsample */
+  float *seanet_out; /* [steps][dimension] */
+  float *transformer_out; /* [steps][dimension] */
+  float *latent; /* [dimension], after the stride-2 downsample */
 } MimiEncodeTrace;
 
 typedef struct {
-  float *quantized;          /* [dimension], sum of codebook vectors, projected */
-  float *upsampled;          /* [steps][dimension] */
-  float *transformer_out;    /* [steps][dimension] */
+  float *quantized; /* [dimension], sum of codebook vectors, projected */
+  float *upsampled; /* [steps][dimension] */
+  float *transformer_out; /* [steps][dimension] */
 } MimiDecodeTrace;
 
 void mimi_encode_frame_traced (MimiEncoder *e, const float *pcm,

@@ -1,3 +1,3 @@
 #include "model-error.h"
 
-G_DEFINE_QUARK (moshi-model-error-quark, moshi_model_error)
+G_DEFINE_QUARK (moshi - model - error - quark, moshi_model_error)

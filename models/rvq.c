@@ -27,8 +27,8 @@ static gboolean
 part_set_codebook (RvqPart *p, int i, const float *cb, int dim, int bins)
 {
   for (int b = 0; b < bins; b++)
-    p->norms[(size_t) i * bins + b] = moshi_dot (cb + (size_t) b * dim,
-        cb + (size_t) b * dim, dim);
+    p->norms[(size_t) i * bins + b] =
+        moshi_dot (cb + (size_t) b * dim, cb + (size_t) b * dim, dim);
   return moshi_packed_init (&p->codebooks[i], cb, dim, bins, dim, TRUE);
 }
 
@@ -45,20 +45,26 @@ part_load (RvqPart *p, const StFile *f, const char *prefix, int n_q, int dim,
     return FALSE;
   }
   int64_t ish[3] = { dim, in_dim, 1 }, osh[3] = { out_dim, dim, 1 };
-  p->in_proj = weights_load (f, weights_name (name, "%s.input_proj.weight", prefix), 3, ish, error);
+  p->in_proj = weights_load (f,
+      weights_name (name, "%s.input_proj.weight", prefix), 3, ish, error);
   if (!p->in_proj)
     goto fail;
-  p->out_proj = weights_load (f, weights_name (name, "%s.output_proj.weight", prefix), 3, osh, error);
+  p->out_proj = weights_load (f,
+      weights_name (name, "%s.output_proj.weight", prefix), 3, osh, error);
   if (!p->out_proj)
     goto fail;
   for (int i = 0; i < n_q; i++) {
     int64_t esh[2] = { bins, dim }, ush[1] = { bins };
-    float *sum = weights_load (f, weights_name (name,
-            "%s.vq.layers.%d._codebook.embedding_sum", prefix, i), 2, esh, error);
+    float *sum = weights_load (f,
+        weights_name (name, "%s.vq.layers.%d._codebook.embedding_sum", prefix,
+            i),
+        2, esh, error);
     if (!sum)
       goto fail;
-    float *usage = weights_load (f, weights_name (name,
-            "%s.vq.layers.%d._codebook.cluster_usage", prefix, i), 1, ush, error);
+    float *usage = weights_load (f,
+        weights_name (name, "%s.vq.layers.%d._codebook.cluster_usage", prefix,
+            i),
+        1, ush, error);
     if (!usage) {
       moshi_free (sum);
       goto fail;
@@ -108,8 +114,8 @@ rvq_load (Rvq *q, const StFile *f, const char *prefix, int dim, int in_dim,
   q->out_dim = out_dim;
   q->bins = bins;
   q->n_q = n_q;
-  if (!part_load (&q->first, f, weights_name (name, "%s.rvq_first", prefix),
-          1, dim, in_dim, out_dim, bins, error)
+  if (!part_load (&q->first, f, weights_name (name, "%s.rvq_first", prefix), 1,
+          dim, in_dim, out_dim, bins, error)
       || !part_load (&q->rest, f, weights_name (name, "%s.rvq_rest", prefix),
           n_q - 1, dim, in_dim, out_dim, bins, error)) {
     rvq_clear (q);
@@ -133,8 +139,8 @@ part_random (RvqPart *p, uint64_t *seed, int n_q, int dim, int in_dim,
 }
 
 void
-rvq_random (Rvq *q, uint64_t *seed, int dim, int in_dim, int out_dim,
-    int bins, int n_q)
+rvq_random (Rvq *q, uint64_t *seed, int dim, int in_dim, int out_dim, int bins,
+    int n_q)
 {
   memset (q, 0, sizeof *q);
   q->dim = dim;
@@ -156,8 +162,9 @@ rvq_clear (Rvq *q)
 size_t
 rvq_bytes (const Rvq *q)
 {
-  size_t n = sizeof (float) * ((size_t) 2 * q->dim * (q->in_dim + q->out_dim)
-      + (size_t) q->n_q * q->bins);
+  size_t n = sizeof (float)
+      * ((size_t) 2 * q->dim * (q->in_dim + q->out_dim)
+          + (size_t) q->n_q * q->bins);
   for (int i = 0; i < q->first.n_q; i++)
     n += moshi_packed_bytes (&q->first.codebooks[i]);
   for (int i = 0; i < q->rest.n_q; i++)
@@ -209,8 +216,8 @@ part_encode (const Rvq *q, const RvqPart *p, int n, const float *latent,
 }
 
 void
-rvq_encode (const Rvq *q, int n_codebooks, const float *latent,
-    uint16_t *codes, float *scratch)
+rvq_encode (const Rvq *q, int n_codebooks, const float *latent, uint16_t *codes,
+    float *scratch)
 {
   part_encode (q, &q->first, 1, latent, codes, scratch);
   if (n_codebooks > 1)
@@ -232,8 +239,8 @@ part_decode_add (const Rvq *q, const RvqPart *p, int n, const uint16_t *codes,
 }
 
 void
-rvq_decode (const Rvq *q, int n_codebooks, const uint16_t *codes,
-    float *latent, float *scratch)
+rvq_decode (const Rvq *q, int n_codebooks, const uint16_t *codes, float *latent,
+    float *scratch)
 {
   memset (latent, 0, sizeof (float) * q->out_dim);
   part_decode_add (q, &q->first, 1, codes, latent, scratch);

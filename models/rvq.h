@@ -14,11 +14,11 @@
 G_BEGIN_DECLS
 
 typedef struct {
-  int n_q;                   /* codebooks stored */
-  float *in_proj;            /* [dim][in_dim] */
-  float *out_proj;           /* [out_dim][dim] */
-  MoshiPackedB *codebooks;   /* [n_q], each B = E^T: K = dim, N = bins (f32) */
-  float *norms;              /* [n_q][bins], |e|^2 */
+  int n_q; /* codebooks stored */
+  float *in_proj; /* [dim][in_dim] */
+  float *out_proj; /* [out_dim][dim] */
+  MoshiPackedB *codebooks; /* [n_q], each B = E^T: K = dim, N = bins (f32) */
+  float *norms; /* [n_q][bins], |e|^2 */
 } RvqPart;
 
 typedef struct {

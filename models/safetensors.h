@@ -16,8 +16,19 @@ G_BEGIN_DECLS
 #define ST_MAX_DIMS 8
 
 typedef enum {
-  ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_I32, ST_U32, ST_I64, ST_U64,
-  ST_F16, ST_BF16, ST_F32, ST_F64,
+  ST_BOOL,
+  ST_U8,
+  ST_I8,
+  ST_I16,
+  ST_U16,
+  ST_I32,
+  ST_U32,
+  ST_I64,
+  ST_U64,
+  ST_F16,
+  ST_BF16,
+  ST_F32,
+  ST_F64,
 } StDtype;
 
 typedef struct {
@@ -26,7 +37,7 @@ typedef struct {
   int ndim;
   int64_t shape[ST_MAX_DIMS];
   int64_t numel;
-  const void *data;          /* inside the mapping; may be unaligned */
+  const void *data; /* inside the mapping; may be unaligned */
   size_t nbytes;
 } StTensor;
 
@@ -38,9 +49,11 @@ void st_unref (StFile *f);
 
 const char *st_path (const StFile *f);
 size_t st_count (const StFile *f);
-const StTensor *st_index (const StFile *f, size_t i);   /* sorted by name */
-const StTensor *st_find (const StFile *f, const char *name);  /* NULL if absent */
-const char *st_metadata (const StFile *f, const char *key);   /* __metadata__ entry */
+const StTensor *st_index (const StFile *f, size_t i); /* sorted by name */
+const StTensor *st_find (const StFile *f,
+    const char *name); /* NULL if absent */
+const char *st_metadata (const StFile *f,
+    const char *key); /* __metadata__ entry */
 
 size_t st_dtype_size (StDtype d);
 const char *st_dtype_name (StDtype d);
@@ -53,11 +66,13 @@ const StTensor *st_require (const StFile *f, const char *name, int ndim,
 
 /* Converts a floating tensor (F32, F16, BF16, F64) to float32 into dst
  * (numel floats).  Other dtypes are MOSHI_MODEL_ERROR_DTYPE. */
-gboolean st_read_f32 (const StFile *f, const StTensor *t, float *dst, GError **error);
+gboolean st_read_f32 (const StFile *f, const StTensor *t, float *dst,
+    GError **error);
 /* Same, into a newly g_malloc'ed buffer (64-byte aligned, free with moshi_free). */
 float *st_dup_f32 (const StFile *f, const StTensor *t, GError **error);
 /* Integer tensors (I64, I32, I16, U8, I8, ...) to int64. */
-gboolean st_read_i64 (const StFile *f, const StTensor *t, int64_t *dst, GError **error);
+gboolean st_read_i64 (const StFile *f, const StTensor *t, int64_t *dst,
+    GError **error);
 
 /* Helpers for converting half formats. */
 float st_bf16_to_f32 (uint16_t h);

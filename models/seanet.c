@@ -51,7 +51,7 @@ seanet_alloc (Seanet *net, const SeanetConfig *cfg, gboolean decoder)
 typedef struct {
   const StFile *f;
   const char *prefix;
-  uint64_t *seed;               /* random init when non-NULL */
+  uint64_t *seed; /* random init when non-NULL */
   MoshiWeightType type;
   GError **error;
 } Builder;
@@ -80,11 +80,12 @@ build_resblock (Builder *b, const Seanet *net, SeanetResBlock *r, int idx,
   for (int i = 0; i < j; i++)
     dilation *= c->dilation_base;
   return build_conv (b, &r->conv_k,
-      weights_name (name, "%s.model.%d.block.1.conv.conv", b->prefix, idx),
-      dim, hidden, c->residual_kernel_size, 1, dilation)
+             weights_name (name, "%s.model.%d.block.1.conv.conv", b->prefix,
+                 idx),
+             dim, hidden, c->residual_kernel_size, 1, dilation)
       && build_conv (b, &r->conv_1,
-      weights_name (name, "%s.model.%d.block.3.conv.conv", b->prefix, idx),
-      hidden, dim, 1, 1, 1);
+          weights_name (name, "%s.model.%d.block.3.conv.conv", b->prefix, idx),
+          hidden, dim, 1, 1, 1);
 }
 
 static gboolean
@@ -105,13 +106,13 @@ seanet_build (Seanet *net, Builder *b)
       for (int j = 0; j < nres; j++)
         if (!build_resblock (b, net, &net->res[i * nres + j], idx++, ch, j))
           return FALSE;
-      idx++;                    /* ELU */
+      idx++; /* ELU */
       if (!build_conv (b, &net->down[i],
               weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx++),
               ch, ch * 2, r * 2, r, 1))
         return FALSE;
     }
-    idx++;                      /* ELU */
+    idx++; /* ELU */
     return build_conv (b, &net->conv_out,
         weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx),
         c->n_filters << c->n_ratios, c->dimension, c->last_kernel_size, 1, 1);
@@ -123,20 +124,20 @@ seanet_build (Seanet *net, Builder *b)
     return FALSE;
   for (int i = 0; i < c->n_ratios; i++) {
     int ch = stage_channels (net, i), r = stage_ratio (net, i);
-    idx++;                      /* ELU */
+    idx++; /* ELU */
     weights_name (name, "%s.model.%d.convtr.convtr", b->prefix, idx++);
     if (b->seed) {
       moshi_convtr1d_random (&net->up[i], b->seed, ch * 2, ch, r * 2, r, TRUE,
           FALSE, b->type);
-    } else if (!moshi_convtr1d_load (&net->up[i], b->f, name, ch * 2, ch,
-            r * 2, r, TRUE, FALSE, b->type, b->error)) {
+    } else if (!moshi_convtr1d_load (&net->up[i], b->f, name, ch * 2, ch, r * 2,
+                   r, TRUE, FALSE, b->type, b->error)) {
       return FALSE;
     }
     for (int j = 0; j < nres; j++)
       if (!build_resblock (b, net, &net->res[i * nres + j], idx++, ch, j))
         return FALSE;
   }
-  idx++;                        /* ELU */
+  idx++; /* ELU */
   return build_conv (b, &net->conv_out,
       weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx),
       c->n_filters, c->channels, c->last_kernel_size, 1, 1);
@@ -193,13 +194,14 @@ size_t
 seanet_bytes (const Seanet *net)
 {
   const SeanetConfig *c = &net->cfg;
-  size_t n = moshi_conv1d_bytes (&net->conv_in) + moshi_conv1d_bytes (&net->conv_out);
+  size_t n =
+      moshi_conv1d_bytes (&net->conv_in) + moshi_conv1d_bytes (&net->conv_out);
   for (int i = 0; i < c->n_ratios * c->n_residual_layers; i++)
     n += moshi_conv1d_bytes (&net->res[i].conv_k)
         + moshi_conv1d_bytes (&net->res[i].conv_1);
   for (int i = 0; i < c->n_ratios; i++)
     n += net->is_decoder ? moshi_convtr1d_bytes (&net->up[i])
-        : moshi_conv1d_bytes (&net->down[i]);
+                         : moshi_conv1d_bytes (&net->down[i]);
   return n;
 }
 
@@ -243,7 +245,8 @@ seanet_state_init (SeanetState *s, const Seanet *net, int frame_samples)
   } else {
     ok &= moshi_conv1d_state_init (&s->conv_in, &net->conv_in, frame_samples);
     ok &= moshi_conv1d_state_init (&s->conv_out, &net->conv_out, latent_rows);
-    scratch = (size_t) latent_rows * MAX (c->dimension, c->n_filters << c->n_ratios);
+    scratch =
+        (size_t) latent_rows * MAX (c->dimension, c->n_filters << c->n_ratios);
   }
   for (int i = 0; i < c->n_ratios; i++) {
     int rows = stage_rows (net, i, frame_samples);
@@ -308,8 +311,10 @@ seanet_state_reset (SeanetState *s, const Seanet *net)
   moshi_conv1d_state_reset (&s->conv_out, &net->conv_out);
   for (int i = 0; i < c->n_ratios; i++) {
     for (int j = 0; j < nres; j++) {
-      moshi_conv1d_state_reset (&s->res_k[i * nres + j], &net->res[i * nres + j].conv_k);
-      moshi_conv1d_state_reset (&s->res_1[i * nres + j], &net->res[i * nres + j].conv_1);
+      moshi_conv1d_state_reset (&s->res_k[i * nres + j],
+          &net->res[i * nres + j].conv_k);
+      moshi_conv1d_state_reset (&s->res_1[i * nres + j],
+          &net->res[i * nres + j].conv_1);
     }
     if (net->is_decoder)
       moshi_convtr1d_state_reset (&s->up[i], &net->up[i]);
@@ -328,9 +333,12 @@ seanet_state_bytes (const SeanetState *s, const Seanet *net)
       + 2 * sizeof (float) * s->scratch_floats;
   for (int i = 0; i < c->n_ratios; i++) {
     for (int j = 0; j < nres; j++)
-      n += moshi_conv1d_state_bytes (&s->res_k[i * nres + j], &net->res[i * nres + j].conv_k)
-          + moshi_conv1d_state_bytes (&s->res_1[i * nres + j], &net->res[i * nres + j].conv_1);
-    n += net->is_decoder ? moshi_convtr1d_state_bytes (&s->up[i], &net->up[i])
+      n += moshi_conv1d_state_bytes (&s->res_k[i * nres + j],
+               &net->res[i * nres + j].conv_k)
+          + moshi_conv1d_state_bytes (&s->res_1[i * nres + j],
+              &net->res[i * nres + j].conv_1);
+    n += net->is_decoder
+        ? moshi_convtr1d_state_bytes (&s->up[i], &net->up[i])
         : moshi_conv1d_state_bytes (&s->down[i], &net->down[i]);
   }
   return n;

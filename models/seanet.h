@@ -24,8 +24,8 @@ typedef struct {
 } SeanetConfig;
 
 typedef struct {
-  MoshiConv1d conv_k;        /* block.1: dim -> dim/compress, dilated */
-  MoshiConv1d conv_1;        /* block.3: dim/compress -> dim, k = 1 */
+  MoshiConv1d conv_k; /* block.1: dim -> dim/compress, dilated */
+  MoshiConv1d conv_1; /* block.3: dim/compress -> dim, k = 1 */
 } SeanetResBlock;
 
 typedef struct {
@@ -33,9 +33,9 @@ typedef struct {
   gboolean is_decoder;
   MoshiConv1d conv_in, conv_out;
   /* per stage: n_residual_layers resblocks and one strided (tr)conv */
-  SeanetResBlock *res;       /* [n_ratios * n_residual_layers] */
-  MoshiConv1d *down;         /* encoder: [n_ratios] */
-  MoshiConvTr1d *up;         /* decoder: [n_ratios] */
+  SeanetResBlock *res; /* [n_ratios * n_residual_layers] */
+  MoshiConv1d *down; /* encoder: [n_ratios] */
+  MoshiConvTr1d *up; /* decoder: [n_ratios] */
 } Seanet;
 
 typedef struct {
@@ -43,7 +43,7 @@ typedef struct {
   MoshiConv1dState *res_k, *res_1;
   MoshiConv1dState *down;
   MoshiConvTr1dState *up;
-  float *h, *tmp;            /* ping-pong activations, max rows*channels */
+  float *h, *tmp; /* ping-pong activations, max rows*channels */
   size_t scratch_floats;
 } SeanetState;
 
@@ -53,10 +53,11 @@ void seanet_random (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
     uint64_t *seed, MoshiWeightType type);
 void seanet_clear (Seanet *net);
 size_t seanet_bytes (const Seanet *net);
-int seanet_hop (const SeanetConfig *cfg);   /* product of ratios */
+int seanet_hop (const SeanetConfig *cfg); /* product of ratios */
 
 /* frame_samples: audio samples per call (a multiple of the hop). */
-gboolean seanet_state_init (SeanetState *s, const Seanet *net, int frame_samples);
+gboolean seanet_state_init (SeanetState *s, const Seanet *net,
+    int frame_samples);
 void seanet_state_clear (SeanetState *s, const Seanet *net);
 void seanet_state_reset (SeanetState *s, const Seanet *net);
 size_t seanet_state_bytes (const SeanetState *s, const Seanet *net);

@@ -16,8 +16,8 @@ rope_init (Transformer *tr)
     return FALSE;
   /* Same float32 arithmetic as Kyutai's apply_rope. */
   for (int i = 0; i < hd / 2; i++)
-    tr->rope_freqs[i] = expf ((float) i
-        * (-(float) log (tr->cfg.max_period) * 2.0f / (float) hd));
+    tr->rope_freqs[i] = expf (
+        (float) i * (-(float) log (tr->cfg.max_period) * 2.0f / (float) hd));
   return TRUE;
 }
 
@@ -52,41 +52,55 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
     g_snprintf (p, sizeof p, "%s.layers.%d", prefix, i);
     gboolean rms = cfg->norm == TRANSFORMER_NORM_RMS;
     const char *nw = rms ? "alpha" : "weight";
-    if (!(L->norm1_w = load_vec (f, weights_name (name, "%s.norm1.%s", p, nw), d, rms, error)))
+    if (!(L->norm1_w = load_vec (f, weights_name (name, "%s.norm1.%s", p, nw),
+              d, rms, error)))
       goto fail;
-    if (!(L->norm2_w = load_vec (f, weights_name (name, "%s.norm2.%s", p, nw), d, rms, error)))
+    if (!(L->norm2_w = load_vec (f, weights_name (name, "%s.norm2.%s", p, nw),
+              d, rms, error)))
       goto fail;
     if (!rms) {
-      if (!(L->norm1_b = load_vec (f, weights_name (name, "%s.norm1.bias", p), d, FALSE, error)))
+      if (!(L->norm1_b = load_vec (f, weights_name (name, "%s.norm1.bias", p),
+                d, FALSE, error)))
         goto fail;
-      if (!(L->norm2_b = load_vec (f, weights_name (name, "%s.norm2.bias", p), d, FALSE, error)))
+      if (!(L->norm2_b = load_vec (f, weights_name (name, "%s.norm2.bias", p),
+                d, FALSE, error)))
         goto fail;
     }
     if (!moshi_linear_load (&L->in_proj, f,
-            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, cfg->weights, error))
+            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d,
+            cfg->weights, error))
       goto fail;
     if (!moshi_linear_load (&L->out_proj, f,
-            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, cfg->weights, error))
+            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d,
+            cfg->weights, error))
       goto fail;
     if (cfg->gating) {
       if (!moshi_linear_load (&L->ff_in, f,
-              weights_name (name, "%s.gating.linear_in.weight", p), d, 2 * ff, cfg->weights, error))
+              weights_name (name, "%s.gating.linear_in.weight", p), d, 2 * ff,
+              cfg->weights, error))
         goto fail;
       if (!moshi_linear_load (&L->ff_out, f,
-              weights_name (name, "%s.gating.linear_out.weight", p), ff, d, cfg->weights, error))
+              weights_name (name, "%s.gating.linear_out.weight", p), ff, d,
+              cfg->weights, error))
         goto fail;
     } else {
       if (!moshi_linear_load (&L->ff_in, f,
-              weights_name (name, "%s.linear1.weight", p), d, ff, cfg->weights, error))
+              weights_name (name, "%s.linear1.weight", p), d, ff, cfg->weights,
+              error))
         goto fail;
       if (!moshi_linear_load (&L->ff_out, f,
-              weights_name (name, "%s.linear2.weight", p), ff, d, cfg->weights, error))
+              weights_name (name, "%s.linear2.weight", p), ff, d, cfg->weights,
+              error))
         goto fail;
     }
     if (cfg->layer_scale) {
-      if (!(L->ls1 = load_vec (f, weights_name (name, "%s.layer_scale_1.scale", p), d, FALSE, error)))
+      if (!(L->ls1 =
+                  load_vec (f, weights_name (name, "%s.layer_scale_1.scale", p),
+                      d, FALSE, error)))
         goto fail;
-      if (!(L->ls2 = load_vec (f, weights_name (name, "%s.layer_scale_2.scale", p), d, FALSE, error)))
+      if (!(L->ls2 =
+                  load_vec (f, weights_name (name, "%s.layer_scale_2.scale", p),
+                      d, FALSE, error)))
         goto fail;
     }
   }
@@ -120,7 +134,8 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
     }
     moshi_linear_random (&L->in_proj, seed, d, 3 * d, cfg->weights);
     moshi_linear_random (&L->out_proj, seed, d, d, cfg->weights);
-    moshi_linear_random (&L->ff_in, seed, d, cfg->gating ? 2 * ff : ff, cfg->weights);
+    moshi_linear_random (&L->ff_in, seed, d, cfg->gating ? 2 * ff : ff,
+        cfg->weights);
     moshi_linear_random (&L->ff_out, seed, ff, d, cfg->weights);
     if (cfg->layer_scale) {
       L->ls1 = weights_random (seed, d, 0.1f);
@@ -223,8 +238,9 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
   const size_t d = c->d_model;
   const size_t ffw = (size_t) c->dim_feedforward * (c->gating ? 2 : 1);
   return sizeof (int64_t) * c->context
-      + sizeof (float) * (2 * (size_t) c->num_layers * c->context * d
-      + (size_t) s->max_t * (5 * d + ffw) + c->context);
+      + sizeof (float)
+      * (2 * (size_t) c->num_layers * c->context * d
+          + (size_t) s->max_t * (5 * d + ffw) + c->context);
 }
 
 /* Rotates interleaved pairs (x[2i], x[2i+1]) of each head by angle pos*f_i. */

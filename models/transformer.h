@@ -14,49 +14,49 @@
 G_BEGIN_DECLS
 
 typedef enum {
-  TRANSFORMER_NORM_LAYER,    /* nn.LayerNorm(eps=1e-5), weight + bias */
-  TRANSFORMER_NORM_RMS,      /* Kyutai RMSNorm, `alpha` weight */
+  TRANSFORMER_NORM_LAYER, /* nn.LayerNorm(eps=1e-5), weight + bias */
+  TRANSFORMER_NORM_RMS, /* Kyutai RMSNorm, `alpha` weight */
 } TransformerNorm;
 
 typedef struct {
   int d_model;
   int num_heads;
   int num_layers;
-  int dim_feedforward;       /* hidden width of the MLP */
-  int context;               /* attention window and KV ring capacity */
-  double max_period;         /* RoPE */
+  int dim_feedforward; /* hidden width of the MLP */
+  int context; /* attention window and KV ring capacity */
+  double max_period; /* RoPE */
   TransformerNorm norm;
   float norm_eps;
-  gboolean gating;           /* SiLU-gated MLP (LM) instead of GELU (Mimi) */
+  gboolean gating; /* SiLU-gated MLP (LM) instead of GELU (Mimi) */
   gboolean layer_scale;
-  MoshiWeightType weights;   /* storage of the linear layers */
+  MoshiWeightType weights; /* storage of the linear layers */
 } TransformerConfig;
 
 typedef struct {
   float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
-  MoshiLinear in_proj;       /* [3*d][d], rows q | k | v */
-  MoshiLinear out_proj;      /* [d][d] */
-  MoshiLinear ff_in;         /* [ff][d] (gated: [2*ff][d]) */
-  MoshiLinear ff_out;        /* [d][ff] */
-  float *ls1, *ls2;          /* LayerScale, [d] */
+  MoshiLinear in_proj; /* [3*d][d], rows q | k | v */
+  MoshiLinear out_proj; /* [d][d] */
+  MoshiLinear ff_in; /* [ff][d] (gated: [2*ff][d]) */
+  MoshiLinear ff_out; /* [d][ff] */
+  float *ls1, *ls2; /* LayerScale, [d] */
 } TransformerLayer;
 
 typedef struct {
   TransformerConfig cfg;
   TransformerLayer *layers;
-  float *rope_freqs;         /* [head_dim / 2] */
+  float *rope_freqs; /* [head_dim / 2] */
 } Transformer;
 
 typedef struct {
-  int max_t;                 /* most steps per call */
-  int64_t offset;            /* position of the next step */
-  int64_t *slot_pos;         /* [context]: position held by each ring slot, -1 empty */
-  float *k;                  /* [layers][heads][head_dim][context]: keys
+  int max_t; /* most steps per call */
+  int64_t offset; /* position of the next step */
+  int64_t *slot_pos; /* [context]: position held by each ring slot, -1 empty */
+  float *k; /* [layers][heads][head_dim][context]: keys
                               * transposed, so a query scores every slot
                               * with contiguous vector FMAs */
-  float *v;                  /* [layers][context][d] */
-  float *h, *qkv, *attn, *ff, *scores;  /* scratch */
-  guint8 *valid;             /* [context] slot usable by the current query */
+  float *v; /* [layers][context][d] */
+  float *h, *qkv, *attn, *ff, *scores; /* scratch */
+  guint8 *valid; /* [context] slot usable by the current query */
 } TransformerState;
 
 /* Loads `<prefix>.layers.N.*` with Kyutai's checkpoint names. */
@@ -71,7 +71,8 @@ gboolean transformer_state_init (TransformerState *s, const Transformer *tr,
     int max_t);
 void transformer_state_clear (TransformerState *s);
 void transformer_state_reset (TransformerState *s, const Transformer *tr);
-size_t transformer_state_bytes (const TransformerState *s, const Transformer *tr);
+size_t transformer_state_bytes (const TransformerState *s,
+    const Transformer *tr);
 
 /* x: [t][d_model], updated in place; t <= max_t and t <= context. */
 void transformer_forward (const Transformer *tr, TransformerState *s,

@@ -8,9 +8,9 @@ G_BEGIN_DECLS
  * memory traffic, not arithmetic, sets the speed: BF16 halves it, Q8
  * quarters it, at the price of ~0.4 % error per weight. */
 typedef enum {
-  MOSHI_WEIGHTS_F32 = 0,     /* exact */
-  MOSHI_WEIGHTS_BF16,        /* bfloat16, round to nearest even */
-  MOSHI_WEIGHTS_Q8,          /* int8, one scale per 32 inputs x 1 output */
+  MOSHI_WEIGHTS_F32 = 0, /* exact */
+  MOSHI_WEIGHTS_BF16, /* bfloat16, round to nearest even */
+  MOSHI_WEIGHTS_Q8, /* int8, one scale per 32 inputs x 1 output */
 } MoshiWeightType;
 
 const char *moshi_weight_type_name (MoshiWeightType t);

@@ -17,8 +17,8 @@ weights_name (char buf[256], const char *fmt, ...)
 }
 
 float *
-weights_load (const StFile *f, const char *name, int ndim,
-    const int64_t *shape, GError **error)
+weights_load (const StFile *f, const char *name, int ndim, const int64_t *shape,
+    GError **error)
 {
   const StTensor *t = st_require (f, name, ndim, shape, error);
   if (!t)

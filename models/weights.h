@@ -10,7 +10,8 @@ G_BEGIN_DECLS
 
 /* A tensor name built from a printf-style prefix, e.g.
  * weights_name (buf, "%s.conv.conv.weight", prefix). */
-const char *weights_name (char buf[256], const char *fmt, ...) G_GNUC_PRINTF (2, 3);
+const char *weights_name (char buf[256], const char *fmt, ...)
+    G_GNUC_PRINTF (2, 3);
 
 /* Loads `name` (any float dtype) as a new float32 buffer after checking its
  * shape (dims < 0 are wildcards).  Returns NULL with error when missing, of

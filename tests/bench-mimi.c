@@ -45,14 +45,17 @@ main (int argc, char **argv)
   int threads = 1, codebooks = 8;
   double seconds = 10.0;
   gchar *model_path = NULL, *weights_name = NULL;
-  GOptionEntry entries[] = {
-    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "Compute threads per stream", "N" },
-    { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds, "Seconds of audio to stream", "S" },
-    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "Mimi .safetensors (default: random full-size)", "FILE" },
-    { "codebooks", 'q', 0, G_OPTION_ARG_INT, &codebooks, "Codebooks (default 8)", "N" },
-    { "weights", 'w', 0, G_OPTION_ARG_STRING, &weights_name, "Weight storage: f32 (default), bf16, q8", "TYPE" },
-    { NULL }
-  };
+  GOptionEntry entries[] = { { "threads", 't', 0, G_OPTION_ARG_INT, &threads,
+                                 "Compute threads per stream", "N" },
+    { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds,
+        "Seconds of audio to stream", "S" },
+    { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path,
+        "Mimi .safetensors (default: random full-size)", "FILE" },
+    { "codebooks", 'q', 0, G_OPTION_ARG_INT, &codebooks,
+        "Codebooks (default 8)", "N" },
+    { "weights", 'w', 0, G_OPTION_ARG_STRING, &weights_name,
+        "Weight storage: f32 (default), bf16, q8", "TYPE" },
+    { NULL } };
   GError *err = NULL;
   GOptionContext *ctx = g_option_context_new ("- Mimi streaming benchmark");
   g_option_context_add_main_entries (ctx, entries, NULL);
@@ -64,7 +67,8 @@ main (int argc, char **argv)
 
   MoshiWeightType weights;
   if (!moshi_weight_type_from_string (weights_name, &weights)) {
-    fprintf (stderr, "unknown --weights %s (use f32, bf16 or q8)\n", weights_name);
+    fprintf (stderr, "unknown --weights %s (use f32, bf16 or q8)\n",
+        weights_name);
     return 2;
   }
   long rss0 = peak_rss_kb ();
@@ -136,10 +140,10 @@ main (int argc, char **argv)
   printf ("encode RTF       %.4f\n", rtf_enc);
   printf ("decode RTF       %.4f\n", rtf_dec);
   printf ("enc+dec RTF      %.4f\n", rtf_enc + rtf_dec);
-  printf ("encode ms/frame  p50 %.2f  p99 %.2f\n", percentile (t_enc, frames, 0.5),
-      percentile (t_enc, frames, 0.99));
-  printf ("decode ms/frame  p50 %.2f  p99 %.2f\n", percentile (t_dec, frames, 0.5),
-      percentile (t_dec, frames, 0.99));
+  printf ("encode ms/frame  p50 %.2f  p99 %.2f\n",
+      percentile (t_enc, frames, 0.5), percentile (t_enc, frames, 0.99));
+  printf ("decode ms/frame  p50 %.2f  p99 %.2f\n",
+      percentile (t_dec, frames, 0.5), percentile (t_dec, frames, 0.99));
   printf ("peak RSS         %.1f MB (%.1f MB before load)\n",
       peak_rss_kb () / 1024.0, rss0 / 1024.0);
   printf ("weights          %.1f MB\n", mimi_model_weight_bytes (model) / 1e6);

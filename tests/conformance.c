@@ -26,13 +26,12 @@
 
 static int n_passed, n_failed;
 
-static void
-report (gboolean ok, const char *case_name, const char *check,
+static void report (gboolean ok, const char *case_name, const char *check,
     const char *fmt, ...) G_GNUC_PRINTF (4, 5);
 
 static void
-report (gboolean ok, const char *case_name, const char *check,
-    const char *fmt, ...)
+report (gboolean ok, const char *case_name, const char *check, const char *fmt,
+    ...)
 {
   va_list ap;
   printf ("%s %s %s: ", ok ? "PASS" : "FAIL", case_name, check);
@@ -98,7 +97,8 @@ ref_codes (Case *c, const char *name, int *n_q_out)
   uint16_t *codes = g_new (uint16_t, (size_t) n_q * c->frames);
   for (int q = 0; q < n_q; q++)
     for (int f = 0; f < c->frames; f++)
-      codes[(size_t) f * n_q + q] = (uint16_t) CLAMP (raw[(size_t) q * c->frames + f], 0, 65535);
+      codes[(size_t) f * n_q + q] =
+          (uint16_t) CLAMP (raw[(size_t) q * c->frames + f], 0, 65535);
   g_free (raw);
   *n_q_out = n_q;
   return codes;
@@ -119,8 +119,8 @@ compare_tc (Case *c, const char *check, const float *ours, const float *ref,
       peak = MAX (peak, fabs (r));
     }
   report (max_err <= tol && isfinite (max_err), c->name, check,
-      "max_abs_err=%.3e tol=%.1e (ref peak %.3e, %d of %d steps)", max_err,
-      tol, peak, t_max, T);
+      "max_abs_err=%.3e tol=%.1e (ref peak %.3e, %d of %d steps)", max_err, tol,
+      peak, t_max, T);
 }
 
 static double
@@ -215,8 +215,8 @@ compare_codes (Case *c, const char *check, const uint16_t *ours,
 }
 
 static void
-check_decoded (Case *c, const char *check, const float *ours, const char *ref_name,
-    double tol)
+check_decoded (Case *c, const char *check, const float *ours,
+    const char *ref_name, double tol)
 {
   size_t n = 0;
   float *ref = ref_f32 (c, ref_name, &n);
@@ -247,7 +247,8 @@ run_mimi_case (const char *dir, const char *name)
   uint16_t *ref = NULL, *codes = NULL, *ref_ns = NULL;
 
   c.model = mimi_model_load (model_path, &err);
-  report (c.model != NULL, name, "load", "%s", c.model ? model_path : err->message);
+  report (c.model != NULL, name, "load", "%s",
+      c.model ? model_path : err->message);
   if (!c.model)
     goto out;
   c.vec = st_open (vec_path, &err);
@@ -281,15 +282,16 @@ run_mimi_case (const char *dir, const char *name)
   const int T = c.frames * c.steps;
 
   /* Encoder: codes and intermediates. */
-  seanet = g_new0 (float, (size_t) T * c.dim);
-  etr = g_new0 (float, (size_t) T * c.dim);
-  lat = g_new0 (float, (size_t) c.frames * c.dim);
+  seanet = g_new0 (float, (size_t) T *c.dim);
+  etr = g_new0 (float, (size_t) T *c.dim);
+  lat = g_new0 (float, (size_t) c.frames *c.dim);
   codes = encode_all (&c, c.model, pcm, seanet, etr, lat);
   if (codes)
     compare_codes (&c, "encode codes", codes, ref, n_q_ref);
   float *r;
   if ((r = ref_f32 (&c, "seanet_out", NULL))) {
-    compare_tc (&c, "encode seanet_out", seanet, r, c.dim, T, T, TOL_ACTIVATION);
+    compare_tc (&c, "encode seanet_out", seanet, r, c.dim, T, T,
+        TOL_ACTIVATION);
     g_free (r);
   }
   /* The reference transformer output is non-streaming: it matches the
@@ -340,9 +342,9 @@ run_mimi_case (const char *dir, const char *name)
   int n_q_ns = 0;
   ref_ns = ref_codes (&c, "codes_nonstreaming", &n_q_ns);
   if (ref_ns && n_q_ns == n_q_ref) {
-    float *qz = g_new0 (float, (size_t) c.frames * c.dim);
-    float *up = g_new0 (float, (size_t) T * c.dim);
-    float *dtr = g_new0 (float, (size_t) T * c.dim);
+    float *qz = g_new0 (float, (size_t) c.frames *c.dim);
+    float *up = g_new0 (float, (size_t) T *c.dim);
+    float *dtr = g_new0 (float, (size_t) T *c.dim);
     dec = decode_all (&c, c.model, ref_ns, n_q_ns, c.n_q, qz, up, dtr);
     g_free (dec);
     if ((r = ref_f32 (&c, "quantized", NULL))) {
@@ -364,7 +366,7 @@ run_mimi_case (const char *dir, const char *name)
     g_free (dtr);
   }
   if ((r = ref_f32 (&c, "quantized_q1", NULL))) {
-    float *qz = g_new0 (float, (size_t) c.frames * c.dim);
+    float *qz = g_new0 (float, (size_t) c.frames *c.dim);
     dec = decode_all (&c, c.model, ref, n_q_ref, 1, qz, NULL, NULL);
     g_free (dec);
     compare_tc (&c, "decode quantized_q1", qz, r, c.dim, c.frames, c.frames,
@@ -388,7 +390,8 @@ run_mimi_case (const char *dir, const char *name)
         if (st_find (c.vec, "decoded_bf16w")) {
           dec = decode_all (&c, bf, ref_bf, n_q_bf, c.n_q, NULL, NULL, NULL);
           if (dec)
-            check_decoded (&c, "bf16 decode decoded", dec, "decoded_bf16w", tol);
+            check_decoded (&c, "bf16 decode decoded", dec, "decoded_bf16w",
+                tol);
           g_free (dec);
         }
       }

@@ -27,24 +27,27 @@
 #define REF_NQ 8
 #define DECODE_TOL 5e-6
 
-#define F32_CAPS "audio/x-raw, format=F32LE, rate=24000, channels=1, " \
+#define F32_CAPS                                        \
+  "audio/x-raw, format=F32LE, rate=24000, channels=1, " \
   "layout=interleaved"
-#define S16_CAPS "audio/x-raw, format=S16LE, rate=24000, channels=1, " \
+#define S16_CAPS                                        \
+  "audio/x-raw, format=S16LE, rate=24000, channels=1, " \
   "layout=interleaved"
 
 /* ------------------------------------------------------------------ */
 /* Reference data */
 
-typedef struct
-{
+typedef struct {
   gchar *name;
   gchar *dir;
-  gint n;                       /* samples */
+  gint n; /* samples */
   gfloat *pcm;
   gint frames;
-  guint16 *codes;               /* [frame][REF_NQ] */
+  guint16 *codes; /* [frame][REF_NQ] */
   gfloat *decoded;
-  gfloat *decoded_q4;           /* may be NULL */
+  gfloat *decoded_q4; /* may be NULL */
+  guint16 *codes_bf16w; /* with bf16-rounded weights; may be NULL */
+  gfloat *decoded_bf16w; /* may be NULL */
 } RefCase;
 
 static const gchar *
@@ -62,7 +65,7 @@ test_data_dir (void)
 }
 
 static gfloat *
-read_f32 (StFile * f, const gchar * name, gint64 * numel)
+read_f32 (StFile *f, const gchar *name, gint64 *numel)
 {
   const StTensor *t = st_find (f, name);
   GError *err = NULL;
@@ -79,7 +82,7 @@ read_f32 (StFile * f, const gchar * name, gint64 * numel)
 }
 
 static RefCase *
-ref_case_load (const gchar * name)
+ref_case_load (const gchar *name)
 {
   RefCase *rc = g_new0 (RefCase, 1);
   gchar *path;
@@ -93,8 +96,7 @@ ref_case_load (const gchar * name)
   rc->dir = g_build_filename (test_data_dir (), "conformance", name, NULL);
   path = g_build_filename (rc->dir, "vectors.safetensors", NULL);
   f = st_open (path, &err);
-  fail_unless (f != NULL, "cannot open %s: %s", path,
-      err ? err->message : "?");
+  fail_unless (f != NULL, "cannot open %s: %s", path, err ? err->message : "?");
   g_free (path);
 
   rc->pcm = read_f32 (f, "pcm", &n);
@@ -111,7 +113,17 @@ ref_case_load (const gchar * name)
   for (q = 0; q < REF_NQ; q++)
     for (fr = 0; fr < rc->frames; fr++)
       rc->codes[fr * REF_NQ + q] = codes64[q * rc->frames + fr];
+
+  t = st_find (f, "codes_bf16w");
+  if (t && t->numel == rc->frames * REF_NQ) {
+    fail_unless (st_read_i64 (f, t, codes64, &err));
+    rc->codes_bf16w = g_new (guint16, rc->frames * REF_NQ);
+    for (q = 0; q < REF_NQ; q++)
+      for (fr = 0; fr < rc->frames; fr++)
+        rc->codes_bf16w[fr * REF_NQ + q] = codes64[q * rc->frames + fr];
+  }
   g_free (codes64);
+  rc->decoded_bf16w = read_f32 (f, "decoded_bf16w", NULL);
 
   rc->decoded = read_f32 (f, "decoded", &n);
   fail_unless (rc->decoded != NULL && n == rc->n);
@@ -122,7 +134,7 @@ ref_case_load (const gchar * name)
 }
 
 static void
-ref_case_free (RefCase * rc)
+ref_case_free (RefCase *rc)
 {
   g_free (rc->name);
   g_free (rc->dir);
@@ -130,11 +142,13 @@ ref_case_free (RefCase * rc)
   g_free (rc->codes);
   g_free (rc->decoded);
   g_free (rc->decoded_q4);
+  g_free (rc->codes_bf16w);
+  g_free (rc->decoded_bf16w);
   g_free (rc);
 }
 
 static gchar *
-model_file (RefCase * rc)
+model_file (RefCase *rc)
 {
   return g_build_filename (rc->dir, "model.safetensors", NULL);
 }
@@ -143,7 +157,7 @@ model_file (RefCase * rc)
 /* The plugin module's own functions */
 
 static gpointer
-plugin_symbol (const gchar * name)
+plugin_symbol (const gchar *name)
 {
   static GModule *module;
   gpointer sym = NULL;
@@ -157,8 +171,8 @@ plugin_symbol (const gchar * name)
     loaded = gst_plugin_load (plugin);
     fail_unless (loaded != NULL);
     /* Already loaded by GStreamer: this returns the same handle. */
-    module = g_module_open (gst_plugin_get_filename (loaded),
-        G_MODULE_BIND_LOCAL);
+    module =
+        g_module_open (gst_plugin_get_filename (loaded), G_MODULE_BIND_LOCAL);
     fail_unless (module != NULL, "%s", g_module_error ());
     gst_object_unref (loaded);
     gst_object_unref (plugin);
@@ -168,19 +182,19 @@ plugin_symbol (const gchar * name)
   return sym;
 }
 
-typedef gchar *(*ResolveFunc) (const gchar * model, GError ** error);
-typedef guint (*CacheUsersFunc) (const gchar * kind, const gchar * path);
+typedef gchar *(*ResolveFunc) (const gchar *model, GError **error);
+typedef guint (*CacheUsersFunc) (const gchar *kind, const gchar *path);
 typedef guint (*CacheLoadsFunc) (void);
 
 static gchar *
-resolve_mimi (const gchar * model, GError ** error)
+resolve_mimi (const gchar *model, GError **error)
 {
   ResolveFunc f = (ResolveFunc) plugin_symbol ("gst_moshi_resolve_mimi");
   return f (model, error);
 }
 
 static guint
-cache_users (const gchar * path)
+cache_users (const gchar *path)
 {
   CacheUsersFunc f =
       (CacheUsersFunc) plugin_symbol ("gst_moshi_model_cache_users");
@@ -199,7 +213,7 @@ cache_loads (void)
 /* Harness helpers */
 
 static GstBus *
-attach_bus (GstElement * e)
+attach_bus (GstElement *e)
 {
   GstBus *bus = gst_bus_new ();
 
@@ -207,9 +221,18 @@ attach_bus (GstElement * e)
   return bus;
 }
 
+/* Undoes attach_bus(): messages left on the bus hold the element. */
+static void
+detach_bus (GstElement *e, GstBus *bus)
+{
+  gst_element_set_bus (e, NULL);
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+}
+
 /* The text of the first ERROR message on `bus`, or NULL. */
 static gchar *
-pop_error (GstBus * bus)
+pop_error (GstBus *bus)
 {
   GstMessage *msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
   GError *err = NULL;
@@ -227,7 +250,7 @@ pop_error (GstBus * bus)
 }
 
 static GstHarness *
-new_enc (const gchar * model, gint codebooks, const gchar * caps)
+new_enc (const gchar *model, gint codebooks, const gchar *caps)
 {
   GstElement *e = gst_element_factory_make ("mimienc", NULL);
   GstHarness *h;
@@ -242,7 +265,7 @@ new_enc (const gchar * model, gint codebooks, const gchar * caps)
 }
 
 static GstHarness *
-new_dec (const gchar * model, const gchar * caps)
+new_dec (const gchar *model, const gchar *caps)
 {
   GstElement *e = gst_element_factory_make ("mimidec", NULL);
   GstHarness *h;
@@ -258,7 +281,7 @@ new_dec (const gchar * model, const gchar * caps)
 
 /* Pushes pcm[off, off + n) as one buffer stamped at sample `pos`. */
 static GstFlowReturn
-push_pcm (GstHarness * h, const gfloat * pcm, gint off, gint n, gboolean s16,
+push_pcm (GstHarness *h, const gfloat *pcm, gint off, gint n, gboolean s16,
     guint64 pos, gboolean discont)
 {
   GstBuffer *buf = gst_harness_create_buffer (h, n * (s16 ? 2 : 4));
@@ -270,16 +293,16 @@ push_pcm (GstHarness * h, const gfloat * pcm, gint off, gint n, gboolean s16,
     if (s16) {
       /* The reference pcm is 16-bit audio / 32768: exact. */
       gint v = (gint) lrintf (pcm[off + i] * 32768.0f);
-      GST_WRITE_UINT16_LE (map.data + 2 * i, (guint16) CLAMP (v, -32768,
-              32767));
+      GST_WRITE_UINT16_LE (map.data + 2 * i,
+          (guint16) CLAMP (v, -32768, 32767));
     } else {
       GST_WRITE_FLOAT_LE (map.data + 4 * i, pcm[off + i]);
     }
   }
   gst_buffer_unmap (buf, &map);
   GST_BUFFER_PTS (buf) = gst_util_uint64_scale (pos, GST_SECOND, RATE);
-  GST_BUFFER_DURATION (buf) = gst_util_uint64_scale (pos + n, GST_SECOND,
-      RATE) - GST_BUFFER_PTS (buf);
+  GST_BUFFER_DURATION (buf) =
+      gst_util_uint64_scale (pos + n, GST_SECOND, RATE) - GST_BUFFER_PTS (buf);
   if (discont)
     GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
   return gst_harness_push (h, buf);
@@ -287,7 +310,7 @@ push_pcm (GstHarness * h, const gfloat * pcm, gint off, gint n, gboolean s16,
 
 /* Pushes pcm[off, off + n) in chunks of `chunk` samples. */
 static void
-push_pcm_chunked (GstHarness * h, const gfloat * pcm, gint off, gint n,
+push_pcm_chunked (GstHarness *h, const gfloat *pcm, gint off, gint n,
     gint chunk, gboolean s16, guint64 pos, gboolean discont)
 {
   gint done = 0;
@@ -296,17 +319,17 @@ push_pcm_chunked (GstHarness * h, const gfloat * pcm, gint off, gint n,
     gint m = MIN (chunk, n - done);
 
     fail_unless_equals_int (push_pcm (h, pcm, off + done, m, s16, pos + done,
-            discont && done == 0), GST_FLOW_OK);
+                                discont && done == 0),
+        GST_FLOW_OK);
     done += m;
   }
 }
 
-typedef struct
-{
-  GArray *codes;                /* guint16 */
-  GArray *pts;                  /* GstClockTime */
+typedef struct {
+  GArray *codes; /* guint16 */
+  GArray *pts; /* GstClockTime */
   GArray *dur;
-  GArray *flags;                /* guint */
+  GArray *flags; /* guint */
 } EncOut;
 
 static EncOut *
@@ -322,7 +345,7 @@ enc_out_new (void)
 }
 
 static void
-enc_out_free (EncOut * o)
+enc_out_free (EncOut *o)
 {
   g_array_unref (o->codes);
   g_array_unref (o->pts);
@@ -332,14 +355,14 @@ enc_out_free (EncOut * o)
 }
 
 static guint
-enc_out_frames (EncOut * o)
+enc_out_frames (EncOut *o)
 {
   return o->pts->len;
 }
 
 /* Pulls every pending output buffer; each must be exactly one frame. */
 static void
-pull_codes (GstHarness * h, gint nq, EncOut * o)
+pull_codes (GstHarness *h, gint nq, EncOut *o)
 {
   GstBuffer *buf;
 
@@ -368,7 +391,7 @@ pull_codes (GstHarness * h, gint nq, EncOut * o)
 /* Output frames [first, first + count) must equal reference frames
  * [ref_first, ...) in their first nq codebooks. */
 static void
-assert_codes (EncOut * o, gint nq, guint first, RefCase * rc, gint ref_first,
+assert_codes (EncOut *o, gint nq, guint first, RefCase *rc, gint ref_first,
     gint count)
 {
   gint f, q;
@@ -388,7 +411,7 @@ assert_codes (EncOut * o, gint nq, guint first, RefCase * rc, gint ref_first,
 }
 
 static void
-assert_timestamps (EncOut * o, guint first, guint count, GstClockTime start)
+assert_timestamps (EncOut *o, guint first, guint count, GstClockTime start)
 {
   guint i;
 
@@ -402,9 +425,8 @@ assert_timestamps (EncOut * o, guint first, guint count, GstClockTime start)
 }
 
 /* Decoder output collected into one array. */
-typedef struct
-{
-  GArray *pcm;                  /* gfloat */
+typedef struct {
+  GArray *pcm; /* gfloat */
   GArray *pts, *dur, *nsamples;
 } DecOut;
 
@@ -421,7 +443,7 @@ dec_out_new (void)
 }
 
 static void
-dec_out_free (DecOut * o)
+dec_out_free (DecOut *o)
 {
   g_array_unref (o->pcm);
   g_array_unref (o->pts);
@@ -431,7 +453,7 @@ dec_out_free (DecOut * o)
 }
 
 static void
-pull_pcm (GstHarness * h, DecOut * o)
+pull_pcm (GstHarness *h, DecOut *o)
 {
   GstBuffer *buf;
 
@@ -459,8 +481,8 @@ pull_pcm (GstHarness * h, DecOut * o)
 }
 
 static void
-assert_pcm_close (const gfloat * got, const gfloat * want, gint n,
-    const gchar * what)
+assert_pcm_close (const gfloat *got, const gfloat *want, gint n,
+    const gchar *what)
 {
   gdouble max_err = 0;
   gint i, worst = 0;
@@ -480,7 +502,7 @@ assert_pcm_close (const gfloat * got, const gfloat * want, gint n,
 
 /* One Mimi frame (first nq reference codebooks of frame f) as a buffer. */
 static GstBuffer *
-frames_buffer (RefCase * rc, gint f, gint count, gint nq)
+frames_buffer (RefCase *rc, gint f, gint count, gint nq)
 {
   GstBuffer *buf = gst_buffer_new_allocate (NULL, 2 * nq * count, NULL);
   GstMapInfo map;
@@ -498,7 +520,7 @@ frames_buffer (RefCase * rc, gint f, gint count, gint nq)
 }
 
 static GstBuffer *
-raw_buffer (const guint8 * data, gsize size)
+raw_buffer (const guint8 *data, gsize size)
 {
   GstBuffer *buf = gst_buffer_new_allocate (NULL, size, NULL);
 
@@ -528,7 +550,8 @@ GST_START_TEST (test_enc_caps)
       GstClockTime lat;
 
       fail_unless_equals_int (push_pcm (h, rc->pcm, 0, FRAME, fi == 1, 0,
-              FALSE), GST_FLOW_OK);
+                                  FALSE),
+          GST_FLOW_OK);
       caps = gst_pad_get_current_caps (h->sinkpad);
       fail_unless (caps != NULL);
       s = gst_caps_get_structure (caps, 0);
@@ -552,7 +575,7 @@ GST_START_TEST (test_enc_caps)
 GST_END_TEST;
 
 static void
-check_enc_reference (const gchar * name, gboolean s16, gint chunk, gint nq)
+check_enc_reference (const gchar *name, gboolean s16, gint chunk, gint nq)
 {
   RefCase *rc = ref_case_load (name);
   GstHarness *h = new_enc (rc->dir, nq, s16 ? S16_CAPS : F32_CAPS);
@@ -614,7 +637,8 @@ GST_START_TEST (test_enc_eos_padding)
   gboolean saw_eos = FALSE;
 
   fail_unless_equals_int (push_pcm (h, rc->pcm, 0, 3 * FRAME + 500, FALSE, 0,
-          FALSE), GST_FLOW_OK);
+                              FALSE),
+      GST_FLOW_OK);
   pull_codes (h, 8, o);
   /* The partial frame waits for more input... */
   fail_unless_equals_int (enc_out_frames (o), 3);
@@ -648,8 +672,8 @@ GST_START_TEST (test_enc_eos_exact)
   GstHarness *h = new_enc (rc->dir, 8, F32_CAPS);
   EncOut *o = enc_out_new ();
 
-  fail_unless_equals_int (push_pcm (h, rc->pcm, 0, 2 * FRAME, FALSE, 0,
-          FALSE), GST_FLOW_OK);
+  fail_unless_equals_int (push_pcm (h, rc->pcm, 0, 2 * FRAME, FALSE, 0, FALSE),
+      GST_FLOW_OK);
   fail_unless (gst_harness_push_event (h, gst_event_new_eos ()));
   pull_codes (h, 8, o);
   fail_unless_equals_int (enc_out_frames (o), 2);
@@ -671,7 +695,7 @@ GST_START_TEST (test_enc_discont)
   GstHarness *h2 = new_enc (rc->dir, 8, F32_CAPS);
   EncOut *o = enc_out_new ();
   EncOut *o2 = enc_out_new ();
-  guint64 restart = 10 * FRAME + RATE;  /* 1 s gap after 10 frames */
+  guint64 restart = 10 * FRAME + RATE; /* 1 s gap after 10 frames */
   gint f, q, differ = 0;
 
   push_pcm_chunked (h, rc->pcm, 0, 10 * FRAME, 2 * FRAME, FALSE, 0, FALSE);
@@ -683,8 +707,8 @@ GST_START_TEST (test_enc_discont)
   assert_codes (o, 8, 0, rc, 0, 10);
   assert_codes (o, 8, 10, rc, 0, rc->frames);
   assert_timestamps (o, 0, 10, 0);
-  assert_timestamps (o, 10, rc->frames, gst_util_uint64_scale (restart,
-          GST_SECOND, RATE));
+  assert_timestamps (o, 10, rc->frames,
+      gst_util_uint64_scale (restart, GST_SECOND, RATE));
   fail_unless (g_array_index (o->flags, guint, 10) & GST_BUFFER_FLAG_DISCONT);
 
   /* Control: the same input without DISCONT continues the old state and
@@ -695,8 +719,8 @@ GST_START_TEST (test_enc_discont)
   fail_unless_equals_int (enc_out_frames (o2), 10 + rc->frames);
   for (f = 0; f < rc->frames; f++)
     for (q = 0; q < 8; q++)
-      differ += g_array_index (o2->codes, guint16, (10 + f) * 8 + q) !=
-          rc->codes[f * REF_NQ + q];
+      differ += g_array_index (o2->codes, guint16, (10 + f) * 8 + q)
+          != rc->codes[f * REF_NQ + q];
   fail_unless (differ > 0, "stream state seems to have no effect");
 
   enc_out_free (o);
@@ -709,7 +733,7 @@ GST_START_TEST (test_enc_discont)
 GST_END_TEST;
 
 static void
-harness_flush (GstHarness * h)
+harness_flush (GstHarness *h)
 {
   GstSegment seg;
 
@@ -776,6 +800,7 @@ GST_START_TEST (test_enc_wrong_caps)
     fail_if (gst_pad_query_accept_caps (sink, caps), "accepted %s", bad[i]);
     fail_if (gst_pad_send_event (sink, gst_event_new_caps (caps)),
         "caps event %s accepted", bad[i]);
+    gst_caps_unref (caps);
     gst_object_unref (sink);
     gst_harness_teardown (h);
   }
@@ -784,9 +809,35 @@ GST_START_TEST (test_enc_wrong_caps)
 
 GST_END_TEST;
 
+/* Downstream insists on another number of codebooks: a clear error. */
+GST_START_TEST (test_enc_downstream_codebooks)
+{
+  RefCase *rc = ref_case_load ("mimi-tiny");
+  GstHarness *h = new_enc (rc->dir, 8, NULL);
+  GstBus *bus = attach_bus (h->element);
+  gchar *msg;
+
+  gst_harness_set_sink_caps_str (h, "audio/x-mimi, codebooks=(int)4");
+  gst_harness_set_src_caps_str (h, F32_CAPS);
+  fail_if (push_pcm (h, rc->pcm, 0, FRAME, FALSE, 0, FALSE) == GST_FLOW_OK);
+  msg = pop_error (bus);
+  fail_unless (msg != NULL);
+  fail_unless (strstr (msg, "8 codebooks")
+          && strstr (msg,
+              "codebooks "
+              "property"),
+      "message: %s", msg);
+  g_free (msg);
+  detach_bus (h->element, bus);
+  gst_harness_teardown (h);
+  ref_case_free (rc);
+}
+
+GST_END_TEST;
+
 GST_START_TEST (test_enc_too_many_codebooks)
 {
-  RefCase *rc = ref_case_load ("mimi-tiny");    /* 16 codebooks stored */
+  RefCase *rc = ref_case_load ("mimi-tiny"); /* 16 codebooks stored */
   GstElement *e = gst_element_factory_make ("mimienc", NULL);
   GstBus *bus = attach_bus (e);
   gchar *msg;
@@ -801,16 +852,16 @@ GST_START_TEST (test_enc_too_many_codebooks)
   g_free (msg);
 
   gst_element_set_state (e, GST_STATE_NULL);
+  detach_bus (e, bus);
   gst_object_unref (e);
-  gst_object_unref (bus);
   ref_case_free (rc);
 }
 
 GST_END_TEST;
 
 static void
-check_missing_model (const gchar * factory, const gchar * model,
-    const gchar * must_mention, const gchar * must_mention2)
+check_missing_model (const gchar *factory, const gchar *model,
+    const gchar *must_mention, const gchar *must_mention2)
 {
   GstElement *e = gst_element_factory_make (factory, NULL);
   GstBus *bus = attach_bus (e);
@@ -821,15 +872,19 @@ check_missing_model (const gchar * factory, const gchar * model,
       GST_STATE_CHANGE_FAILURE);
   msg = pop_error (bus);
   fail_unless (msg != NULL, "%s: no error message", factory);
-  fail_unless (strstr (msg, must_mention) != NULL, "%s: message '%s' does "
-      "not mention '%s'", factory, msg, must_mention);
+  fail_unless (strstr (msg, must_mention) != NULL,
+      "%s: message '%s' does "
+      "not mention '%s'",
+      factory, msg, must_mention);
   if (must_mention2)
-    fail_unless (strstr (msg, must_mention2) != NULL, "%s: message '%s' does "
-        "not mention '%s'", factory, msg, must_mention2);
+    fail_unless (strstr (msg, must_mention2) != NULL,
+        "%s: message '%s' does "
+        "not mention '%s'",
+        factory, msg, must_mention2);
   g_free (msg);
   gst_element_set_state (e, GST_STATE_NULL);
+  detach_bus (e, bus);
   gst_object_unref (e);
-  gst_object_unref (bus);
 }
 
 GST_START_TEST (test_missing_model)
@@ -868,11 +923,59 @@ GST_START_TEST (test_missing_model)
 
 GST_END_TEST;
 
+/* A .safetensors file given directly, here the bf16 copy of the tiny
+ * model (its config.json sits beside it): Kyutai's bf16-weight reference. */
+GST_START_TEST (test_bf16_file)
+{
+  RefCase *rc = ref_case_load ("mimi-tiny");
+  gchar *file = g_build_filename (rc->dir, "model.bf16.safetensors", NULL);
+  GstHarness *h;
+  EncOut *o = enc_out_new ();
+  DecOut *od = dec_out_new ();
+  gint f, q;
+
+  fail_unless (rc->codes_bf16w != NULL && rc->decoded_bf16w != NULL);
+  h = new_enc (file, 8, F32_CAPS);
+  push_pcm_chunked (h, rc->pcm, 0, rc->n, 1000, FALSE, 0, FALSE);
+  pull_codes (h, 8, o);
+  fail_unless_equals_int (enc_out_frames (o), rc->frames);
+  for (f = 0; f < rc->frames; f++)
+    for (q = 0; q < 8; q++)
+      fail_unless_equals_int (g_array_index (o->codes, guint16, f * 8 + q),
+          rc->codes_bf16w[f * REF_NQ + q]);
+  gst_harness_teardown (h);
+
+  h = new_dec (file, "audio/x-mimi, codebooks=(int)8");
+  for (f = 0; f < rc->frames; f++) {
+    GstBuffer *buf = gst_buffer_new_allocate (NULL, 16, NULL);
+    GstMapInfo map;
+
+    gst_buffer_map (buf, &map, GST_MAP_WRITE);
+    for (q = 0; q < 8; q++)
+      GST_WRITE_UINT16_LE (map.data + 2 * q, rc->codes_bf16w[f * REF_NQ + q]);
+    gst_buffer_unmap (buf, &map);
+    GST_BUFFER_PTS (buf) = f * FRAME_NS;
+    fail_unless_equals_int (gst_harness_push (h, buf), GST_FLOW_OK);
+  }
+  pull_pcm (h, od);
+  fail_unless_equals_int (od->pcm->len, rc->n);
+  assert_pcm_close ((gfloat *) od->pcm->data, rc->decoded_bf16w, rc->n,
+      "mimi-tiny bf16 weights");
+  gst_harness_teardown (h);
+
+  enc_out_free (o);
+  dec_out_free (od);
+  g_free (file);
+  ref_case_free (rc);
+}
+
+GST_END_TEST;
+
 /* ------------------------------------------------------------------ */
 /* mimidec */
 
 static void
-check_dec_reference (const gchar * name, gint per_buffer)
+check_dec_reference (const gchar *name, gint per_buffer)
 {
   RefCase *rc = ref_case_load (name);
   GstHarness *h = new_dec (rc->dir,
@@ -885,8 +988,9 @@ check_dec_reference (const gchar * name, gint per_buffer)
 
   for (f = 0; f < rc->frames; f += per_buffer) {
     gint count = MIN (per_buffer, rc->frames - f);
-    fail_unless_equals_int (gst_harness_push (h, frames_buffer (rc, f, count,
-                8)), GST_FLOW_OK);
+    fail_unless_equals_int (gst_harness_push (h,
+                                frames_buffer (rc, f, count, 8)),
+        GST_FLOW_OK);
   }
   fail_unless (gst_harness_push_event (h, gst_event_new_eos ()));
   pull_pcm (h, o);
@@ -903,8 +1007,8 @@ check_dec_reference (const gchar * name, gint per_buffer)
   assert_pcm_close ((gfloat *) o->pcm->data, rc->decoded, rc->n, name);
 
   /* One output buffer per input buffer, stamped like it. */
-  fail_unless_equals_int (o->pts->len, (rc->frames + per_buffer - 1) /
-      per_buffer);
+  fail_unless_equals_int (o->pts->len,
+      (rc->frames + per_buffer - 1) / per_buffer);
   for (i = 0, f = 0; i < o->pts->len; i++) {
     guint n = g_array_index (o->nsamples, guint, i);
 
@@ -1005,8 +1109,7 @@ GST_START_TEST (test_dec_discont_and_flush)
   o = dec_out_new ();
   pull_pcm (h, o);
   fail_unless_equals_int (o->pcm->len, rc->n);
-  assert_pcm_close ((gfloat *) o->pcm->data, rc->decoded, rc->n,
-      "after flush");
+  assert_pcm_close ((gfloat *) o->pcm->data, rc->decoded, rc->n, "after flush");
   dec_out_free (o);
 
   gst_harness_teardown (h);
@@ -1017,7 +1120,7 @@ GST_END_TEST;
 
 GST_START_TEST (test_dec_wrong_caps)
 {
-  RefCase *rc = ref_case_load ("mimi-tiny");    /* 16 codebooks stored */
+  RefCase *rc = ref_case_load ("mimi-tiny"); /* 16 codebooks stored */
   const gchar *bad[] = {
     "audio/x-mimi, codebooks=(int)40",
     "audio/x-mimi, codebooks=(int)0",
@@ -1037,6 +1140,7 @@ GST_START_TEST (test_dec_wrong_caps)
     sink = gst_element_get_static_pad (h->element, "sink");
     fail_if (gst_pad_send_event (sink, gst_event_new_caps (caps)),
         "caps %s accepted", bad[i]);
+    gst_caps_unref (caps);
     gst_object_unref (sink);
     gst_harness_teardown (h);
   }
@@ -1046,17 +1150,16 @@ GST_START_TEST (test_dec_wrong_caps)
   h = new_dec (rc->dir, NULL);
   bus = attach_bus (h->element);
   sink = gst_element_get_static_pad (h->element, "sink");
-  fail_if (gst_pad_send_event (sink,
-          gst_event_new_caps (gst_caps_from_string
-              ("audio/x-mimi, codebooks=(int)20"))));
+  caps = gst_caps_from_string ("audio/x-mimi, codebooks=(int)20");
+  fail_if (gst_pad_send_event (sink, gst_event_new_caps (caps)));
+  gst_caps_unref (caps);
   msg = pop_error (bus);
   fail_unless (msg != NULL);
   fail_unless (strstr (msg, "20 codebooks") && strstr (msg, "only 16"),
       "message: %s", msg);
   g_free (msg);
   gst_object_unref (sink);
-  gst_element_set_bus (h->element, NULL);
-  gst_object_unref (bus);
+  detach_bus (h->element, bus);
   gst_harness_teardown (h);
 
   /* Data without caps is refused, not guessed. */
@@ -1076,7 +1179,7 @@ GST_START_TEST (test_dec_wrong_caps)
 GST_END_TEST;
 
 static void
-check_dec_bad_buffer (RefCase * rc, GstBuffer * buf, const gchar * expect)
+check_dec_bad_buffer (RefCase *rc, GstBuffer *buf, const gchar *expect)
 {
   GstHarness *h = new_dec (rc->dir, "audio/x-mimi, codebooks=(int)8");
   GstBus *bus = attach_bus (h->element);
@@ -1091,14 +1194,13 @@ check_dec_bad_buffer (RefCase * rc, GstBuffer * buf, const gchar * expect)
   fail_unless (strstr (msg, expect) != NULL, "message '%s' lacks '%s'", msg,
       expect);
   g_free (msg);
-  gst_element_set_bus (h->element, NULL);
-  gst_object_unref (bus);
+  detach_bus (h->element, bus);
   gst_harness_teardown (h);
 }
 
 GST_START_TEST (test_dec_bad_buffers)
 {
-  RefCase *rc = ref_case_load ("mimi-tiny");    /* bins = 64 */
+  RefCase *rc = ref_case_load ("mimi-tiny"); /* bins = 64 */
   guint8 junk[64];
   guint i;
 
@@ -1115,7 +1217,7 @@ GST_START_TEST (test_dec_bad_buffers)
   {
     guint8 frame[16] = { 0 };
 
-    GST_WRITE_UINT16_LE (frame + 6, 64);        /* == bins */
+    GST_WRITE_UINT16_LE (frame + 6, 64); /* == bins */
     check_dec_bad_buffer (rc, raw_buffer (frame, 16), "Invalid Mimi frame");
     GST_WRITE_UINT16_LE (frame + 6, 0xffff);
     check_dec_bad_buffer (rc, raw_buffer (frame, 16), "Invalid Mimi frame");
@@ -1179,8 +1281,8 @@ GST_START_TEST (test_cache_shared)
 {
   RefCase *rc = ref_case_load ("mimi-tiny");
   gchar *file = model_file (rc);
-  gchar *other_spelling = g_build_filename (rc->dir, ".", "model.safetensors",
-      NULL);
+  gchar *other_spelling =
+      g_build_filename (rc->dir, ".", "model.safetensors", NULL);
   guint loads0 = cache_loads ();
   GstHarness *enc1, *enc2, *dec;
   EncOut *o1 = enc_out_new (), *o2 = enc_out_new ();
@@ -1224,8 +1326,8 @@ GST_END_TEST;
 static gpointer
 start_element (gpointer data)
 {
-  return GINT_TO_POINTER (gst_element_set_state (GST_ELEMENT (data),
-          GST_STATE_PAUSED));
+  return GINT_TO_POINTER (
+      gst_element_set_state (GST_ELEMENT (data), GST_STATE_PAUSED));
 }
 
 /* Elements started at the same time load the model once. */
@@ -1245,8 +1347,8 @@ GST_START_TEST (test_cache_concurrent)
   for (i = 0; i < G_N_ELEMENTS (e); i++)
     t[i] = g_thread_new ("start", start_element, e[i]);
   for (i = 0; i < G_N_ELEMENTS (e); i++)
-    fail_if (GPOINTER_TO_INT (g_thread_join (t[i])) ==
-        GST_STATE_CHANGE_FAILURE);
+    fail_if (
+        GPOINTER_TO_INT (g_thread_join (t[i])) == GST_STATE_CHANGE_FAILURE);
 
   fail_unless_equals_int (cache_users (file), G_N_ELEMENTS (e));
   fail_unless_equals_int (cache_loads () - loads0, 1);
@@ -1275,7 +1377,7 @@ tmp_dir (void)
 }
 
 static void
-write_file (const gchar * dir, const gchar * name, const gchar * contents)
+write_file (const gchar *dir, const gchar *name, const gchar *contents)
 {
   gchar *path = g_build_filename (dir, name, NULL);
   gchar *parent = g_path_get_dirname (path);
@@ -1287,7 +1389,7 @@ write_file (const gchar * dir, const gchar * name, const gchar * contents)
 }
 
 static void
-rm_rf (const gchar * path)
+rm_rf (const gchar *path)
 {
   GDir *dir;
 
@@ -1311,7 +1413,7 @@ rm_rf (const gchar * path)
 
 /* Points every Hugging Face location at `hub_parent`/hub via HF_HOME. */
 static void
-set_hf_home (const gchar * hf_home)
+set_hf_home (const gchar *hf_home)
 {
   g_unsetenv ("HF_HUB_CACHE");
   g_unsetenv ("HUGGINGFACE_HUB_CACHE");
@@ -1320,7 +1422,7 @@ set_hf_home (const gchar * hf_home)
 }
 
 static void
-assert_resolves (const gchar * model, const gchar * expected)
+assert_resolves (const gchar *model, const gchar *expected)
 {
   GError *err = NULL;
   gchar *got = resolve_mimi (model, &err);
@@ -1332,7 +1434,7 @@ assert_resolves (const gchar * model, const gchar * expected)
 }
 
 static void
-assert_fails (const gchar * model, const gchar * m1, const gchar * m2)
+assert_fails (const gchar *model, const gchar *m1, const gchar *m2)
 {
   GError *err = NULL;
   gchar *got = resolve_mimi (model, &err);
@@ -1375,7 +1477,8 @@ GST_START_TEST (test_resolve_kyutai_folder)
   gchar *expected;
 
   /* Kyutai repo layout: config.json names the Mimi file. */
-  write_file (d, "config.json", "{\"moshi_name\": \"model.safetensors\", "
+  write_file (d, "config.json",
+      "{\"moshi_name\": \"model.safetensors\", "
       "\"mimi_name\": \"my-mimi.safetensors\", "
       "\"tokenizer_name\": \"tokenizer.model\", \"dim\": 4096}");
   assert_fails (d, "my-mimi.safetensors", "huggingface-cli download");
@@ -1387,11 +1490,12 @@ GST_START_TEST (test_resolve_kyutai_folder)
 
   /* No config.json: Kyutai's standard names. */
   g_mkdir (d, 0755);
-  assert_fails (d, d, "huggingface-cli download kyutai/moshiko-pytorch-bf16 "
+  assert_fails (d, d,
+      "huggingface-cli download kyutai/moshiko-pytorch-bf16 "
       "tokenizer-e351c8d8-checkpoint125.safetensors");
   write_file (d, "mimi-pytorch-e351c8d8@125.safetensors", "x");
-  expected = g_build_filename (d, "mimi-pytorch-e351c8d8@125.safetensors",
-      NULL);
+  expected =
+      g_build_filename (d, "mimi-pytorch-e351c8d8@125.safetensors", NULL);
   assert_resolves (d, expected);
   g_free (expected);
   write_file (d, "tokenizer-e351c8d8-checkpoint125.safetensors", "x");
@@ -1417,13 +1521,14 @@ GST_END_TEST;
 /* Builds hub/models--owner--name/{blobs,refs/main,snapshots/<rev>/...} like
  * huggingface-cli does (snapshot entries are symlinks to blobs). */
 static gchar *
-make_hf_snapshot (const gchar * hub, const gchar * repo_dir, const gchar * rev,
-    const gchar * mimi_name, gboolean with_file)
+make_hf_snapshot (const gchar *hub, const gchar *repo_dir, const gchar *rev,
+    const gchar *mimi_name, gboolean with_file)
 {
   gchar *snap = g_build_filename (hub, repo_dir, "snapshots", rev, NULL);
   gchar *blobs = g_build_filename (hub, repo_dir, "blobs", NULL);
   gchar *config = g_strdup_printf ("{\"mimi_name\": \"%s\", "
-      "\"moshi_name\": \"model.safetensors\"}", mimi_name);
+                                   "\"moshi_name\": \"model.safetensors\"}",
+      mimi_name);
   gchar *blob = g_strdup_printf ("blob-%s", rev);
   gchar *link, *target;
 
@@ -1453,8 +1558,10 @@ GST_START_TEST (test_resolve_hf_cache)
   set_hf_home (home);
 
   /* Nothing cached: the message says where we looked and what to run. */
-  assert_fails (NULL, "huggingface-cli download kyutai/moshiko-pytorch-bf16 "
-      "tokenizer-e351c8d8-checkpoint125.safetensors", hub);
+  assert_fails (NULL,
+      "huggingface-cli download kyutai/moshiko-pytorch-bf16 "
+      "tokenizer-e351c8d8-checkpoint125.safetensors",
+      hub);
   assert_fails ("", "huggingface", NULL);
   assert_fails ("kyutai/moshiko-pytorch-bf16", repo_dir, "huggingface-cli");
 
@@ -1486,7 +1593,7 @@ GST_START_TEST (test_resolve_hf_cache)
 
   /* Another repo, only partly downloaded: say which file is missing. */
   g_free (make_hf_snapshot (hub, "models--kyutai--stt-1b-en_fr", "r1",
-          "mimi-pytorch-e351c8d8@125.safetensors", FALSE));
+      "mimi-pytorch-e351c8d8@125.safetensors", FALSE));
   assert_fails ("kyutai/stt-1b-en_fr", "mimi-pytorch-e351c8d8@125.safetensors",
       "huggingface-cli download kyutai/stt-1b-en_fr");
 
@@ -1504,8 +1611,11 @@ GST_START_TEST (test_resolve_hf_cache)
     gchar *local;
 
     fail_unless (g_chdir (home) == 0);
-    write_file (home, "kyutai/moshiko-pytorch-bf16/" "tokenizer-e351c8d8-"
-        "checkpoint125.safetensors", "x");
+    write_file (home,
+        "kyutai/moshiko-pytorch-bf16/"
+        "tokenizer-e351c8d8-"
+        "checkpoint125.safetensors",
+        "x");
     local = g_build_filename ("kyutai/moshiko-pytorch-bf16", mimi, NULL);
     assert_resolves ("kyutai/moshiko-pytorch-bf16", local);
     g_free (local);
@@ -1665,8 +1775,10 @@ moshi_elements_suite (void)
   tcase_add_test (tc, test_enc_flush);
   tcase_add_test (tc, test_enc_wrong_caps);
   tcase_add_test (tc, test_enc_too_many_codebooks);
+  tcase_add_test (tc, test_enc_downstream_codebooks);
   tcase_add_test (tc, test_missing_model);
   tcase_add_test (tc, test_threads);
+  tcase_add_test (tc, test_bf16_file);
 
   tc = tcase_create ("mimidec");
   suite_add_tcase (s, tc);

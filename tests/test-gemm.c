@@ -19,16 +19,16 @@ frand (guint32 *s)
 /* Checks C = bias + A*B (+ C0) for one shape; A rows overlap when
  * lda < K, as conv windows do. */
 static void
-check_shape (MoshiWeightType type, int M, int N, int K, int lda, gboolean transposed,
-    gboolean with_bias, gboolean accumulate, int threads)
+check_shape (MoshiWeightType type, int M, int N, int K, int lda,
+    gboolean transposed, gboolean with_bias, gboolean accumulate, int threads)
 {
   guint32 seed = (guint32) (M * 131 + N * 7 + K * 3 + type);
   const size_t a_len = (size_t) (M - 1) * lda + K;
   float *A = g_new (float, a_len);
-  float *B = g_new (float, (size_t) K * N);
+  float *B = g_new (float, (size_t) K *N);
   float *bias = g_new (float, N);
-  float *C = g_new (float, (size_t) M * N);
-  float *C0 = g_new (float, (size_t) M * N);
+  float *C = g_new (float, (size_t) M *N);
+  float *C0 = g_new (float, (size_t) M *N);
   for (size_t i = 0; i < a_len; i++)
     A[i] = frand (&seed);
   for (size_t i = 0; i < (size_t) K * N; i++)
@@ -41,7 +41,7 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda, gboolean transp
   MoshiPackedB P;
   /* B is [K][N] row-major, or [N][K] when transposed. */
   g_assert_true (moshi_packed_init_typed (&P, B, K, N, transposed ? K : N,
-          transposed, type));
+      transposed, type));
   for (int k = 0; k < K; k += MAX (1, K / 5))
     for (int n = 0; n < N; n += MAX (1, N / 5)) {
       float want = transposed ? B[(size_t) n * K + k] : B[(size_t) k * N + n];
@@ -71,7 +71,9 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda, gboolean transp
         ref += bias[n];
       if (accumulate)
         ref += C0[(size_t) m * N + n];
-      double rel = type == MOSHI_WEIGHTS_F32 ? 1e-6 : type == MOSHI_WEIGHTS_BF16 ? 4e-3 : 8e-3;
+      double rel = type == MOSHI_WEIGHTS_F32 ? 1e-6
+          : type == MOSHI_WEIGHTS_BF16       ? 4e-3
+                                             : 8e-3;
       double allowed = rel * (mag + 1.0) + 1e-6;
       double err = fabs (C[(size_t) m * N + n] - ref);
       max_err = MAX (max_err, err / allowed);
@@ -79,8 +81,8 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda, gboolean transp
     }
   if (max_err > 1.0)
     g_error ("gemm %s level %s M=%d N=%d K=%d lda=%d: error %.3g of allowed",
-        moshi_weight_type_name (type), moshi_cpu_level_name (moshi_cpu_level ()),
-        M, N, K, lda, max_err);
+        moshi_weight_type_name (type),
+        moshi_cpu_level_name (moshi_cpu_level ()), M, N, K, lda, max_err);
   moshi_packed_clear (&P);
   g_free (A);
   g_free (B);
@@ -94,14 +96,20 @@ run_all_shapes (MoshiWeightType type)
 {
   const int shapes[][4] = {
     /* M, N, K, lda */
-    { 1, 1, 1, 1 }, { 2, 33, 17, 17 }, { 7, 64, 100, 100 }, { 13, 31, 7, 1 },
-    { 6, 96, 64, 32 }, { 200, 40, 48, 8 }, { 2, 512, 512, 512 },
-    { 97, 70, 33, 33 }, { 5, 17, 65, 130 },
+    { 1, 1, 1, 1 },
+    { 2, 33, 17, 17 },
+    { 7, 64, 100, 100 },
+    { 13, 31, 7, 1 },
+    { 6, 96, 64, 32 },
+    { 200, 40, 48, 8 },
+    { 2, 512, 512, 512 },
+    { 97, 70, 33, 33 },
+    { 5, 17, 65, 130 },
   };
   for (size_t i = 0; i < G_N_ELEMENTS (shapes); i++)
     for (int t = 0; t < 2; t++)
-      check_shape (type, shapes[i][0], shapes[i][1], shapes[i][2],
-          shapes[i][3], t, i % 2 == 0, i % 3 == 0, 1 + (int) (i % 2));
+      check_shape (type, shapes[i][0], shapes[i][1], shapes[i][2], shapes[i][3],
+          t, i % 2 == 0, i % 3 == 0, 1 + (int) (i % 2));
 }
 
 static void
@@ -122,8 +130,8 @@ static void
 test_threads_identical (void)
 {
   const int M = 9, N = 300, K = 257;
-  float *A = g_new (float, (size_t) M * K), *B = g_new (float, (size_t) K * N);
-  float *C1 = g_new (float, (size_t) M * N), *C2 = g_new (float, (size_t) M * N);
+  float *A = g_new (float, (size_t) M *K), *B = g_new (float, (size_t) K *N);
+  float *C1 = g_new (float, (size_t) M *N), *C2 = g_new (float, (size_t) M *N);
   guint32 seed = 1;
   for (int i = 0; i < M * K; i++)
     A[i] = frand (&seed);
@@ -162,9 +170,12 @@ int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
-  g_test_add_data_func ("/gemm/f32", GINT_TO_POINTER (MOSHI_WEIGHTS_F32), test_levels);
-  g_test_add_data_func ("/gemm/bf16", GINT_TO_POINTER (MOSHI_WEIGHTS_BF16), test_levels);
-  g_test_add_data_func ("/gemm/q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8), test_levels);
+  g_test_add_data_func ("/gemm/f32", GINT_TO_POINTER (MOSHI_WEIGHTS_F32),
+      test_levels);
+  g_test_add_data_func ("/gemm/bf16", GINT_TO_POINTER (MOSHI_WEIGHTS_BF16),
+      test_levels);
+  g_test_add_data_func ("/gemm/q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8),
+      test_levels);
   g_test_add_func ("/gemm/threads-identical", test_threads_identical);
   g_test_add_func ("/gemm/weight-type-names", test_weight_type_names);
   return g_test_run ();

@@ -23,7 +23,7 @@ case_path (const char *case_name, const char *file)
 typedef struct {
   float *pcm;
   int frames;
-  uint16_t *codes;              /* [frames][8] */
+  uint16_t *codes; /* [frames][8] */
   float *decoded;
 } Ref;
 
@@ -80,7 +80,8 @@ test_streams_independent (void)
   Ref r;
   ref_load (&r, "mimi-tiny");
   MimiModel *m = load_case ("mimi-tiny", MOSHI_WEIGHTS_F32);
-  MimiEncoder *a = mimi_encoder_new (m, 8, NULL), *b = mimi_encoder_new (m, 8, NULL);
+  MimiEncoder *a = mimi_encoder_new (m, 8, NULL),
+              *b = mimi_encoder_new (m, 8, NULL);
   float silence[MIMI_FRAME_SIZE] = { 0 };
   uint16_t ca[8], cb[8];
   for (int t = 0; t < r.frames; t++) {
@@ -116,7 +117,8 @@ test_reset (void)
     g_assert_cmpmem (c, sizeof c, r.codes + t * 8, sizeof c);
     g_assert_true (mimi_decode_frame (d, r.codes + t * 8, out, NULL));
     for (int i = 0; i < MIMI_FRAME_SIZE; i++)
-      g_assert_cmpfloat (fabsf (out[i] - r.decoded[t * MIMI_FRAME_SIZE + i]), <=, 3e-6f);
+      g_assert_cmpfloat (fabsf (out[i] - r.decoded[t * MIMI_FRAME_SIZE + i]),
+          <=, 3e-6f);
   }
   mimi_encoder_free (e);
   mimi_decoder_free (d);
@@ -131,7 +133,8 @@ test_threads (void)
   Ref r;
   ref_load (&r, "mimi-small");
   MimiModel *m = load_case ("mimi-small", MOSHI_WEIGHTS_F32);
-  MimiDecoder *d1 = mimi_decoder_new (m, 8, NULL), *d2 = mimi_decoder_new (m, 8, NULL);
+  MimiDecoder *d1 = mimi_decoder_new (m, 8, NULL),
+              *d2 = mimi_decoder_new (m, 8, NULL);
   mimi_decoder_set_threads (d2, 2);
   float o1[MIMI_FRAME_SIZE], o2[MIMI_FRAME_SIZE];
   for (int t = 0; t < r.frames; t++) {
@@ -169,14 +172,15 @@ test_reduced_precision (gconstpointer data)
   g_assert_cmpint (mimi_model_weight_type (m), ==, w);
   MimiEncoder *e = mimi_encoder_new (m, 8, NULL);
   MimiDecoder *d = mimi_decoder_new (m, 8, NULL);
-  float *out = g_new (float, (size_t) r.frames * MIMI_FRAME_SIZE);
+  float *out = g_new (float, (size_t) r.frames *MIMI_FRAME_SIZE);
   int same = 0;
   for (int t = 0; t < r.frames; t++) {
     uint16_t c[8];
     mimi_encode_frame (e, r.pcm + t * MIMI_FRAME_SIZE, c);
     for (int q = 0; q < 8; q++)
       same += c[q] == r.codes[t * 8 + q];
-    g_assert_true (mimi_decode_frame (d, r.codes + t * 8, out + t * MIMI_FRAME_SIZE, NULL));
+    g_assert_true (mimi_decode_frame (d, r.codes + t * 8,
+        out + t * MIMI_FRAME_SIZE, NULL));
   }
   double snr = snr_db (r.decoded, out, (size_t) r.frames * MIMI_FRAME_SIZE);
   double agree = (double) same / (r.frames * 8);
@@ -199,12 +203,12 @@ test_codebook_errors (void)
   g_assert_null (mimi_encoder_new (m, 0, &err));
   g_assert_error (err, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT);
   g_clear_error (&err);
-  g_assert_null (mimi_decoder_new (m, 17, &err));   /* the tiny model stores 16 */
+  g_assert_null (mimi_decoder_new (m, 17, &err)); /* the tiny model stores 16 */
   g_assert_nonnull (strstr (err->message, "16"));
   g_clear_error (&err);
   MimiDecoder *d = mimi_decoder_new (m, 4, &err);
   g_assert_no_error (err);
-  uint16_t bad[4] = { 1, 2, 64, 3 };              /* 64 bins: 64 is out of range */
+  uint16_t bad[4] = { 1, 2, 64, 3 }; /* 64 bins: 64 is out of range */
   float out[MIMI_FRAME_SIZE];
   g_assert_false (mimi_decode_frame (d, bad, out, &err));
   g_assert_error (err, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT);
@@ -256,14 +260,18 @@ test_config_errors (void)
   expect_config_error ("\"n_filters\": 8", "\"n_filters\": 16", "shape");
   expect_config_error ("\"d_model\": 32", "\"d_model\": 33", "d_model");
   expect_config_error ("\"num_heads\": 2", "\"num_heads\": -1", "num_heads");
-  expect_config_error ("\"norm\": \"layer_norm\"", "\"norm\": \"rms_norm\"", "transformer.norm");
+  expect_config_error ("\"norm\": \"layer_norm\"", "\"norm\": \"rms_norm\"",
+      "transformer.norm");
   expect_config_error ("\"bins\": 64", "\"bins\": 65", "shape");
-  expect_config_error ("\"ratios\": [", "\"ratios\": \"x\", \"r\": [", "ratios");
+  expect_config_error ("\"ratios\": [", "\"ratios\": \"x\", \"r\": [",
+      "ratios");
   expect_config_error ("{", "{ \"seanet\": 3,", "seanet");
-  expect_config_error ("\"sample_rate\": 24000", "\"sample_rate\": 16000", "inconsistent");
+  expect_config_error ("\"sample_rate\": 24000", "\"sample_rate\": 16000",
+      "inconsistent");
   expect_config_error ("\"context\": 16", "\"context\": 0", "context");
   expect_config_error ("\"context\": 16", "\"context\": 1e400", "out of range");
-  expect_config_error ("\"channels\": 1,\n  \"frame_rate\"", "\"channels\": 1,, \"frame_rate\"", "config.json");
+  expect_config_error ("\"channels\": 1,\n  \"frame_rate\"",
+      "\"channels\": 1,, \"frame_rate\"", "config.json");
 }
 
 /* Every allocation of a model load may fail: each failure must give an
@@ -281,7 +289,7 @@ test_alloc_failures (void)
     if (m) {
       g_assert_no_error (err);
       mimi_model_unref (m);
-      break;                      /* n is past the last allocation */
+      break; /* n is past the last allocation */
     }
     g_assert_nonnull (err);
     failures++;
@@ -308,8 +316,10 @@ main (int argc, char **argv)
   g_test_add_func ("/mimi/streams-independent", test_streams_independent);
   g_test_add_func ("/mimi/reset", test_reset);
   g_test_add_func ("/mimi/threads", test_threads);
-  g_test_add_data_func ("/mimi/weights-bf16", GINT_TO_POINTER (MOSHI_WEIGHTS_BF16), test_reduced_precision);
-  g_test_add_data_func ("/mimi/weights-q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8), test_reduced_precision);
+  g_test_add_data_func ("/mimi/weights-bf16",
+      GINT_TO_POINTER (MOSHI_WEIGHTS_BF16), test_reduced_precision);
+  g_test_add_data_func ("/mimi/weights-q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8),
+      test_reduced_precision);
   g_test_add_func ("/mimi/codebook-errors", test_codebook_errors);
   g_test_add_func ("/mimi/config-errors", test_config_errors);
   g_test_add_func ("/mimi/alloc-failures", test_alloc_failures);

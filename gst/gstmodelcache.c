@@ -1,0 +1,232 @@
+/* gst-moshi: process-wide cache of loaded models; see gstmodelcache.h. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include "gstmodelcache.h"
+
+#include <stdlib.h>
+
+GST_DEBUG_CATEGORY_STATIC (gst_moshi_model_cache_debug);
+#define GST_CAT_DEFAULT gst_moshi_model_cache_debug
+
+typedef struct {
+  gchar *key;
+  gpointer model; /* NULL while loading */
+  GDestroyNotify free_func;
+  guint users; /* holders + threads waiting for the load */
+  gboolean loading;
+  GError *error; /* set when the load failed; waiters copy it */
+} CacheEntry;
+
+/* Static GMutex/GCond need no initialisation. */
+static GMutex cache_lock;
+static GCond cache_cond;
+static GHashTable *entries_by_key; /* key -> CacheEntry */
+static GHashTable *entries_by_model; /* model -> CacheEntry */
+static guint n_loads;
+
+static void
+ensure_tables (void)
+{
+  if (G_UNLIKELY (!entries_by_key)) {
+    GST_DEBUG_CATEGORY_INIT (gst_moshi_model_cache_debug, "moshimodelcache", 0,
+        "gst-moshi shared model cache");
+    entries_by_key = g_hash_table_new (g_str_hash, g_str_equal);
+    entries_by_model = g_hash_table_new (g_direct_hash, g_direct_equal);
+  }
+}
+
+/* The key must not depend on how the path was spelled (relative, through a
+ * symlink such as the Hugging Face snapshot links), or two elements would
+ * load the same weights twice. */
+static gchar *
+make_key (const gchar *kind, const gchar *path)
+{
+  char *real = realpath (path, NULL);
+  gchar *key = g_strdup_printf ("%s:%s", kind, real ? real : path);
+
+  free (real);
+  return key;
+}
+
+static void
+entry_free (CacheEntry *e)
+{
+  g_clear_error (&e->error);
+  g_free (e->key);
+  g_free (e);
+}
+
+/* Called with the lock held; drops one user and frees what is unused.
+ * Returns the model the caller must free (outside the lock), if any. */
+static gpointer
+entry_unuse_locked (CacheEntry *e, GDestroyNotify *free_func)
+{
+  gpointer model = NULL;
+
+  g_assert (e->users > 0);
+  e->users--;
+  if (e->users > 0)
+    return NULL;
+
+  if (g_hash_table_lookup (entries_by_key, e->key) == e)
+    g_hash_table_remove (entries_by_key, e->key);
+  if (e->model) {
+    g_hash_table_remove (entries_by_model, e->model);
+    model = e->model;
+    *free_func = e->free_func;
+    GST_INFO ("unloading %s", e->key);
+  }
+  entry_free (e);
+  return model;
+}
+
+gpointer
+gst_moshi_model_cache_acquire (const gchar *kind, const gchar *path,
+    GstMoshiModelLoadFunc load, gpointer user_data, GDestroyNotify free_func,
+    GError **error)
+{
+  gchar *key;
+  CacheEntry *e;
+  gpointer model;
+  GError *err = NULL;
+
+  g_return_val_if_fail (kind != NULL && path != NULL, NULL);
+  g_return_val_if_fail (load != NULL && free_func != NULL, NULL);
+
+  key = make_key (kind, path);
+
+  g_mutex_lock (&cache_lock);
+  ensure_tables ();
+
+  e = g_hash_table_lookup (entries_by_key, key);
+  if (e) {
+    e->users++;
+    /* Somebody else is loading these weights: wait for them rather than
+     * reading gigabytes twice. */
+    while (e->loading)
+      g_cond_wait (&cache_cond, &cache_lock);
+    if (e->model) {
+      GST_DEBUG ("sharing %s (%u users)", key, e->users);
+      model = e->model;
+      g_mutex_unlock (&cache_lock);
+      g_free (key);
+      return model;
+    } else {
+      GDestroyNotify unused = NULL;
+
+      g_propagate_error (error, g_error_copy (e->error));
+      entry_unuse_locked (e, &unused);
+      g_mutex_unlock (&cache_lock);
+      g_free (key);
+      return NULL;
+    }
+  }
+
+  e = g_new0 (CacheEntry, 1);
+  e->key = key;
+  e->free_func = free_func;
+  e->users = 1;
+  e->loading = TRUE;
+  g_hash_table_insert (entries_by_key, e->key, e);
+  n_loads++;
+  g_mutex_unlock (&cache_lock);
+
+  /* Load without the lock: other models may be acquired meanwhile. */
+  GST_INFO ("loading %s", key);
+  model = load (path, user_data, &err);
+  g_assert (model != NULL || err != NULL);
+
+  g_mutex_lock (&cache_lock);
+  e->loading = FALSE;
+  if (model) {
+    e->model = model;
+    g_hash_table_insert (entries_by_model, model, e);
+  } else {
+    GDestroyNotify unused = NULL;
+
+    GST_WARNING ("failed to load %s: %s", e->key, err->message);
+    e->error = g_error_copy (err);
+    /* Forget the failure at once so that a later attempt (after the user
+     * fixed the file) loads again; waiters still hold the entry. */
+    g_hash_table_remove (entries_by_key, e->key);
+    entry_unuse_locked (e, &unused);
+    g_propagate_error (error, err);
+  }
+  g_cond_broadcast (&cache_cond);
+  g_mutex_unlock (&cache_lock);
+
+  return model;
+}
+
+void
+gst_moshi_model_cache_release (gpointer model)
+{
+  CacheEntry *e;
+  GDestroyNotify free_func = NULL;
+  gpointer to_free = NULL;
+
+  if (!model)
+    return;
+
+  g_mutex_lock (&cache_lock);
+  ensure_tables ();
+  e = g_hash_table_lookup (entries_by_model, model);
+  if (e)
+    to_free = entry_unuse_locked (e, &free_func);
+  else
+    g_critical ("gst-moshi: releasing model %p that the cache does not hold",
+        model);
+  g_mutex_unlock (&cache_lock);
+
+  if (to_free)
+    free_func (to_free);
+}
+
+guint
+gst_moshi_model_cache_users (const gchar *kind, const gchar *path)
+{
+  gchar *key = make_key (kind, path);
+  CacheEntry *e;
+  guint users = 0;
+
+  g_mutex_lock (&cache_lock);
+  ensure_tables ();
+  e = g_hash_table_lookup (entries_by_key, key);
+  if (e && e->model)
+    users = e->users;
+  g_mutex_unlock (&cache_lock);
+  g_free (key);
+  return users;
+}
+
+guint
+gst_moshi_model_cache_loads (void)
+{
+  guint n;
+
+  g_mutex_lock (&cache_lock);
+  n = n_loads;
+  g_mutex_unlock (&cache_lock);
+  return n;
+}
+
+static gpointer
+load_mimi (const gchar *path, gpointer user_data, GError **error)
+{
+  return mimi_model_load (path, error);
+}
+
+MimiModel *
+gst_moshi_model_cache_acquire_mimi (const gchar *path, GError **error)
+{
+  return gst_moshi_model_cache_acquire (GST_MOSHI_MODEL_KIND_MIMI, path,
+      load_mimi, NULL, (GDestroyNotify) mimi_model_unref, error);
+}
+
+void
+gst_moshi_model_cache_release_mimi (MimiModel *model)
+{
+  gst_moshi_model_cache_release (model);
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The main job, from a fresh Debian 12 machine: install the Debian packages,
+# build gst-moshi, and run the bundled speech sample through Mimi and back.
+#
+#   bash pipelines/demo.sh            -> /tmp/gst-moshi-demo.wav
+#
+# With Kyutai's Mimi in the Hugging Face cache (see README) the output is the
+# real codec's reconstruction; without it, a small random-weight model is
+# used and the output is not meaningful audio (the script says so).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/install-deps.sh
+[ -f build/build.ninja ] || meson setup build >/dev/null
+meson compile -C build >/dev/null
+source pipelines/env.sh
+
+echo ">> Elements:"
+gst-inspect-1.0 moshi | sed -n '/^  mimi/p'
+
+SAMPLE=pipelines/samples/hello.wav
+OUT=/tmp/gst-moshi-demo.wav
+CODES=/tmp/gst-moshi-demo.gdp
+start=$(date +%s.%N)
+pipelines/mimi-roundtrip.sh "$SAMPLE" "$OUT" >/dev/null
+end=$(date +%s.%N)
+pipelines/mimi-store.sh encode "$SAMPLE" "$CODES" >/dev/null
+
+secs=$(gst-discoverer-1.0 "$SAMPLE" 2>/dev/null | sed -n 's/.*Duration: \([0-9:.]*\).*/\1/p' | head -1)
+echo ">> Encoded and decoded $SAMPLE (${secs:-?}) in $(printf '%.2f' "$(echo "$end - $start" | bc -l)") s of wall time"
+echo ">> Reconstructed audio:  $OUT"
+echo ">> Codes file:           $CODES ($(stat -c %s "$CODES") bytes incl. GDP framing)"
+echo ">> Model:                $MIMI_MODEL"
+case "$MIMI_MODEL" in
+  *tests/data/conformance*) echo ">> (random-weight test model: the audio is NOT meaningful; see README to get Kyutai's weights)";;
+esac

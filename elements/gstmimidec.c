@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "gstmoshicaps.h"
+#include "gstmoshienums.h"
 #include "gstmodelcache.h"
 #include "gstmodelresolve.h"
 
@@ -41,6 +42,7 @@ enum {
   PROP_0,
   PROP_MODEL,
   PROP_THREADS,
+  PROP_QUANTIZE,
 };
 
 #define DEFAULT_MODEL NULL
@@ -97,6 +99,14 @@ gst_mimi_dec_class_init (GstMimiDecClass *klass)
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
               | GST_PARAM_MUTABLE_READY));
 
+  g_object_class_install_property (gobject_class, PROP_QUANTIZE,
+      g_param_spec_enum ("quantize", "Quantize",
+          "How the weights are stored: none (float32, exact), bf16 or q8 "
+          "(faster streaming, small error; see docs/models.md)",
+          GST_TYPE_MOSHI_QUANTIZE, MOSHI_WEIGHTS_F32,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
   gst_element_class_add_static_pad_template (element_class, &sink_template);
   gst_element_class_add_static_pad_template (element_class, &src_template);
 
@@ -147,6 +157,9 @@ gst_mimi_dec_set_property (GObject *object, guint prop_id, const GValue *value,
     case PROP_THREADS:
       self->threads = g_value_get_int (value);
       break;
+    case PROP_QUANTIZE:
+      self->quantize = g_value_get_enum (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -167,6 +180,9 @@ gst_mimi_dec_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_THREADS:
       g_value_set_int (value, self->threads);
+      break;
+    case PROP_QUANTIZE:
+      g_value_set_enum (value, self->quantize);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -204,9 +220,11 @@ gst_mimi_dec_start (GstAudioDecoder *dec)
   const MimiConfig *cfg;
   GError *err = NULL;
   gchar *model;
+  MoshiWeightType quantize;
 
   GST_OBJECT_LOCK (self);
   model = g_strdup (self->model);
+  quantize = self->quantize;
   GST_OBJECT_UNLOCK (self);
 
   /* Load now rather than at the first caps: a missing model is a state
@@ -215,7 +233,8 @@ gst_mimi_dec_start (GstAudioDecoder *dec)
   if (!self->model_path)
     goto model_error;
 
-  self->mimi = gst_moshi_model_cache_acquire_mimi (self->model_path, &err);
+  self->mimi =
+      gst_moshi_model_cache_acquire_mimi (self->model_path, quantize, &err);
   if (!self->mimi)
     goto model_error;
 

@@ -17,6 +17,7 @@ struct _GstMimiDec {
   /* properties (object lock) */
   gchar *model;
   gint threads;
+  MoshiWeightType quantize;
 
   /* between start and stop (stream lock) */
   gchar *model_path; /* resolved weights file, for messages */

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "gstmoshicaps.h"
+#include "gstmoshienums.h"
 #include "gstmodelcache.h"
 #include "gstmodelresolve.h"
 
@@ -40,6 +41,7 @@ enum {
   PROP_MODEL,
   PROP_CODEBOOKS,
   PROP_THREADS,
+  PROP_QUANTIZE,
 };
 
 #define DEFAULT_MODEL NULL
@@ -104,6 +106,14 @@ gst_mimi_enc_class_init (GstMimiEncClass *klass)
       g_param_spec_int ("threads", "Threads",
           "Compute threads used to encode one frame (1: no threading)", 1,
           MAX_THREADS, DEFAULT_THREADS,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_QUANTIZE,
+      g_param_spec_enum ("quantize", "Quantize",
+          "How the weights are stored: none (float32, exact), bf16 or q8 "
+          "(faster streaming, small error; see docs/models.md)",
+          GST_TYPE_MOSHI_QUANTIZE, MOSHI_WEIGHTS_F32,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
               | GST_PARAM_MUTABLE_READY));
 
@@ -203,6 +213,9 @@ gst_mimi_enc_set_property (GObject *object, guint prop_id, const GValue *value,
     case PROP_THREADS:
       self->threads = g_value_get_int (value);
       break;
+    case PROP_QUANTIZE:
+      self->quantize = g_value_get_enum (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -226,6 +239,9 @@ gst_mimi_enc_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_THREADS:
       g_value_set_int (value, self->threads);
+      break;
+    case PROP_QUANTIZE:
+      g_value_set_enum (value, self->quantize);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -264,18 +280,21 @@ gst_mimi_enc_start (GstAudioEncoder *enc)
   GError *err = NULL;
   gchar *model;
   gint codebooks, threads;
+  MoshiWeightType quantize;
 
   GST_OBJECT_LOCK (self);
   model = g_strdup (self->model);
   codebooks = self->codebooks;
   threads = self->threads;
+  quantize = self->quantize;
   GST_OBJECT_UNLOCK (self);
 
   self->model_path = gst_moshi_resolve_mimi (model, &err);
   if (!self->model_path)
     goto model_error;
 
-  self->mimi = gst_moshi_model_cache_acquire_mimi (self->model_path, &err);
+  self->mimi =
+      gst_moshi_model_cache_acquire_mimi (self->model_path, quantize, &err);
   if (!self->mimi)
     goto model_error;
 

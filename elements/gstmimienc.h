@@ -18,6 +18,7 @@ struct _GstMimiEnc {
   gchar *model;
   gint codebooks;
   gint threads;
+  MoshiWeightType quantize;
 
   /* between start and stop (stream lock) */
   gchar *model_path; /* resolved weights file, for messages */

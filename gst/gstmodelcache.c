@@ -215,14 +215,22 @@ gst_moshi_model_cache_loads (void)
 static gpointer
 load_mimi (const gchar *path, gpointer user_data, GError **error)
 {
-  return mimi_model_load (path, error);
+  return mimi_model_load_typed (path, GPOINTER_TO_INT (user_data), error);
 }
 
 MimiModel *
-gst_moshi_model_cache_acquire_mimi (const gchar *path, GError **error)
+gst_moshi_model_cache_acquire_mimi (const gchar *path, MoshiWeightType weights,
+    GError **error)
 {
-  return gst_moshi_model_cache_acquire (GST_MOSHI_MODEL_KIND_MIMI, path,
-      load_mimi, NULL, (GDestroyNotify) mimi_model_unref, error);
+  /* The same file stored at another precision is another model. */
+  gchar *kind = weights == MOSHI_WEIGHTS_F32
+      ? g_strdup (GST_MOSHI_MODEL_KIND_MIMI)
+      : g_strdup_printf ("%s:%s", GST_MOSHI_MODEL_KIND_MIMI,
+          moshi_weight_type_name (weights));
+  MimiModel *m = gst_moshi_model_cache_acquire (kind, path, load_mimi,
+      GINT_TO_POINTER (weights), (GDestroyNotify) mimi_model_unref, error);
+  g_free (kind);
+  return m;
 }
 
 void

@@ -42,7 +42,7 @@ G_MODULE_EXPORT guint gst_moshi_model_cache_loads (void);
 
 /* Mimi convenience wrappers (kind GST_MOSHI_MODEL_KIND_MIMI). */
 MimiModel *gst_moshi_model_cache_acquire_mimi (const gchar *path,
-    GError **error);
+    MoshiWeightType weights, GError **error);
 void gst_moshi_model_cache_release_mimi (MimiModel *model);
 
 G_END_DECLS

@@ -2,7 +2,6 @@
 
 #include "cpu.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,10 +32,6 @@ cpu_init_once (void)
     else if (strcmp (env, "avx512") == 0)
       active = MIN (detected, MOSHI_CPU_AVX512);
   }
-  /* Every GEMM we issue is already split across our own per-stream threads
-   * (kernels.c); OpenBLAS's own pool would oversubscribe the cores and its
-   * global thread count cannot be set per stream. */
-  openblas_set_num_threads (1);
 }
 
 static void

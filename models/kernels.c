@@ -2,7 +2,6 @@
 
 #include "cpu.h"
 
-#include <cblas.h>
 #include <math.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -64,7 +63,6 @@ moshi_pool_new (int n_threads)
   MoshiPool *pool = g_new0 (MoshiPool, 1);
   if (n_threads < 1)
     n_threads = 1;
-  moshi_cpu_level (); /* makes sure OpenBLAS runs single-threaded */
   pool->n_threads = n_threads;
   pthread_mutex_init (&pool->lock, NULL);
   pthread_cond_init (&pool->wake, NULL);
@@ -131,73 +129,6 @@ moshi_pool_run (MoshiPool *pool, MoshiPoolFn fn, void *ctx)
   while (pool->pending > 0)
     pthread_cond_wait (&pool->done, &pool->lock);
   pthread_mutex_unlock (&pool->lock);
-}
-
-/* ---------------------------------------------------------------- gemm --- */
-
-typedef struct {
-  gboolean trans_b;
-  int M, N, K;
-  const float *A;
-  int lda;
-  const float *B;
-  int ldb;
-  float beta;
-  float *C;
-  int ldc;
-} GemmJob;
-
-static void
-gemm_part (void *data, int index, int count)
-{
-  const GemmJob *j = data;
-  /* Split the output columns in multiples of 16 (one AVX-512 vector). */
-  int chunk = ((j->N + count - 1) / count + 15) & ~15;
-  int n0 = index * chunk;
-  int n1 = MIN (j->N, n0 + chunk);
-  if (n0 >= n1)
-    return;
-  const float *B = j->trans_b ? j->B + (size_t) n0 * j->ldb : j->B + n0;
-  cblas_sgemm (CblasRowMajor, CblasNoTrans,
-      j->trans_b ? CblasTrans : CblasNoTrans, j->M, n1 - n0, j->K, 1.0f, j->A,
-      j->lda, B, j->ldb, j->beta, j->C + n0, j->ldc);
-}
-
-static void
-gemm_run (MoshiPool *pool, GemmJob *job)
-{
-  if (job->M <= 0 || job->N <= 0)
-    return;
-  if (job->K <= 0) {
-    for (int m = 0; m < job->M; m++) {
-      float *row = job->C + (size_t) m * job->ldc;
-      for (int n = 0; n < job->N; n++)
-        row[n] = job->beta == 0.0f ? 0.0f : job->beta * row[n];
-    }
-    return;
-  }
-  /* Threads only pay off when each gets a decent amount of work. */
-  double flops = 2.0 * job->M * job->N * job->K;
-  if (moshi_pool_threads (pool) > 1 && flops > 2e5 && job->N >= 32)
-    moshi_pool_run (pool, gemm_part, job);
-  else
-    gemm_part (job, 0, 1);
-}
-
-void
-moshi_sgemm_nn (MoshiPool *pool, int M, int N, int K, const float *A, int lda,
-    const float *B, int ldb, float beta, float *C, int ldc)
-{
-  GemmJob job = { FALSE, M, N, K, A, lda, B, ldb, beta, C, ldc };
-  gemm_run (pool, &job);
-}
-
-void
-moshi_sgemm_nt (MoshiPool *pool, int M, int N, int K, const float *A, int lda,
-    const float *W, int ldw, float beta, float *C, int ldc)
-{
-  GemmJob job = { TRUE, M, N, K, A, lda, W, ldw, beta, C, ldc };
-  gemm_run (pool, &job);
 }
 
 /* ------------------------------------------------------- elementwise --- */
@@ -398,22 +329,6 @@ moshi_gelu (float *dst, const float *src, size_t n)
 }
 
 void
-moshi_silu (float *dst, const float *src, size_t n)
-{
-  for (size_t i = 0; i < n; i++) {
-    float x = src[i];
-    dst[i] = x / (1.0f + expf (-x));
-  }
-}
-
-void
-moshi_add (float *dst, const float *a, const float *b, size_t n)
-{
-  for (size_t i = 0; i < n; i++)
-    dst[i] = a[i] + b[i];
-}
-
-void
 moshi_add_scaled_rows (float *dst, const float *src, const float *scale,
     int rows, int C)
 {
@@ -472,24 +387,6 @@ moshi_rms_norm (float *dst, const float *src, const float *weight, int rows,
     for (int c = 0; c < C; c++)
       y[c] = x[c] * inv * (weight ? weight[c] : 1.0f);
   }
-}
-
-void
-moshi_softmax (float *x, int n)
-{
-  if (n <= 0)
-    return;
-  float mx = x[0];
-  for (int i = 1; i < n; i++)
-    mx = MAX (mx, x[i]);
-  double sum = 0.0;
-  for (int i = 0; i < n; i++) {
-    x[i] = expf (x[i] - mx);
-    sum += x[i];
-  }
-  float inv = (float) (1.0 / sum);
-  for (int i = 0; i < n; i++)
-    x[i] *= inv;
 }
 
 float

@@ -1,5 +1,5 @@
-/* Dense kernels: GEMMs (OpenBLAS, split across a per-stream thread pool),
- * activations and norms.  Row-major everywhere; activations are stored
+/* Dense kernels besides the GEMM (gemm.h): the per-stream thread pool,
+ * activations, norms and the attention inner loop.  Row-major everywhere; activations are stored
  * time-major, [T][C], so one time step's channels are contiguous. */
 #pragma once
 #include <glib.h>
@@ -19,18 +19,9 @@ int moshi_pool_threads (const MoshiPool *pool);
  * The caller runs index 0. */
 void moshi_pool_run (MoshiPool *pool, MoshiPoolFn fn, void *ctx);
 
-/* C[M,N] = beta*C + A[M,K] * B[K,N]. */
-void moshi_sgemm_nn (MoshiPool *pool, int M, int N, int K, const float *A,
-    int lda, const float *B, int ldb, float beta, float *C, int ldc);
-/* C[M,N] = beta*C + A[M,K] * W[N,K]^T  (W as a PyTorch Linear weight). */
-void moshi_sgemm_nt (MoshiPool *pool, int M, int N, int K, const float *A,
-    int lda, const float *W, int ldw, float beta, float *C, int ldc);
-
 /* Elementwise, in place or out of place (dst may equal src). */
 void moshi_elu (float *dst, const float *src, size_t n); /* alpha = 1 */
 void moshi_gelu (float *dst, const float *src, size_t n); /* exact (erf) */
-void moshi_silu (float *dst, const float *src, size_t n);
-void moshi_add (float *dst, const float *a, const float *b, size_t n);
 /* dst += scale[c] * src, over rows of C channels. */
 void moshi_add_scaled_rows (float *dst, const float *src, const float *scale,
     int rows, int C);
@@ -50,8 +41,6 @@ void moshi_attention_head (const float *q, const float *kT, int ctx,
     const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
     int hi, float *scores, float *out);
 
-/* In-place softmax of n values. */
-void moshi_softmax (float *x, int n);
 float moshi_dot (const float *a, const float *b, int n);
 /* y += a * x */
 void moshi_axpy (float *y, float a, const float *x, int n);

@@ -10,6 +10,6 @@ source "$(dirname "$0")/env.sh"
 exec gst-launch-1.0 \
   autoaudiosrc ! audioconvert ! audioresample \
   ! audio/x-raw,rate=24000,channels=1 \
-  ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" threads="${THREADS:-1}" \
-  ! mimidec model="$MIMI_MODEL" threads="${THREADS:-1}" \
+  ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" quantize="${QUANTIZE:-none}" threads="${THREADS:-1}" \
+  ! mimidec model="$MIMI_MODEL" quantize="${QUANTIZE:-none}" threads="${THREADS:-1}" \
   ! audioconvert ! audioresample ! autoaudiosink

@@ -5,7 +5,8 @@
 #
 # Usage: pipelines/mimi-roundtrip.sh [IN] [OUT.wav]
 #   IN defaults to pipelines/samples/hello.wav, OUT to /tmp/mimi-roundtrip.wav.
-#   MIMI_MODEL, CODEBOOKS (1..32, default 8) and THREADS may be set.
+#   MIMI_MODEL, CODEBOOKS (1..32, default 8), THREADS and QUANTIZE (none,
+#   bf16, q8: faster, with a small error) may be set.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 IN="${1:-$ROOT/pipelines/samples/hello.wav}"
@@ -13,7 +14,7 @@ OUT="${2:-/tmp/mimi-roundtrip.wav}"
 gst-launch-1.0 -q \
   filesrc location="$IN" ! decodebin ! audioconvert ! audioresample \
   ! audio/x-raw,rate=24000,channels=1 \
-  ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" threads="${THREADS:-1}" \
-  ! mimidec model="$MIMI_MODEL" threads="${THREADS:-1}" \
+  ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" quantize="${QUANTIZE:-none}" threads="${THREADS:-1}" \
+  ! mimidec model="$MIMI_MODEL" quantize="${QUANTIZE:-none}" threads="${THREADS:-1}" \
   ! audioconvert ! wavenc ! filesink location="$OUT"
 echo "wrote $OUT"

@@ -17,4 +17,4 @@ exec gst-launch-1.0 $EOS \
   udpsrc port="${PORT:-5004}" \
     caps="application/x-rtp,media=application,clock-rate=90000,encoding-name=X-GST" \
   ! rtpjitterbuffer latency=100 ! rtpgstdepay \
-  ! mimidec model="$MIMI_MODEL" ! $SINK
+  ! mimidec model="$MIMI_MODEL" quantize="${QUANTIZE:-none}" ! $SINK

@@ -18,6 +18,6 @@ else
 fi
 exec gst-launch-1.0 \
   $SRC ! audioconvert ! audioresample ! audio/x-raw,rate=24000,channels=1 \
-  ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" \
+  ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" quantize="${QUANTIZE:-none}" \
   ! rtpgstpay config-interval=1 \
   ! udpsink host="${HOST:-127.0.0.1}" port="${PORT:-5004}" sync=true

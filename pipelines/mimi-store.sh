@@ -14,12 +14,12 @@ case "${1:-}" in
   encode)
     gst-launch-1.0 -q filesrc location="$2" ! decodebin ! audioconvert ! audioresample \
       ! audio/x-raw,rate=24000,channels=1 \
-      ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" \
+      ! mimienc model="$MIMI_MODEL" codebooks="${CODEBOOKS:-8}" quantize="${QUANTIZE:-none}" \
       ! gdppay ! filesink location="$3"
     echo "wrote $3 ($(stat -c %s "$3") bytes)";;
   decode)
     gst-launch-1.0 -q filesrc location="$2" ! gdpdepay \
-      ! mimidec model="$MIMI_MODEL" ! audioconvert ! wavenc ! filesink location="$3"
+      ! mimidec model="$MIMI_MODEL" quantize="${QUANTIZE:-none}" ! audioconvert ! wavenc ! filesink location="$3"
     echo "wrote $3";;
   *)
     echo "usage: $0 encode IN CODES.gdp | decode CODES.gdp OUT.wav" >&2; exit 2;;

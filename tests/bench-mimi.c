@@ -77,7 +77,10 @@ main (int argc, char **argv)
         "Mimi .safetensors (default: random full-size)", "FILE" },
     { "codebooks", 'q', 0, G_OPTION_ARG_INT, &codebooks,
         "Codebooks (default 8)", "N" },
-    { "pipelined", 'p', 0, G_OPTION_ARG_NONE, &pipelined, "Also run encoder and decoder in two threads, as mimienc ! queue ! mimidec does", NULL },
+    { "pipelined", 'p', 0, G_OPTION_ARG_NONE, &pipelined,
+        "Also run encoder and decoder in two threads, as mimienc ! queue ! "
+        "mimidec does",
+        NULL },
     { "weights", 'w', 0, G_OPTION_ARG_STRING, &weights_name,
         "Weight storage: f32 (default), bf16, q8", "TYPE" },
     { NULL } };

@@ -1071,6 +1071,61 @@ GST_START_TEST (test_dec_q4)
 
 GST_END_TEST;
 
+/* quantize=q8/bf16: output stays close to the float32 reference (SNR bound
+ * from the weight rounding) but is not identical (the property took
+ * effect), and each precision is its own cache entry. */
+GST_START_TEST (test_quantize)
+{
+  RefCase *rc = ref_case_load ("mimi-small");
+  gchar *file = model_file (rc);
+  guint loads0 = cache_loads ();
+  const gchar *names[] = { "q8", "bf16" };
+  const gdouble min_snr[] = { 25.0, 35.0 };
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (names); i++) {
+    GstHarness *exact = new_dec (rc->dir, "audio/x-mimi, codebooks=(int)8");
+    GstHarness *h;
+    GstElement *e = gst_element_factory_make ("mimidec", NULL);
+    DecOut *o = dec_out_new ();
+    gdouble sig = 0, err = 0, snr;
+    gint f, j;
+
+    gst_util_set_object_arg (G_OBJECT (e), "quantize", names[i]);
+    g_object_set (e, "model", rc->dir, NULL);
+    h = gst_harness_new_with_element (e, "sink", "src");
+    gst_object_unref (e);
+    gst_harness_set_src_caps_str (h, "audio/x-mimi, codebooks=(int)8");
+    /* Two entries now: the float32 model and this precision. */
+    fail_unless_equals_int (cache_users (file), 1);
+    fail_unless_equals_int (cache_loads () - loads0, 2 * i + 2);
+
+    for (f = 0; f < rc->frames; f++)
+      fail_unless_equals_int (gst_harness_push (h, frames_buffer (rc, f, 1, 8)),
+          GST_FLOW_OK);
+    pull_pcm (h, o);
+    fail_unless_equals_int (o->pcm->len, rc->n);
+    for (j = 0; j < rc->n; j++) {
+      gdouble d = g_array_index (o->pcm, gfloat, j) - rc->decoded[j];
+      sig += (gdouble) rc->decoded[j] * rc->decoded[j];
+      err += d * d;
+    }
+    snr = 10 * log10 (sig / MAX (err, 1e-30));
+    GST_INFO ("quantize=%s: SNR %.1f dB", names[i], snr);
+    fail_unless (err > 0, "quantize=%s gave float32-exact output", names[i]);
+    fail_unless (snr >= min_snr[i], "quantize=%s: SNR %.1f dB < %.1f", names[i],
+        snr, min_snr[i]);
+
+    dec_out_free (o);
+    gst_harness_teardown (h);
+    gst_harness_teardown (exact);
+  }
+  g_free (file);
+  ref_case_free (rc);
+}
+
+GST_END_TEST;
+
 GST_START_TEST (test_dec_discont_and_flush)
 {
   RefCase *rc = ref_case_load ("mimi-tiny");
@@ -1785,6 +1840,7 @@ moshi_elements_suite (void)
   tcase_add_test (tc, test_dec_reference);
   tcase_add_test (tc, test_dec_multiframe);
   tcase_add_test (tc, test_dec_q4);
+  tcase_add_test (tc, test_quantize);
   tcase_add_test (tc, test_dec_discont_and_flush);
   tcase_add_test (tc, test_dec_wrong_caps);
   tcase_add_test (tc, test_dec_bad_buffers);

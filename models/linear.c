@@ -21,6 +21,16 @@ linear_pack (MoshiLinear *l, float *w, MoshiWeightType type, const char *name,
 }
 
 gboolean
+moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,
+    MoshiWeightType type)
+{
+  memset (l, 0, sizeof *l);
+  l->in = in;
+  l->out = out;
+  return moshi_packed_init_typed (&l->w, w, in, out, in, TRUE, type);
+}
+
+gboolean
 moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name, int in,
     int out, MoshiWeightType type, GError **error)
 {

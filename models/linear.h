@@ -19,6 +19,9 @@ gboolean moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name,
     int in, int out, MoshiWeightType type, GError **error);
 void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
     MoshiWeightType type);
+/* Packs w ([out][in], PyTorch layout; not taken over) as the layer. */
+gboolean moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,
+    MoshiWeightType type);
 void moshi_linear_clear (MoshiLinear *l);
 size_t moshi_linear_bytes (const MoshiLinear *l);
 

@@ -34,12 +34,60 @@ load_vec (const StFile *f, const char *name, int d, gboolean rms_alpha,
   return weights_load (f, name, 1, shape, error);
 }
 
+static int
+n_sets (const TransformerConfig *c)
+{
+  return c->weight_sets > 0 ? c->weight_sets : 1;
+}
+
+/* Weight set used at stream position `pos`. */
+static int
+set_for_position (const TransformerConfig *c, int64_t pos)
+{
+  if (c->weight_sets <= 0)
+    return 0;
+  int s = c->n_schedule > 0 ? c->schedule[MIN (pos, c->n_schedule - 1)]
+                            : (int) MIN (pos, c->weight_sets - 1);
+  return CLAMP (s, 0, c->weight_sets - 1);
+}
+
+static void
+layer_alloc (TransformerLayer *L, int sets)
+{
+  L->in_proj = g_new0 (MoshiLinear, sets);
+  L->out_proj = g_new0 (MoshiLinear, sets);
+  L->ff_in = g_new0 (MoshiLinear, sets);
+  L->ff_out = g_new0 (MoshiLinear, sets);
+}
+
+/* Loads a [sets * rows][cols] stacked tensor into `sets` linears. */
+static gboolean
+load_stacked (MoshiLinear *dst, int sets, const StFile *f, const char *name,
+    int cols, int rows, MoshiWeightType type, GError **error)
+{
+  int64_t shape[2] = { (int64_t) sets * rows, cols };
+  float *w = weights_load (f, name, 2, shape, error);
+  if (!w)
+    return FALSE;
+  gboolean ok = TRUE;
+  for (int s = 0; s < sets && ok; s++)
+    ok = moshi_linear_init (&dst[s], w + (size_t) s * rows * cols, cols, rows,
+        type);
+  moshi_free (w);
+  if (!ok)
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "out of memory packing %s", name);
+  return ok;
+}
+
 gboolean
 transformer_load (Transformer *tr, const TransformerConfig *cfg,
     const StFile *f, const char *prefix, GError **error)
 {
   const int d = cfg->d_model;
   const int ff = cfg->dim_feedforward;
+  const int sets = n_sets (cfg);
+  const MoshiWeightType wt = cfg->weights;
   char name[256];
   memset (tr, 0, sizeof *tr);
   tr->cfg = *cfg;
@@ -50,6 +98,7 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
     TransformerLayer *L = &tr->layers[i];
     char p[200];
     g_snprintf (p, sizeof p, "%s.layers.%d", prefix, i);
+    layer_alloc (L, sets);
     gboolean rms = cfg->norm == TRANSFORMER_NORM_RMS;
     const char *nw = rms ? "alpha" : "weight";
     if (!(L->norm1_w = load_vec (f, weights_name (name, "%s.norm1.%s", p, nw),
@@ -59,48 +108,48 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
               d, rms, error)))
       goto fail;
     if (!rms) {
-      if (!(L->norm1_b = load_vec (f, weights_name (name, "%s.norm1.bias", p),
-                d, FALSE, error)))
+      if (!(L->norm1_b = load_vec (f,
+                weights_name (name, "%s.norm1.bias", p), d, FALSE, error)))
         goto fail;
-      if (!(L->norm2_b = load_vec (f, weights_name (name, "%s.norm2.bias", p),
-                d, FALSE, error)))
+      if (!(L->norm2_b = load_vec (f,
+                weights_name (name, "%s.norm2.bias", p), d, FALSE, error)))
         goto fail;
     }
-    if (!moshi_linear_load (&L->in_proj, f,
+    if (!load_stacked (L->in_proj, sets, f,
             weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d,
-            cfg->weights, error))
+            wt, error))
       goto fail;
-    if (!moshi_linear_load (&L->out_proj, f,
-            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d,
-            cfg->weights, error))
+    if (!load_stacked (L->out_proj, sets, f,
+            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, wt,
+            error))
       goto fail;
-    if (cfg->gating) {
-      if (!moshi_linear_load (&L->ff_in, f,
-              weights_name (name, "%s.gating.linear_in.weight", p), d, 2 * ff,
-              cfg->weights, error))
+    for (int s = 0; s < sets; s++) {
+      char gp[220];
+      if (!cfg->gating)
+        g_snprintf (gp, sizeof gp, "%s", p);
+      else if (cfg->weight_sets > 0)
+        g_snprintf (gp, sizeof gp, "%s.gating.%d", p, s);
+      else
+        g_snprintf (gp, sizeof gp, "%s.gating", p);
+      const char *in_name = cfg->gating ? "linear_in" : "linear1";
+      const char *out_name = cfg->gating ? "linear_out" : "linear2";
+      if (!moshi_linear_load (&L->ff_in[s], f,
+              weights_name (name, "%s.%s.weight", gp, in_name), d,
+              cfg->gating ? 2 * ff : ff, wt, error))
         goto fail;
-      if (!moshi_linear_load (&L->ff_out, f,
-              weights_name (name, "%s.gating.linear_out.weight", p), ff, d,
-              cfg->weights, error))
-        goto fail;
-    } else {
-      if (!moshi_linear_load (&L->ff_in, f,
-              weights_name (name, "%s.linear1.weight", p), d, ff, cfg->weights,
-              error))
-        goto fail;
-      if (!moshi_linear_load (&L->ff_out, f,
-              weights_name (name, "%s.linear2.weight", p), ff, d, cfg->weights,
+      if (!moshi_linear_load (&L->ff_out[s], f,
+              weights_name (name, "%s.%s.weight", gp, out_name), ff, d, wt,
               error))
         goto fail;
     }
     if (cfg->layer_scale) {
-      if (!(L->ls1 =
-                  load_vec (f, weights_name (name, "%s.layer_scale_1.scale", p),
-                      d, FALSE, error)))
+      if (!(L->ls1 = load_vec (f,
+                weights_name (name, "%s.layer_scale_1.scale", p), d, FALSE,
+                error)))
         goto fail;
-      if (!(L->ls2 =
-                  load_vec (f, weights_name (name, "%s.layer_scale_2.scale", p),
-                      d, FALSE, error)))
+      if (!(L->ls2 = load_vec (f,
+                weights_name (name, "%s.layer_scale_2.scale", p), d, FALSE,
+                error)))
         goto fail;
     }
   }
@@ -120,23 +169,27 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
 {
   const int d = cfg->d_model;
   const int ff = cfg->dim_feedforward;
+  const int sets = n_sets (cfg);
   memset (tr, 0, sizeof *tr);
   tr->cfg = *cfg;
   tr->layers = g_new0 (TransformerLayer, cfg->num_layers);
   rope_init (tr);
   for (int i = 0; i < cfg->num_layers; i++) {
     TransformerLayer *L = &tr->layers[i];
+    layer_alloc (L, sets);
     L->norm1_w = weights_random (seed, d, 1.0f);
     L->norm2_w = weights_random (seed, d, 1.0f);
     if (cfg->norm == TRANSFORMER_NORM_LAYER) {
       L->norm1_b = weights_random (seed, d, 0.1f);
       L->norm2_b = weights_random (seed, d, 0.1f);
     }
-    moshi_linear_random (&L->in_proj, seed, d, 3 * d, cfg->weights);
-    moshi_linear_random (&L->out_proj, seed, d, d, cfg->weights);
-    moshi_linear_random (&L->ff_in, seed, d, cfg->gating ? 2 * ff : ff,
-        cfg->weights);
-    moshi_linear_random (&L->ff_out, seed, ff, d, cfg->weights);
+    for (int s = 0; s < sets; s++) {
+      moshi_linear_random (&L->in_proj[s], seed, d, 3 * d, cfg->weights);
+      moshi_linear_random (&L->out_proj[s], seed, d, d, cfg->weights);
+      moshi_linear_random (&L->ff_in[s], seed, d, cfg->gating ? 2 * ff : ff,
+          cfg->weights);
+      moshi_linear_random (&L->ff_out[s], seed, ff, d, cfg->weights);
+    }
     if (cfg->layer_scale) {
       L->ls1 = weights_random (seed, d, 0.1f);
       L->ls2 = weights_random (seed, d, 0.1f);
@@ -147,6 +200,7 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
 void
 transformer_clear (Transformer *tr)
 {
+  const int sets = n_sets (&tr->cfg);
   if (tr->layers)
     for (int i = 0; i < tr->cfg.num_layers; i++) {
       TransformerLayer *L = &tr->layers[i];
@@ -154,10 +208,20 @@ transformer_clear (Transformer *tr)
       moshi_free (L->norm1_b);
       moshi_free (L->norm2_w);
       moshi_free (L->norm2_b);
-      moshi_linear_clear (&L->in_proj);
-      moshi_linear_clear (&L->out_proj);
-      moshi_linear_clear (&L->ff_in);
-      moshi_linear_clear (&L->ff_out);
+      for (int s = 0; s < sets; s++) {
+        if (L->in_proj)
+          moshi_linear_clear (&L->in_proj[s]);
+        if (L->out_proj)
+          moshi_linear_clear (&L->out_proj[s]);
+        if (L->ff_in)
+          moshi_linear_clear (&L->ff_in[s]);
+        if (L->ff_out)
+          moshi_linear_clear (&L->ff_out[s]);
+      }
+      g_free (L->in_proj);
+      g_free (L->out_proj);
+      g_free (L->ff_in);
+      g_free (L->ff_out);
       moshi_free (L->ls1);
       moshi_free (L->ls2);
     }
@@ -171,11 +235,15 @@ size_t
 transformer_bytes (const Transformer *tr)
 {
   const int d = tr->cfg.d_model;
+  const int sets = n_sets (&tr->cfg);
   size_t n = 0;
   for (int i = 0; i < tr->cfg.num_layers; i++) {
     const TransformerLayer *L = &tr->layers[i];
-    n += moshi_linear_bytes (&L->in_proj) + moshi_linear_bytes (&L->out_proj)
-        + moshi_linear_bytes (&L->ff_in) + moshi_linear_bytes (&L->ff_out);
+    for (int s = 0; s < sets; s++)
+      n += moshi_linear_bytes (&L->in_proj[s])
+          + moshi_linear_bytes (&L->out_proj[s])
+          + moshi_linear_bytes (&L->ff_in[s])
+          + moshi_linear_bytes (&L->ff_out[s]);
     n += sizeof (float) * d * (2 + (L->norm1_b ? 2 : 0) + (L->ls1 ? 2 : 0));
   }
   return n;
@@ -281,6 +349,21 @@ transformer_forward (const Transformer *tr, TransformerState *s,
   const float scale = 1.0f / sqrtf ((float) hd);
   g_assert (t > 0 && t <= s->max_t && t <= ctx);
 
+  if (c->positional == TRANSFORMER_POS_SIN) {
+    /* Kyutai's create_sin_embedding: [cos | sin] of pos / period^(i/(h-1)). */
+    const int half = d / 2;
+    for (int i = 0; i < t; i++) {
+      float *row = x + (size_t) i * d;
+      const float pos = (float) (s->offset + i);
+      for (int j = 0; j < half; j++) {
+        float phase = pos / powf ((float) c->max_period,
+            (float) j / (float) MAX (half - 1, 1));
+        row[j] += cosf (phase);
+        row[half + j] += sinf (phase);
+      }
+    }
+  }
+
   /* Every layer writes the new steps to the same ring slots. */
   for (int i = 0; i < t; i++)
     s->slot_pos[(s->offset + i) % ctx] = s->offset + i;
@@ -292,13 +375,24 @@ transformer_forward (const Transformer *tr, TransformerState *s,
 
     /* --- self-attention block --- */
     norm (tr, s->h, x, L->norm1_w, L->norm1_b, t);
-    moshi_linear_forward (&L->in_proj, pool, s->h, t, FALSE, s->qkv);
+    /* Rows of one call share a weight set unless the set changes with the
+     * position: then each row runs on its own. */
+    for (int i = 0; i < t; i++) {
+      const int set = set_for_position (c, s->offset + i);
+      const int rows = c->weight_sets > 0 ? 1 : t;
+      moshi_linear_forward (&L->in_proj[set], pool, s->h + (size_t) i * d,
+          rows, FALSE, s->qkv + (size_t) i * 3 * d);
+      if (rows == t)
+        break;
+    }
     for (int i = 0; i < t; i++) {
       float *q = s->qkv + (size_t) i * 3 * d;
       float *k = q + d, *v = q + 2 * d;
       int64_t pos = s->offset + i;
-      rope_apply (tr, q, pos);
-      rope_apply (tr, k, pos);
+      if (c->positional == TRANSFORMER_POS_ROPE) {
+        rope_apply (tr, q, pos);
+        rope_apply (tr, k, pos);
+      }
       int slot = (int) (pos % ctx);
       for (int c = 0; c < d; c++)
         kc[(size_t) c * ctx + slot] = k[c];
@@ -325,13 +419,28 @@ transformer_forward (const Transformer *tr, TransformerState *s,
             vc + h * hd, d, hd, scale, s->valid, lo, hi, s->scores,
             out + h * hd);
     }
-    moshi_linear_forward (&L->out_proj, pool, s->attn, t, FALSE, s->h);
+    for (int i = 0; i < t; i++) {
+      const int set = set_for_position (c, s->offset + i);
+      const int rows = c->weight_sets > 0 ? 1 : t;
+      moshi_linear_forward (&L->out_proj[set], pool, s->attn + (size_t) i * d,
+          rows, FALSE, s->h + (size_t) i * d);
+      if (rows == t)
+        break;
+    }
     moshi_add_scaled_rows (x, s->h, L->ls1, t, d);
 
     /* --- feed-forward block --- */
     norm (tr, s->h, x, L->norm2_w, L->norm2_b, t);
-    moshi_linear_forward (&L->ff_in, pool, s->h, t, FALSE, s->ff);
     const int ff = c->dim_feedforward;
+    const int ffw = c->gating ? 2 * ff : ff;
+    for (int i = 0; i < t; i++) {
+      const int set = set_for_position (c, s->offset + i);
+      const int rows = c->weight_sets > 0 ? 1 : t;
+      moshi_linear_forward (&L->ff_in[set], pool, s->h + (size_t) i * d, rows,
+          FALSE, s->ff + (size_t) i * ffw);
+      if (rows == t)
+        break;
+    }
     if (c->gating) {
       /* linear_in gives [gate | value]; hidden = silu(gate) * value. */
       for (int i = 0; i < t; i++) {
@@ -346,7 +455,14 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     } else {
       moshi_gelu (s->ff, s->ff, (size_t) t * ff);
     }
-    moshi_linear_forward (&L->ff_out, pool, s->ff, t, FALSE, s->h);
+    for (int i = 0; i < t; i++) {
+      const int set = set_for_position (c, s->offset + i);
+      const int rows = c->weight_sets > 0 ? 1 : t;
+      moshi_linear_forward (&L->ff_out[set], pool, s->ff + (size_t) i * ff,
+          rows, FALSE, s->h + (size_t) i * d);
+      if (rows == t)
+        break;
+    }
     moshi_add_scaled_rows (x, s->h, L->ls2, t, d);
   }
   s->offset += t;

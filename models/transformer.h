@@ -1,8 +1,9 @@
 /* Kyutai's StreamingTransformer: pre-norm layers of causal self-attention
  * (RoPE, attention limited to `context` past steps through a ring KV cache)
  * and a feed-forward block, with optional LayerScale.  One implementation
- * serves Mimi (LayerNorm, GELU MLP, LayerScale) and the LMs (RMSNorm,
- * SiLU-gated MLP). */
+ * serves Mimi (LayerNorm, GELU MLP, LayerScale), the LM's temporal
+ * transformer (RMSNorm, SiLU-gated MLP) and its depformer (per-step weight
+ * sets, no positional embedding). */
 #pragma once
 #include <glib.h>
 #include <stdint.h>
@@ -18,6 +19,14 @@ typedef enum {
   TRANSFORMER_NORM_RMS, /* Kyutai RMSNorm, `alpha` weight */
 } TransformerNorm;
 
+typedef enum {
+  TRANSFORMER_POS_ROPE,      /* rotary, on q and k */
+  TRANSFORMER_POS_NONE,
+  TRANSFORMER_POS_SIN,       /* sinusoidal embedding added to the input */
+} TransformerPositional;
+
+#define TRANSFORMER_MAX_SCHEDULE 64
+
 typedef struct {
   int d_model;
   int num_heads;
@@ -30,14 +39,23 @@ typedef struct {
   gboolean gating; /* SiLU-gated MLP (LM) instead of GELU (Mimi) */
   gboolean layer_scale;
   MoshiWeightType weights; /* storage of the linear layers */
+  TransformerPositional positional;
+  /* Per-step weights (Kyutai's weights_per_step): 0 = one set shared by all
+   * steps; n > 0 = n sets, step s (stream position) uses set schedule[s]
+   * (identity when n_schedule == 0).  Attention in/out projections are
+   * stored stacked over the sets; the MLP as gating.<set>. */
+  int weight_sets;
+  int schedule[TRANSFORMER_MAX_SCHEDULE];
+  int n_schedule;
 } TransformerConfig;
 
 typedef struct {
   float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
-  MoshiLinear in_proj; /* [3*d][d], rows q | k | v */
-  MoshiLinear out_proj; /* [d][d] */
-  MoshiLinear ff_in; /* [ff][d] (gated: [2*ff][d]) */
-  MoshiLinear ff_out; /* [d][ff] */
+  /* One entry per weight set (see TransformerConfig.weight_sets). */
+  MoshiLinear *in_proj; /* [3*d][d], rows q | k | v */
+  MoshiLinear *out_proj; /* [d][d] */
+  MoshiLinear *ff_in; /* [ff][d] (gated: [2*ff][d]) */
+  MoshiLinear *ff_out; /* [d][ff] */
   float *ls1, *ls2; /* LayerScale, [d] */
 } TransformerLayer;
 

@@ -22,6 +22,8 @@ moshi_weight_type_name (MoshiWeightType t)
       return "bf16";
     case MOSHI_WEIGHTS_Q8:
       return "q8";
+    case MOSHI_WEIGHTS_Q4:
+      return "q4";
     default:
       return "f32";
   }
@@ -36,6 +38,8 @@ moshi_weight_type_from_string (const char *s, MoshiWeightType *t)
     *t = MOSHI_WEIGHTS_BF16;
   else if (!g_ascii_strcasecmp (s, "q8"))
     *t = MOSHI_WEIGHTS_Q8;
+  else if (!g_ascii_strcasecmp (s, "q4"))
+    *t = MOSHI_WEIGHTS_Q4;
   else
     return FALSE;
   return TRUE;
@@ -61,10 +65,28 @@ bf16_to_f32 (uint16_t h)
   return f;
 }
 
+/* Smallest bf16 >= f for finite f >= 0, so that a Q4 scale rounded to bf16
+ * never makes max|w| / scale exceed 7 (no clipping). */
+static uint16_t
+f32_to_bf16_up (float f)
+{
+  uint32_t u;
+  memcpy (&u, &f, 4);
+  if (u & 0xffff)
+    u += 0x10000;
+  return (uint16_t) (u >> 16);
+}
+
+static inline gboolean
+is_quantized (MoshiWeightType t)
+{
+  return t == MOSHI_WEIGHTS_Q8 || t == MOSHI_WEIGHTS_Q4;
+}
+
 static inline int
 k_padded (const MoshiPackedB *p)
 {
-  return p->type == MOSHI_WEIGHTS_Q8 ? (p->K + QB - 1) / QB * QB : p->K;
+  return is_quantized (p->type) ? (p->K + QB - 1) / QB * QB : p->K;
 }
 
 /* Byte offset of weight (k, column j of panel pn) in the Q8 layout. */
@@ -72,6 +94,22 @@ static inline size_t
 q8_index (int pn, int k, int j, int KP)
 {
   return (((size_t) pn * (KP / 4) + k / 4) * NR + j) * 4 + (k & 3);
+}
+
+/* Byte offset of weight (k, column j of panel pn) in the Q4 layout; its
+ * nibble is the low one for j < 16, the high one for j >= 16. */
+static inline size_t
+q4_index (int pn, int k, int j, int KP)
+{
+  return (((size_t) pn * (KP / 4) + k / 4) * (NR / 2) + j % (NR / 2)) * 4
+      + (k & 3);
+}
+
+static inline int
+q4_value (const uint8_t *data, int pn, int k, int j, int KP)
+{
+  const uint8_t byte = data[q4_index (pn, k, j, KP)];
+  return (j < NR / 2 ? byte & 0x0f : byte >> 4) - 8;
 }
 
 gboolean
@@ -85,20 +123,27 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
   p->n_panels = (N + NR - 1) / NR;
   const int KP = k_padded (p);
   const size_t elems = (size_t) p->n_panels * KP * NR;
-  const size_t esize = type == MOSHI_WEIGHTS_F32 ? 4
-      : type == MOSHI_WEIGHTS_BF16               ? 2
-                                                 : 1;
-  p->data = moshi_alloc (elems * esize);
+  const size_t n_scales = (size_t) p->n_panels * (KP / QB) * NR;
+  const size_t data_bytes = type == MOSHI_WEIGHTS_F32 ? 4 * elems
+      : type == MOSHI_WEIGHTS_BF16                    ? 2 * elems
+      : type == MOSHI_WEIGHTS_Q8                      ? elems
+                                                      : elems / 2;
+  p->data = moshi_alloc (data_bytes);
+  gboolean ok = p->data != NULL;
   if (type == MOSHI_WEIGHTS_Q8) {
-    p->scales =
-        moshi_alloc (sizeof (float) * (size_t) p->n_panels * (KP / QB) * NR);
-    p->colsum =
-        moshi_alloc (sizeof (int32_t) * (size_t) p->n_panels * (KP / QB) * NR);
+    p->scales = moshi_alloc (sizeof (float) * n_scales);
+    p->colsum = moshi_alloc (sizeof (int32_t) * n_scales);
+    ok = ok && p->scales && p->colsum;
+  } else if (type == MOSHI_WEIGHTS_Q4) {
+    p->scales_bf16 = moshi_alloc (sizeof (uint16_t) * n_scales);
+    ok = ok && p->scales_bf16;
   }
-  if (!p->data || (type == MOSHI_WEIGHTS_Q8 && (!p->scales || !p->colsum))) {
+  if (!ok) {
     moshi_packed_clear (p);
     return FALSE;
   }
+  if (type == MOSHI_WEIGHTS_Q4)
+    memset (p->data, 0x88, data_bytes); /* q = 0 in both nibbles */
 #define B_AT(k, n) \
   (transposed ? b[(size_t) (n) *ldb + (k)] : b[(size_t) (k) *ldb + (n)])
   for (int pn = 0; pn < p->n_panels; pn++) {
@@ -124,6 +169,26 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
             sum += v;
           }
           p->colsum[sidx] = 128 * sum;
+        }
+      } else if (type == MOSHI_WEIGHTS_Q4) {
+        uint8_t *q = (uint8_t *) p->data;
+        const int shift = j < NR / 2 ? 0 : 4;
+        for (int kb = 0; kb < KP / QB; kb++) {
+          float amax = 0.0f;
+          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
+            amax = MAX (amax, fabsf (B_AT (k, n)));
+          /* Quantizing against the stored (rounded-up) scale, not amax / 7,
+           * makes the bf16 rounding of the scale cost nothing but a grid
+           * at most 2^-7 coarser. */
+          const uint16_t sb = f32_to_bf16_up (amax / 7.0f);
+          const float scale = bf16_to_f32 (sb);
+          const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+          p->scales_bf16[((size_t) pn * (KP / QB) + kb) * NR + j] = sb;
+          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++) {
+            int v = (int) lrintf (CLAMP (B_AT (k, n) * inv, -7.0f, 7.0f));
+            uint8_t *byte = &q[q4_index (pn, k, j, KP)];
+            *byte = (uint8_t) ((*byte & (0xf0 >> shift)) | (v + 8) << shift);
+          }
         }
       } else {
         for (int k = 0; k < K; k++) {
@@ -154,9 +219,11 @@ moshi_packed_clear (MoshiPackedB *p)
   moshi_free (p->data);
   moshi_free (p->scales);
   moshi_free (p->colsum);
+  moshi_free (p->scales_bf16);
   p->data = NULL;
   p->scales = NULL;
   p->colsum = NULL;
+  p->scales_bf16 = NULL;
 }
 
 size_t
@@ -168,6 +235,8 @@ moshi_packed_bytes (const MoshiPackedB *p)
       return 2 * elems;
     case MOSHI_WEIGHTS_Q8:
       return elems + (sizeof (float) + sizeof (int32_t)) * elems / QB;
+    case MOSHI_WEIGHTS_Q4:
+      return elems / 2 + sizeof (uint16_t) * elems / QB;
     default:
       return 4 * elems;
   }
@@ -184,6 +253,11 @@ moshi_packed_get (const MoshiPackedB *p, int k, int n)
     case MOSHI_WEIGHTS_Q8:
       return ((const int8_t *) p->data)[q8_index (n / NR, k, n % NR, KP)]
           * p->scales[((size_t) (n / NR) * (KP / QB) + k / QB) * NR + n % NR];
+    case MOSHI_WEIGHTS_Q4:
+      return (float) q4_value (p->data, n / NR, k, n % NR, KP)
+          * bf16_to_f32 (
+              p->scales_bf16[((size_t) (n / NR) * (KP / QB) + k / QB) * NR
+                  + n % NR]);
     default:
       return ((const float *) p->data)[idx];
   }
@@ -229,7 +303,7 @@ panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
       for (int k = 0; k < K; k++)
         for (int j = 0; j < NR; j++)
           sum[j] += a[k] * bf16_to_f32 (Bp[(size_t) k * NR + j]);
-    } else {
+    } else if (B->type == MOSHI_WEIGHTS_Q8) {
       const int8_t *Bq = (const int8_t *) B->data;
       const float *S = B->scales + (size_t) pa->panel * (KP / QB) * NR;
       for (int kb = 0; kb * QB < K; kb++) {
@@ -239,6 +313,17 @@ panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
             part[j] += a[k] * (float) Bq[q8_index (pa->panel, k, j, KP)];
         for (int j = 0; j < NR; j++)
           sum[j] += part[j] * S[(size_t) kb * NR + j];
+      }
+    } else {
+      const uint8_t *Bq = (const uint8_t *) B->data;
+      const uint16_t *S = B->scales_bf16 + (size_t) pa->panel * (KP / QB) * NR;
+      for (int kb = 0; kb * QB < K; kb++) {
+        float part[NR] = { 0 };
+        for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
+          for (int j = 0; j < NR; j++)
+            part[j] += a[k] * (float) q4_value (Bq, pa->panel, k, j, KP);
+        for (int j = 0; j < NR; j++)
+          sum[j] += part[j] * bf16_to_f32 (S[(size_t) kb * NR + j]);
       }
     }
     store_row (C + (size_t) m * ldc, sum, pa);
@@ -425,10 +510,77 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
     store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
   }
 
+__attribute__ ((target ("avx512f"))) static inline __m512
+bf16x16_to_ps (const uint16_t *p)
+{
+  return _mm512_castsi512_ps (
+      _mm512_slli_epi32 (_mm512_cvtepu16_epi32 (
+                             _mm256_load_si256 ((const __m256i *) p)),
+          16));
+}
+
+/* Q4 x Q8 with AVX-512 VNNI.  Here the weights are vpdpbusd's unsigned
+ * operand (q + 8 in [1, 15] from the low nibbles; 16 (q + 8) from the high
+ * nibbles, masked in place) and the activations its signed one (q in
+ * [-127, 127], no +128), so sum (qw + 8) qa = sum qw qa + 8 sum qa: the
+ * correction depends only on each row's activation block sum SS, one int
+ * per row and block, instead of a per-column colsum that would add 0.125
+ * byte per weight of memory traffic.  It is the accumulators' initial
+ * value; the high half's factor 16 goes into its scales. */
+#define DEFINE_TILE_VNNI_Q4(MR)                                               \
+  __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void        \
+      tile_vnni_q4_##MR (const uint8_t *QA, int ldq, const float *SA,         \
+          const int32_t *SS, int lds, const PanelArgs *pa, float *C, int ldc) \
+  {                                                                           \
+    const MoshiPackedB *B = pa->B;                                            \
+    const int KP = k_padded (B), KB = KP / QB;                                \
+    const uint8_t *Bp =                                                       \
+        (const uint8_t *) B->data + (size_t) pa->panel * KP * (NR / 2);       \
+    const uint16_t *S = B->scales_bf16 + (size_t) pa->panel * KB * NR;        \
+    const __m512i lo_mask = _mm512_set1_epi8 (0x0f);                          \
+    const __m512i hi_mask = _mm512_set1_epi8 ((char) 0xf0);                   \
+    __m512 acc0[MR], acc1[MR];                                                \
+    for (int i = 0; i < MR; i++)                                              \
+      acc0[i] = acc1[i] = _mm512_setzero_ps ();                               \
+    for (int kb = 0; kb < KB; kb++) {                                         \
+      __m512i d0[MR], d1[MR];                                                 \
+      for (int i = 0; i < MR; i++) {                                          \
+        const int32_t sum = SS[(size_t) i * lds + kb];                        \
+        d0[i] = _mm512_set1_epi32 (-8 * sum);                                 \
+        d1[i] = _mm512_set1_epi32 (-128 * sum);                               \
+      }                                                                       \
+      const uint8_t *bb = Bp + (size_t) kb * QB * (NR / 2);                   \
+      for (int g = 0; g < QB / 4; g++) {                                      \
+        __m512i x = _mm512_load_si512 ((const void *) (bb + g * 2 * NR));     \
+        __m512i b0 = _mm512_and_si512 (x, lo_mask);                           \
+        __m512i b1 = _mm512_and_si512 (x, hi_mask);                           \
+        for (int i = 0; i < MR; i++) {                                        \
+          int32_t a4;                                                         \
+          memcpy (&a4, QA + (size_t) i * ldq + kb * QB + g * 4, 4);           \
+          __m512i a = _mm512_set1_epi32 (a4);                                 \
+          d0[i] = _mm512_dpbusd_epi32 (d0[i], b0, a);                         \
+          d1[i] = _mm512_dpbusd_epi32 (d1[i], b1, a);                         \
+        }                                                                     \
+      }                                                                       \
+      __m512 s0 = bf16x16_to_ps (S + (size_t) kb * NR);                       \
+      __m512 s1 = _mm512_mul_ps (bf16x16_to_ps (S + (size_t) kb * NR + 16),   \
+          _mm512_set1_ps (1.0f / 16.0f));                                     \
+      for (int i = 0; i < MR; i++) {                                          \
+        __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);               \
+        acc0[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (d0[i]),                \
+            _mm512_mul_ps (sa, s0), acc0[i]);                                 \
+        acc1[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (d1[i]),                \
+            _mm512_mul_ps (sa, s1), acc1[i]);                                 \
+      }                                                                       \
+    }                                                                         \
+    store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                           \
+  }
+
 #define DEFINE_ALL(MR)                                    \
   DEFINE_TILE_AVX512 (tile_f32, MR, LOAD_F32, float)      \
   DEFINE_TILE_AVX512 (tile_bf16, MR, LOAD_BF16, uint16_t) \
-  DEFINE_TILE_VNNI (MR)
+  DEFINE_TILE_VNNI (MR)                                   \
+  DEFINE_TILE_VNNI_Q4 (MR)
 
 DEFINE_ALL (1)
 DEFINE_ALL (2)
@@ -443,6 +595,8 @@ typedef void (*TileBF16) (const float *, int, const uint16_t *, int,
     const PanelArgs *, float *, int);
 typedef void (*TileVnni) (const uint8_t *, int, const float *, int,
     const PanelArgs *, float *, int);
+typedef void (*TileVnniQ4) (const uint8_t *, int, const float *,
+    const int32_t *, int, const PanelArgs *, float *, int);
 
 static const TileF32 tiles_f32[AVX512_MR + 1] = { NULL, tile_f32_1, tile_f32_2,
   tile_f32_3, tile_f32_4, tile_f32_5, tile_f32_6 };
@@ -450,6 +604,9 @@ static const TileBF16 tiles_bf16[AVX512_MR + 1] = { NULL, tile_bf16_1,
   tile_bf16_2, tile_bf16_3, tile_bf16_4, tile_bf16_5, tile_bf16_6 };
 static const TileVnni tiles_vnni[AVX512_MR + 1] = { NULL, tile_vnni_1,
   tile_vnni_2, tile_vnni_3, tile_vnni_4, tile_vnni_5, tile_vnni_6 };
+static const TileVnniQ4 tiles_vnni_q4[AVX512_MR + 1] = { NULL, tile_vnni_q4_1,
+  tile_vnni_q4_2, tile_vnni_q4_3, tile_vnni_q4_4, tile_vnni_q4_5,
+  tile_vnni_q4_6 };
 
 static void
 panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
@@ -471,6 +628,7 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
             ldc);
         break;
       case MOSHI_WEIGHTS_Q8:
+      case MOSHI_WEIGHTS_Q4:
         panel_generic (mr, a, lda, pa, c,
             ldc); /* no VNNI: see moshi_gemm_packed */
         break;
@@ -481,15 +639,16 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
 #endif /* __x86_64__ */
 
 #if defined(__x86_64__)
-/* Quantizes rows of A for the VNNI kernel: per 32-block, q = round(a / s)
- * with s = max|a| / 127, stored as q + 128 (unsigned).  Padding past K is
- * 128 (q = 0). */
+/* Quantizes rows of A for the VNNI kernels: per 32-block, q = round(a / s)
+ * with s = max|a| / 127, stored as q + offset: 128 makes it unsigned for Q8
+ * weights, 0 keeps it signed for Q4 (see DEFINE_TILE_VNNI_Q4), which also
+ * needs each block's sum of q in SS.  Padding past K is q = 0. */
 __attribute__ ((target ("avx512f,avx512bw"))) static void
 quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
-    uint8_t *QA, float *SA)
+    int offset_value, uint8_t *QA, float *SA, int32_t *SS)
 {
   const int KB = KP / QB;
-  const __m512i offset = _mm512_set1_epi32 (128);
+  const __m512i offset = _mm512_set1_epi32 (offset_value);
   for (int m = 0; m < M; m++) {
     const float *a = A + (size_t) m * lda;
     uint8_t *q = QA + (size_t) m * KP;
@@ -509,12 +668,13 @@ quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
       float s = mx / 127.0f;
       SA[(size_t) m * KB + kb] = s;
       __m512 inv = _mm512_set1_ps (s > 0.0f ? 1.0f / s : 0.0f);
-      __m512i q0 =
-          _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x0, inv)),
-              offset);
-      __m512i q1 =
-          _mm512_add_epi32 (_mm512_cvtps_epi32 (_mm512_mul_ps (x1, inv)),
-              offset);
+      __m512i q0 = _mm512_cvtps_epi32 (_mm512_mul_ps (x0, inv));
+      __m512i q1 = _mm512_cvtps_epi32 (_mm512_mul_ps (x1, inv));
+      if (SS)
+        SS[(size_t) m * KB + kb] =
+            _mm512_reduce_add_epi32 (_mm512_add_epi32 (q0, q1));
+      q0 = _mm512_add_epi32 (q0, offset);
+      q1 = _mm512_add_epi32 (q1, offset);
       _mm_storeu_si128 ((__m128i *) (q + k0), _mm512_cvtepi32_epi8 (q0));
       _mm_storeu_si128 ((__m128i *) (q + k0 + 16), _mm512_cvtepi32_epi8 (q1));
     }
@@ -522,13 +682,17 @@ quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
 }
 
 static void
-panel_vnni (int M, const uint8_t *QA, int ldq, const float *SA, int lds,
-    const PanelArgs *pa, float *C, int ldc)
+panel_vnni (int M, const uint8_t *QA, int ldq, const float *SA,
+    const int32_t *SS, int lds, const PanelArgs *pa, float *C, int ldc)
 {
   for (int m = 0; m < M; m += AVX512_MR) {
     const int mr = MIN (AVX512_MR, M - m);
-    tiles_vnni[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds, lds, pa,
-        C + (size_t) m * ldc, ldc);
+    if (pa->B->type == MOSHI_WEIGHTS_Q4)
+      tiles_vnni_q4[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds,
+          SS + (size_t) m * lds, lds, pa, C + (size_t) m * ldc, ldc);
+    else
+      tiles_vnni[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds, lds, pa,
+          C + (size_t) m * ldc, ldc);
   }
 }
 #endif
@@ -564,6 +728,7 @@ typedef struct {
   int ldc;
   const uint8_t *QA; /* VNNI path: quantized A, [M][KP] */
   const float *SA; /* and its scales, [M][KP / 32] */
+  const int32_t *SS; /* and, for Q4, its block sums, [M][KP / 32] */
 } PackedJob;
 
 /* Rows per block: keeps a block of A rows hot in L1/L2 while one panel of
@@ -588,7 +753,9 @@ packed_part (void *data, int index, int count)
 #if defined(__x86_64__)
       if (j->QA) {
         panel_vnni (mb, j->QA + (size_t) m0 * KP, KP,
-            j->SA + (size_t) m0 * (KP / QB), KP / QB, &pa, c, j->ldc);
+            j->SA + (size_t) m0 * (KP / QB),
+            j->SS ? j->SS + (size_t) m0 * (KP / QB) : NULL, KP / QB, &pa, c,
+            j->ldc);
         continue;
       }
 #endif
@@ -605,25 +772,31 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
   if (M <= 0 || B->N <= 0)
     return;
   PackedJob job = { select_panel (), M, A, lda, B, bias, accumulate, C, ldc,
-    NULL, NULL };
+    NULL, NULL, NULL };
   uint8_t *qa = NULL;
 #if defined(__x86_64__)
   uint8_t qa_stack[4096] __attribute__ ((aligned (64)));
   float sa_stack[128];
-  if (B->type == MOSHI_WEIGHTS_Q8 && moshi_cpu_has_avx512_vnni ()) {
+  int32_t ss_stack[128];
+  if (is_quantized (B->type) && moshi_cpu_has_avx512_vnni ()) {
+    const gboolean q4 = B->type == MOSHI_WEIGHTS_Q4;
     const int KP = k_padded (B);
-    const size_t need = (size_t) M * KP;
+    const size_t need = (size_t) M * KP, nblocks = (size_t) M * (KP / QB);
     uint8_t *q = qa_stack;
     float *sa = sa_stack;
-    if (need > sizeof qa_stack
-        || (size_t) M * (KP / QB) > G_N_ELEMENTS (sa_stack)) {
-      qa = g_malloc (need + sizeof (float) * (size_t) M * (KP / QB) + 64);
+    int32_t *ss = ss_stack;
+    if (need > sizeof qa_stack || nblocks > G_N_ELEMENTS (sa_stack)) {
+      const size_t q_bytes = (need + 63) & ~(size_t) 63;
+      qa = g_malloc (q_bytes + (sizeof (float) + sizeof (int32_t)) * nblocks);
       q = qa;
-      sa = (float *) (qa + ((need + 63) & ~(size_t) 63));
+      sa = (float *) (qa + q_bytes);
+      ss = (int32_t *) (sa + nblocks);
     }
-    quantize_rows_avx512 (M, A, lda, B->K, KP, q, sa);
+    quantize_rows_avx512 (M, A, lda, B->K, KP, q4 ? 0 : 128, q, sa,
+        q4 ? ss : NULL);
     job.QA = q;
     job.SA = sa;
+    job.SS = q4 ? ss : NULL;
   }
 #endif
   double flops = 2.0 * M * B->N * B->K;

@@ -6,8 +6,9 @@
  * panels of 32 columns, [panel][K][32], and the micro-kernels read A in
  * place (any row stride, so conv windows need no im2col copy).
  *
- * Kernels: AVX-512 (6x32 tile) for every storage type, AVX2+FMA (3x32
- * tile) for F32, portable C for all; chosen at run time through cpu.h. */
+ * Kernels: AVX-512 (6x32 tile) for every storage type (Q8/Q4 need VNNI),
+ * AVX2+FMA (3x32 tile) for F32, portable C for all; chosen at run time
+ * through cpu.h. */
 #pragma once
 #include <glib.h>
 #include <stddef.h>
@@ -32,10 +33,19 @@ typedef struct {
    *       AVX-512 VNNI's vpdpbusd), scales [n_panels][K32 / 32][32] floats,
    *       colsum [n_panels][K32 / 32][32] int32 = 128 * sum of the block's
    *       int8 weights (undoes the +128 that makes activations unsigned).
-   *       Padding is zero. */
+   *       Padding is zero.
+   * Q4:   uint8_t  [n_panels][K32 / 4][16][4]: byte (g, j, r) holds weight
+   *       (k = 4g + r, column j) in its low nibble and (k, column j + 16)
+   *       in its high nibble, each as q + 8 with q in [-7, 7].  Masking 64
+   *       bytes with 0x0F / 0xF0 gives the Q8-layout vpdpbusd operands of
+   *       columns 0-15 and 16-31 (as q + 8, the second times 16) without
+   *       any shift.  Scales in
+   *       scales_bf16 [n_panels][K32 / 32][32]; no colsum (see gemm.c).
+   *       Padding is q = 0. */
   void *data;
   float *scales;
   int32_t *colsum;
+  uint16_t *scales_bf16;
 } MoshiPackedB;
 
 /* b(k, n) is element (k, n) of the logical B: from a row-major [K][N]
@@ -53,9 +63,9 @@ float moshi_packed_get (const MoshiPackedB *p, int k, int n);
 /* C[m][n] = (accumulate ? C[m][n] : 0) + (bias ? bias[n] : 0)
  *           + sum_k A[m*lda + k] * B[k][n]
  * Rows of A may overlap (lda < K is fine: conv windows).
- * With Q8 weights on a CPU with AVX-512 VNNI, A is quantized per row and
- * 32-block to int8 as well and the products run in integer arithmetic (adds
- * ~0.4 % relative error per block); elsewhere A stays float32. */
+ * With Q8 or Q4 weights on a CPU with AVX-512 VNNI, A is quantized per row
+ * and 32-block to int8 as well and the products run in integer arithmetic
+ * (adds ~0.4 % relative error per block); elsewhere A stays float32. */
 void moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
     const MoshiPackedB *B, const float *bias, gboolean accumulate, float *C,
     int ldc);

@@ -108,16 +108,16 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
               d, rms, error)))
       goto fail;
     if (!rms) {
-      if (!(L->norm1_b = load_vec (f,
-                weights_name (name, "%s.norm1.bias", p), d, FALSE, error)))
+      if (!(L->norm1_b = load_vec (f, weights_name (name, "%s.norm1.bias", p),
+                d, FALSE, error)))
         goto fail;
-      if (!(L->norm2_b = load_vec (f,
-                weights_name (name, "%s.norm2.bias", p), d, FALSE, error)))
+      if (!(L->norm2_b = load_vec (f, weights_name (name, "%s.norm2.bias", p),
+                d, FALSE, error)))
         goto fail;
     }
     if (!load_stacked (L->in_proj, sets, f,
-            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d,
-            wt, error))
+            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, wt,
+            error))
       goto fail;
     if (!load_stacked (L->out_proj, sets, f,
             weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, wt,
@@ -143,13 +143,13 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
         goto fail;
     }
     if (cfg->layer_scale) {
-      if (!(L->ls1 = load_vec (f,
-                weights_name (name, "%s.layer_scale_1.scale", p), d, FALSE,
-                error)))
+      if (!(L->ls1 =
+                  load_vec (f, weights_name (name, "%s.layer_scale_1.scale", p),
+                      d, FALSE, error)))
         goto fail;
-      if (!(L->ls2 = load_vec (f,
-                weights_name (name, "%s.layer_scale_2.scale", p), d, FALSE,
-                error)))
+      if (!(L->ls2 =
+                  load_vec (f, weights_name (name, "%s.layer_scale_2.scale", p),
+                      d, FALSE, error)))
         goto fail;
     }
   }
@@ -356,8 +356,9 @@ transformer_forward (const Transformer *tr, TransformerState *s,
       float *row = x + (size_t) i * d;
       const float pos = (float) (s->offset + i);
       for (int j = 0; j < half; j++) {
-        float phase = pos / powf ((float) c->max_period,
-            (float) j / (float) MAX (half - 1, 1));
+        float phase = pos
+            / powf ((float) c->max_period,
+                (float) j / (float) MAX (half - 1, 1));
         row[j] += cosf (phase);
         row[half + j] += sinf (phase);
       }
@@ -380,8 +381,8 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     for (int i = 0; i < t; i++) {
       const int set = set_for_position (c, s->offset + i);
       const int rows = c->weight_sets > 0 ? 1 : t;
-      moshi_linear_forward (&L->in_proj[set], pool, s->h + (size_t) i * d,
-          rows, FALSE, s->qkv + (size_t) i * 3 * d);
+      moshi_linear_forward (&L->in_proj[set], pool, s->h + (size_t) i * d, rows,
+          FALSE, s->qkv + (size_t) i * 3 * d);
       if (rows == t)
         break;
     }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lm.h"
 #include "mimi.h"
 #include "safetensors.h"
 
@@ -419,6 +420,251 @@ out:
   g_free (vec_path);
 }
 
+/* ------------------------------------------------------------- LM case --- */
+
+typedef struct {
+  const char *name;
+  StFile *vec;
+} LmRef;
+
+static float *
+lm_ref_f32 (LmRef *r, const char *name, size_t want)
+{
+  const StTensor *t = st_find (r->vec, name);
+  if (!t)
+    return NULL;
+  if ((size_t) t->numel != want) {
+    report (FALSE, r->name, name,
+        "has %" G_GINT64_FORMAT " values, expected %zu", t->numel, want);
+    return NULL;
+  }
+  float *buf = g_new (float, want);
+  GError *err = NULL;
+  if (!st_read_f32 (r->vec, t, buf, &err)) {
+    report (FALSE, r->name, name, "%s", err->message);
+    g_error_free (err);
+    g_free (buf);
+    return NULL;
+  }
+  return buf;
+}
+
+static int64_t *
+lm_ref_i64 (LmRef *r, const char *name, size_t want)
+{
+  const StTensor *t = st_find (r->vec, name);
+  if (!t)
+    return NULL;
+  if ((size_t) t->numel != want) {
+    report (FALSE, r->name, name,
+        "has %" G_GINT64_FORMAT " values, expected %zu", t->numel, want);
+    return NULL;
+  }
+  int64_t *buf = g_new (int64_t, want);
+  GError *err = NULL;
+  if (!st_read_i64 (r->vec, t, buf, &err)) {
+    report (FALSE, r->name, name, "%s", err->message);
+    g_error_free (err);
+    g_free (buf);
+    return NULL;
+  }
+  return buf;
+}
+
+/* Largest |a - b| over n values, and the reference peak. */
+static double
+max_err_f32 (const float *a, const float *b, size_t n, double *peak)
+{
+  return max_abs_diff (a, b, n, peak);
+}
+
+/* Streaming generation with Kyutai's LMGen conventions (greedy, or the
+ * recorded sampler noise when the case has it): tokens must match exactly,
+ * logits and the transformer output within TOL_LM_LOGITS. */
+#define TOL_LM_LOGITS 1e-4
+
+static void
+run_lm_case (const char *dir, const char *name)
+{
+  GError *err = NULL;
+  gchar *cfg_path = g_build_filename (dir, "config.json", NULL);
+  gchar *model_path = g_build_filename (dir, "model.safetensors", NULL);
+  gchar *vec_path = g_build_filename (dir, "vectors.safetensors", NULL);
+  LmConfig cfg;
+  LmModel *m = NULL;
+  LmGen *gen = NULL;
+  LmRef r = { name, NULL };
+
+  if (!lm_config_load_json (&cfg, cfg_path, &err)
+      || !(m = lm_model_load (model_path, &cfg, MOSHI_WEIGHTS_F32, &err))) {
+    report (FALSE, name, "load", "%s", err->message);
+    goto out;
+  }
+  report (TRUE, name, "load", "%s (%.0f k parameters' worth of weights)",
+      model_path, lm_model_weight_bytes (m) / 4e3);
+  r.vec = st_open (vec_path, &err);
+  if (!r.vec) {
+    report (FALSE, name, "vectors", "%s", err->message);
+    goto out;
+  }
+  const StTensor *tu = st_find (r.vec, "lmgen_in_user_codes");
+  if (!tu || tu->ndim != 2) {
+    report (FALSE, name, "vectors", "no lmgen_in_user_codes [steps, n_user]");
+    goto out;
+  }
+  const int steps = (int) tu->shape[0], n_user = (int) tu->shape[1];
+  const int K = 1 + cfg.n_q, dq = cfg.dep_q;
+  if (n_user != cfg.n_q - cfg.dep_q) {
+    report (FALSE, name, "vectors", "%d user codebooks, model expects %d",
+        n_user, cfg.n_q - cfg.dep_q);
+    goto out;
+  }
+  gboolean sampled = st_find (r.vec, "lmgen_text_exp_noise") != NULL;
+  LmGenParams params;
+  lm_gen_params_default (&params, &cfg);
+  params.use_sampling = sampled;
+  gen = lm_gen_new (m, &params, &err);
+  if (!gen) {
+    report (FALSE, name, "lmgen", "%s", err->message);
+    goto out;
+  }
+  const int kt = MIN (params.top_k_text > 0 ? params.top_k_text : cfg.text_card,
+      cfg.text_card);
+  const int ka = MIN (params.top_k > 0 ? params.top_k : cfg.card, cfg.card);
+  int64_t *user =
+      lm_ref_i64 (&r, "lmgen_in_user_codes", (size_t) steps * n_user);
+  int64_t *ref_in = lm_ref_i64 (&r, "lmgen_main_input", (size_t) steps * K);
+  int64_t *ref_out =
+      lm_ref_i64 (&r, "lmgen_out_tokens", (size_t) steps * (1 + dq));
+  int64_t *ref_text = lm_ref_i64 (&r, "lmgen_text_tokens", (size_t) steps);
+  int64_t *ref_audio =
+      lm_ref_i64 (&r, "lmgen_audio_tokens", (size_t) steps * dq);
+  float *ref_tl =
+      lm_ref_f32 (&r, "lmgen_text_logits", (size_t) steps * cfg.text_card);
+  float *ref_dl =
+      lm_ref_f32 (&r, "lmgen_depformer_logits", (size_t) steps * dq * cfg.card);
+  float *ref_to =
+      lm_ref_f32 (&r, "lmgen_transformer_out", (size_t) steps * cfg.dim);
+  float *tnoise = lm_ref_f32 (&r, "lmgen_text_exp_noise", (size_t) steps * kt);
+  float *anoise =
+      lm_ref_f32 (&r, "lmgen_audio_exp_noise", (size_t) steps * dq * ka);
+  if (sampled && (!tnoise || !anoise)) {
+    report (FALSE, name, "noise",
+        "sampler noise tensors have unexpected sizes");
+    goto free_refs;
+  }
+
+  int *in = g_new (int, K), *outk = g_new (int, 1 + dq),
+      *audio = g_new (int, dq);
+  int *uc = g_new (int, MAX (n_user, 1));
+  float *to = g_new (float, cfg.dim), *tl = g_new (float, cfg.text_card);
+  float *dl = g_new (float, (size_t) dq *cfg.card);
+  int bad_in = 0, bad_out = 0, bad_text = 0, bad_audio = 0, first_bad = -1;
+  double e_tl = 0, e_dl = 0, e_to = 0, p_tl = 0, p_dl = 0, p_to = 0;
+  for (int st = 0; st < steps; st++) {
+    int text = -1;
+    LmGenTrace tr = { in, to, tl, dl, &text, audio,
+      tnoise ? tnoise + (size_t) st * kt : NULL,
+      anoise ? anoise + (size_t) st * dq * ka : NULL };
+    for (int i = 0; i < n_user; i++)
+      uc[i] = (int) user[(size_t) st * n_user + i];
+    int got = lm_gen_step (gen, uc, outk, &tr, &err);
+    if (got < 0) {
+      report (FALSE, name, "lmgen step", "step %d: %s", st, err->message);
+      break;
+    }
+    gboolean diverged = FALSE;
+    for (int k = 0; ref_in && k < K; k++)
+      if (in[k] != ref_in[(size_t) st * K + k])
+        bad_in++, diverged = TRUE;
+    if (ref_text && text != ref_text[st])
+      bad_text++, diverged = TRUE;
+    for (int k = 0; ref_audio && k < dq; k++)
+      if (audio[k] != ref_audio[(size_t) st * dq + k])
+        bad_audio++, diverged = TRUE;
+    for (int k = 0; ref_out && k <= dq; k++) {
+      int64_t want = ref_out[(size_t) st * (1 + dq) + k];
+      int64_t have = got ? outk[k] : -1;
+      if (want != have)
+        bad_out++, diverged = TRUE;
+    }
+    if (diverged && first_bad < 0)
+      first_bad = st;
+    double pk;
+    if (ref_tl) {
+      e_tl = MAX (e_tl,
+          max_err_f32 (tl, ref_tl + (size_t) st * cfg.text_card, cfg.text_card,
+              &pk));
+      p_tl = MAX (p_tl, pk);
+    }
+    if (ref_dl) {
+      e_dl = MAX (e_dl,
+          max_err_f32 (dl, ref_dl + (size_t) st * dq * cfg.card,
+              (size_t) dq * cfg.card, &pk));
+      p_dl = MAX (p_dl, pk);
+    }
+    if (ref_to) {
+      if (g_getenv ("MOSHI_CONFORMANCE_VERBOSE"))
+        printf ("  step %d transformer_out err %.3e\n", st,
+            max_err_f32 (to, ref_to + (size_t) st * cfg.dim, cfg.dim, &pk));
+      e_to = MAX (e_to,
+          max_err_f32 (to, ref_to + (size_t) st * cfg.dim, cfg.dim, &pk));
+      p_to = MAX (p_to, pk);
+    }
+  }
+  const char *mode = sampled ? "sampled, recorded noise" : "greedy";
+  if (ref_in)
+    report (bad_in == 0, name, "lmgen main_input",
+        "%d of %d tokens differ (%s)", bad_in, steps * K, mode);
+  if (ref_text)
+    report (bad_text == 0, name, "lmgen text_tokens", "%d of %d differ",
+        bad_text, steps);
+  if (ref_audio)
+    report (bad_audio == 0, name, "lmgen audio_tokens", "%d of %d differ",
+        bad_audio, steps * dq);
+  if (ref_out)
+    report (bad_out == 0, name, "lmgen out_tokens", "%d of %d differ%s",
+        bad_out, steps * (1 + dq),
+        first_bad >= 0 ? " (tokens diverge: logits below are after that)" : "");
+  if (ref_tl)
+    report (e_tl <= TOL_LM_LOGITS, name, "lmgen text_logits",
+        "max_abs_err=%.3e tol=%.1e (ref peak %.3e)", e_tl, TOL_LM_LOGITS, p_tl);
+  if (ref_dl)
+    report (e_dl <= TOL_LM_LOGITS, name, "lmgen depformer_logits",
+        "max_abs_err=%.3e tol=%.1e (ref peak %.3e)", e_dl, TOL_LM_LOGITS, p_dl);
+  if (ref_to)
+    report (e_to <= TOL_LM_LOGITS, name, "lmgen transformer_out",
+        "max_abs_err=%.3e tol=%.1e (ref peak %.3e)", e_to, TOL_LM_LOGITS, p_to);
+  g_free (in);
+  g_free (outk);
+  g_free (audio);
+  g_free (uc);
+  g_free (to);
+  g_free (tl);
+  g_free (dl);
+free_refs:
+  g_free (user);
+  g_free (ref_in);
+  g_free (ref_out);
+  g_free (ref_text);
+  g_free (ref_audio);
+  g_free (ref_tl);
+  g_free (ref_dl);
+  g_free (ref_to);
+  g_free (tnoise);
+  g_free (anoise);
+out:
+  g_clear_error (&err);
+  lm_gen_free (gen);
+  if (m)
+    lm_model_unref (m);
+  if (r.vec)
+    st_unref (r.vec);
+  g_free (cfg_path);
+  g_free (model_path);
+  g_free (vec_path);
+}
+
 static void
 run_case (const char *dir)
 {
@@ -429,6 +675,17 @@ run_case (const char *dir)
     report (FALSE, base, "config", "cannot read %s", cfg_path);
   } else if (strstr (text, "\"seanet\"")) {
     run_mimi_case (dir, base);
+  } else if (strstr (text, "\"dep_q\"")
+      && g_file_test (dir, G_FILE_TEST_IS_DIR)) {
+    gchar *vec = g_build_filename (dir, "vectors.safetensors", NULL);
+    if (g_file_test (vec, G_FILE_TEST_EXISTS))
+      run_lm_case (dir, base);
+    else
+      report (FALSE, base, "kind",
+          "%s: an LM case without vectors.safetensors (teacher-forced-only "
+          "cases are not checked by this runner yet)",
+          dir);
+    g_free (vec);
   } else {
     report (FALSE, base, "kind",
         "%s describes a model this runner cannot check yet (not a Mimi case)",

@@ -1,0 +1,418 @@
+/* LM configuration: Kyutai's Moshi 7B defaults and their config.json. */
+#include "lm.h"
+
+#include "json.h"
+#include "model-error.h"
+#include "transformer.h"
+
+#include <string.h>
+
+void
+lm_config_default (LmConfig *c)
+{
+  static const int delays[17] = { 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1,
+    1, 1 };
+  memset (c, 0, sizeof *c);
+  c->dim = 4096;
+  c->num_heads = 32;
+  c->num_layers = 32;
+  c->hidden_scale = 4.125;
+  c->context = 3000;
+  c->max_period = 10000;
+  c->rms_norm = TRUE;
+  c->norm_eps = 1e-8f;
+  c->gating = TRUE;
+  c->positional = TRANSFORMER_POS_ROPE;
+  c->text_card = 32000;
+  c->card = 2048;
+  c->n_q = 16;
+  c->dep_q = 8;
+  memcpy (c->delays, delays, sizeof delays);
+  c->existing_text_padding_id = 3;
+  c->dep_dim = 1024;
+  c->dep_dim_feedforward = 4224;
+  c->dep_num_heads = 16;
+  c->dep_num_layers = 6;
+  c->dep_multi_linear = TRUE;
+  c->dep_weights_per_step = TRUE;
+  c->dep_gating = TRUE;
+  c->dep_positional = TRANSFORMER_POS_NONE;
+  c->dep_max_period = 10000;
+  c->temp = 0.8f;
+  c->temp_text = 0.7f;
+  c->top_k = 250;
+  c->top_k_text = 25;
+}
+
+#define CFG_ERROR(...) \
+  g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_CONFIG, __VA_ARGS__)
+
+static gboolean
+get_int (const MJsonValue *v, const char *key, int lo, int hi, int *out,
+    const char *path, GError **error)
+{
+  int64_t n;
+  if (!mjson_is_integer (v, &n) || n < lo || n > hi) {
+    CFG_ERROR ("%s: \"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
+    return FALSE;
+  }
+  *out = (int) n;
+  return TRUE;
+}
+
+static gboolean
+get_num (const MJsonValue *v, const char *key, double lo, double hi,
+    double *out, const char *path, GError **error)
+{
+  double x = mjson_number (v);
+  if (mjson_type (v) != MJSON_NUMBER || !(x >= lo && x <= hi)) {
+    CFG_ERROR ("%s: \"%s\" must be a number in [%g, %g]", path, key, lo, hi);
+    return FALSE;
+  }
+  *out = x;
+  return TRUE;
+}
+
+static gboolean
+get_bool (const MJsonValue *v, const char *key, gboolean *out, const char *path,
+    GError **error)
+{
+  if (mjson_type (v) != MJSON_BOOL) {
+    CFG_ERROR ("%s: \"%s\" must be true or false", path, key);
+    return FALSE;
+  }
+  *out = mjson_bool (v);
+  return TRUE;
+}
+
+static gboolean
+get_choice (const MJsonValue *v, const char *key, const char *const *names,
+    const int *values, int *out, const char *path, GError **error)
+{
+  const char *s = mjson_string (v);
+  for (int i = 0; s && names[i]; i++)
+    if (!strcmp (s, names[i])) {
+      *out = values[i];
+      return TRUE;
+    }
+  GString *all = g_string_new ("");
+  for (int i = 0; names[i]; i++)
+    g_string_append_printf (all, "%s\"%s\"", i ? ", " : "", names[i]);
+  CFG_ERROR ("%s: \"%s\" = %s is not supported (use %s)", path, key,
+      s ? s : "(not a string)", all->str);
+  g_string_free (all, TRUE);
+  return FALSE;
+}
+
+static gboolean
+get_int_array (const MJsonValue *v, const char *key, int lo, int hi, int *out,
+    int max_n, int *n_out, const char *path, GError **error)
+{
+  if (mjson_type (v) != MJSON_ARRAY || mjson_len (v) > (size_t) max_n) {
+    CFG_ERROR ("%s: \"%s\" must be an array of at most %d integers", path, key,
+        max_n);
+    return FALSE;
+  }
+  for (size_t i = 0; i < mjson_len (v); i++) {
+    int64_t x;
+    if (!mjson_is_integer (mjson_at (v, i), &x) || x < lo || x > hi) {
+      CFG_ERROR ("%s: \"%s\"[%zu] must be an integer in [%d, %d]", path, key, i,
+          lo, hi);
+      return FALSE;
+    }
+    out[i] = (int) x;
+  }
+  *n_out = (int) mjson_len (v);
+  return TRUE;
+}
+
+/* Keys that configure what other loaders do (files, sampling of other
+ * tools) or only training: accepted and ignored here. */
+static const char *const ignored_keys[] = {
+  "moshi_name",
+  "mimi_name",
+  "tokenizer_name",
+  "lora_name",
+  "model_id",
+  "model_type",
+  "stt_config",
+  "depformer_causal",
+  "causal",
+  "_oracle",
+  "depformer_context",
+  "dtype",
+  "existing_text_end_padding_id",
+  "extra_heads_dim",
+  NULL,
+};
+
+/* Keys of features this implementation does not have: an error unless
+ * null / empty, so a model that needs them is never run wrongly. */
+static const char *const unsupported_keys[] = {
+  "conditioners",
+  "fuser",
+  "cross_attention",
+  "demux_second_stream",
+  "extra_heads_num_heads",
+  "text_card_out",
+  "norm_emb",
+  "bias_proj",
+  "layer_scale",
+  "depformer_layer_scale",
+  NULL,
+};
+
+static gboolean
+in_list (const char *const *list, const char *key)
+{
+  for (int i = 0; list[i]; i++)
+    if (!strcmp (list[i], key))
+      return TRUE;
+  return FALSE;
+}
+
+static gboolean
+is_empty (const MJsonValue *v)
+{
+  MJsonType t = mjson_type (v);
+  if (t == MJSON_NULL)
+    return TRUE;
+  if (t == MJSON_BOOL)
+    return !mjson_bool (v);
+  if (t == MJSON_ARRAY || t == MJSON_OBJECT)
+    return mjson_len (v) == 0;
+  int64_t n;
+  return mjson_is_integer (v, &n) && n == 0;
+}
+
+static gboolean
+parse_gen_config (LmConfig *c, const MJsonValue *o, const char *path,
+    GError **error)
+{
+  if (mjson_type (o) != MJSON_OBJECT) {
+    CFG_ERROR ("%s: \"lm_gen_config\" must be an object", path);
+    return FALSE;
+  }
+  for (size_t i = 0; i < mjson_len (o); i++) {
+    const char *k = mjson_key_at (o, i);
+    const MJsonValue *v = mjson_at (o, i);
+    double x;
+    if (!strcmp (k, "temp") || !strcmp (k, "temp_text")) {
+      if (!get_num (v, k, 0.0, 100.0, &x, path, error))
+        return FALSE;
+      *(strcmp (k, "temp") ? &c->temp_text : &c->temp) = (float) x;
+    } else if (!strcmp (k, "top_k")) {
+      if (!get_int (v, k, 0, 1 << 20, &c->top_k, path, error))
+        return FALSE;
+    } else if (!strcmp (k, "top_k_text")) {
+      if (!get_int (v, k, 0, 1 << 20, &c->top_k_text, path, error))
+        return FALSE;
+    }
+    /* Other generation options (cfg_coef, ...) do not change the model. */
+  }
+  return TRUE;
+}
+
+/* Kyutai's LMModel / StreamingTransformer constructor defaults. */
+static void
+lm_config_library_defaults (LmConfig *c)
+{
+  memset (c, 0, sizeof *c);
+  c->dim = 128;
+  c->num_heads = 8;
+  c->num_layers = 1;
+  c->hidden_scale = 4;
+  c->context = 3000; /* LMModel's None (unbounded): capped */
+  c->max_period = 10000;
+  c->rms_norm = FALSE;
+  c->norm_eps = 1e-5f;
+  c->gating = FALSE;
+  c->positional = TRANSFORMER_POS_SIN;
+  c->text_card = 32000;
+  c->card = 1024;
+  c->n_q = 8;
+  c->dep_q = 8;
+  c->existing_text_padding_id = 3;
+  c->dep_dim = 256;
+  c->dep_positional = TRANSFORMER_POS_SIN;
+  c->temp = 0.8f;
+  c->temp_text = 0.7f;
+  c->top_k = 250;
+  c->top_k_text = 25;
+}
+
+static gboolean
+lm_config_validate (LmConfig *c, int n_delays, const char *path, GError **error)
+{
+  if (c->dep_q > c->n_q || c->n_q > LM_MAX_CODEBOOKS) {
+    CFG_ERROR ("%s: dep_q (%d) must be <= n_q (%d) <= %d", path, c->dep_q,
+        c->n_q, LM_MAX_CODEBOOKS);
+    return FALSE;
+  }
+  if (n_delays != c->n_q + 1) {
+    CFG_ERROR ("%s: \"delays\" has %d entries, expected n_q + 1 = %d", path,
+        n_delays, c->n_q + 1);
+    return FALSE;
+  }
+  if (c->dim % c->num_heads || c->dep_dim % c->dep_num_heads
+      || (c->positional == TRANSFORMER_POS_ROPE
+          && (c->dim / c->num_heads) % 2)) {
+    CFG_ERROR ("%s: dims %d / %d do not split into %d / %d heads", path, c->dim,
+        c->dep_dim, c->num_heads, c->dep_num_heads);
+    return FALSE;
+  }
+  if (c->dep_q > 0 && c->dep_weights_per_step && c->n_dep_schedule > 0
+      && c->n_dep_schedule != c->dep_q) {
+    CFG_ERROR ("%s: \"depformer_weights_per_step_schedule\" has %d entries, "
+               "expected dep_q = %d",
+        path, c->n_dep_schedule, c->dep_q);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+lm_config_load_json (LmConfig *c, const char *path, GError **error)
+{
+  gchar *text = NULL;
+  gsize len = 0;
+  gboolean ok = FALSE;
+  MJsonValue *root = NULL;
+  int n_delays = 1;
+  /* Depformer settings given explicitly; the rest follow the main ones. */
+  gboolean dep_heads = FALSE, dep_layers = FALSE, dep_gate = FALSE;
+  gboolean dep_period = FALSE, dep_ff = FALSE;
+
+  lm_config_library_defaults (c);
+
+  if (!g_file_get_contents (path, &text, &len, error))
+    return FALSE;
+  root = mjson_parse (text, len, error);
+  if (!root) {
+    g_prefix_error (error, "%s: ", path);
+    goto out;
+  }
+  if (mjson_type (root) != MJSON_OBJECT) {
+    CFG_ERROR ("%s: not a JSON object", path);
+    goto out;
+  }
+  /* Kyutai's create_norm_fn: the *_f32 variants use eps 1e-8. */
+  static const char *const norm_names[] = { "rms_norm_f32", "rms_norm",
+    "layer_norm", "layer_norm_f32", NULL };
+  static const int norm_values[] = { 3, 1, 0, 2 };
+  static const char *const gating_names[] = { "silu", "none", NULL };
+  static const int gating_values[] = { 1, 0 };
+  static const char *const pos_names[] = { "rope", "none", "sin", NULL };
+  static const int pos_values[] = { TRANSFORMER_POS_ROPE, TRANSFORMER_POS_NONE,
+    TRANSFORMER_POS_SIN };
+
+  for (size_t i = 0; i < mjson_len (root); i++) {
+    const char *k = mjson_key_at (root, i);
+    const MJsonValue *v = mjson_at (root, i);
+    gboolean good;
+    int choice = 0;
+    if (!strcmp (k, "dim"))
+      good = get_int (v, k, 1, 65536, &c->dim, path, error);
+    else if (!strcmp (k, "num_heads"))
+      good = get_int (v, k, 1, 1024, &c->num_heads, path, error);
+    else if (!strcmp (k, "num_layers"))
+      good = get_int (v, k, 0, 1024, &c->num_layers, path, error);
+    else if (!strcmp (k, "hidden_scale"))
+      good = get_num (v, k, 0.01, 64, &c->hidden_scale, path, error);
+    else if (!strcmp (k, "context"))
+      good = get_int (v, k, 1, 1 << 20, &c->context, path, error);
+    else if (!strcmp (k, "max_period"))
+      good = get_num (v, k, 1, 1e12, &c->max_period, path, error);
+    else if (!strcmp (k, "norm")) {
+      good = get_choice (v, k, norm_names, norm_values, &choice, path, error);
+      c->rms_norm = choice & 1;
+      c->norm_eps = choice & 2 ? 1e-8f : 1e-5f;
+    } else if (!strcmp (k, "gating")) {
+      good =
+          get_choice (v, k, gating_names, gating_values, &choice, path, error);
+      c->gating = choice;
+    } else if (!strcmp (k, "positional_embedding"))
+      good =
+          get_choice (v, k, pos_names, pos_values, &c->positional, path, error);
+    else if (!strcmp (k, "text_card"))
+      good = get_int (v, k, 1, 1 << 20, &c->text_card, path, error);
+    else if (!strcmp (k, "card"))
+      good = get_int (v, k, 1, 65535, &c->card, path, error);
+    else if (!strcmp (k, "n_q"))
+      good = get_int (v, k, 0, LM_MAX_CODEBOOKS, &c->n_q, path, error);
+    else if (!strcmp (k, "dep_q"))
+      good = get_int (v, k, 0, LM_MAX_CODEBOOKS, &c->dep_q, path, error);
+    else if (!strcmp (k, "delays"))
+      good = get_int_array (v, k, 0, 1000, c->delays, LM_MAX_CODEBOOKS + 1,
+          &n_delays, path, error);
+    else if (!strcmp (k, "existing_text_padding_id"))
+      good = get_int (v, k, -1, 1 << 20, &c->existing_text_padding_id, path,
+          error);
+    else if (!strcmp (k, "depformer_dim"))
+      good = get_int (v, k, 1, 65536, &c->dep_dim, path, error);
+    else if (!strcmp (k, "depformer_dim_feedforward"))
+      good = mjson_type (v) == MJSON_NULL
+          || (dep_ff = get_int (v, k, 1, 1 << 20, &c->dep_dim_feedforward, path,
+                  error));
+    else if (!strcmp (k, "depformer_num_heads"))
+      good = dep_heads =
+          get_int (v, k, 1, 1024, &c->dep_num_heads, path, error);
+    else if (!strcmp (k, "depformer_num_layers"))
+      good = dep_layers =
+          get_int (v, k, 0, 1024, &c->dep_num_layers, path, error);
+    else if (!strcmp (k, "depformer_multi_linear"))
+      good = get_bool (v, k, &c->dep_multi_linear, path, error);
+    else if (!strcmp (k, "depformer_weights_per_step"))
+      good = get_bool (v, k, &c->dep_weights_per_step, path, error);
+    else if (!strcmp (k, "depformer_weights_per_step_schedule"))
+      good = mjson_type (v) == MJSON_NULL
+          ? (c->n_dep_schedule = 0, TRUE)
+          : get_int_array (v, k, 0, LM_MAX_SCHEDULE - 1, c->dep_schedule,
+              LM_MAX_SCHEDULE, &c->n_dep_schedule, path, error);
+    else if (!strcmp (k, "depformer_gating")) {
+      good = dep_gate =
+          get_choice (v, k, gating_names, gating_values, &choice, path, error);
+      c->dep_gating = choice;
+    } else if (!strcmp (k, "depformer_pos_emb"))
+      good = get_choice (v, k, pos_names, pos_values, &c->dep_positional, path,
+          error);
+    else if (!strcmp (k, "depformer_max_period"))
+      good = dep_period =
+          get_num (v, k, 1, 1e12, &c->dep_max_period, path, error);
+    else if (!strcmp (k, "depformer_low_rank_embeddings"))
+      good = mjson_type (v) == MJSON_NULL
+          ? (c->dep_low_rank = 0, TRUE)
+          : get_int (v, k, 1, 65536, &c->dep_low_rank, path, error);
+    else if (!strcmp (k, "lm_gen_config"))
+      good = parse_gen_config (c, v, path, error);
+    else if (in_list (ignored_keys, k))
+      good = TRUE;
+    else if (in_list (unsupported_keys, k)) {
+      good = is_empty (v);
+      if (!good)
+        CFG_ERROR ("%s: \"%s\" is set, but this model feature is not "
+                   "supported by gst-moshi yet",
+            path, k);
+    } else {
+      CFG_ERROR ("%s: unknown key \"%s\"", path, k);
+      good = FALSE;
+    }
+    if (!good)
+      goto out;
+  }
+  if (!dep_heads)
+    c->dep_num_heads = c->num_heads;
+  if (!dep_layers)
+    c->dep_num_layers = c->num_layers;
+  if (!dep_gate)
+    c->dep_gating = c->gating;
+  if (!dep_period)
+    c->dep_max_period = c->max_period;
+  if (!dep_ff)
+    c->dep_dim_feedforward = (int) (c->hidden_scale * c->dep_dim);
+  ok = lm_config_validate (c, n_delays, path, error);
+out:
+  mjson_free (root);
+  g_free (text);
+  return ok;
+}

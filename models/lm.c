@@ -1,0 +1,349 @@
+/* Moshi LM: weights and one forward step (Kyutai's LMModel). */
+#include "lm-private.h"
+
+#include "alloc.h"
+#include "model-error.h"
+#include "weights.h"
+
+#include <string.h>
+
+/* ---------------------------------------------------------- embeddings --- */
+
+static gboolean
+embedding_load (LmEmbedding *e, const StFile *f, const char *prefix, int rows,
+    int dim, int low_rank, MoshiWeightType type, GError **error)
+{
+  char name[256];
+  memset (e, 0, sizeof *e);
+  e->rows = rows;
+  e->dim = dim;
+  e->width = low_rank > 0 ? low_rank : dim;
+  int64_t shape[2] = { rows, e->width };
+  e->table = weights_load (f, weights_name (name, "%s.weight", prefix), 2,
+      shape, error);
+  if (!e->table)
+    return FALSE;
+  if (low_rank > 0
+      && !moshi_linear_load (&e->low_rank, f,
+          weights_name (name, "%s.low_rank.weight", prefix), low_rank, dim,
+          type, error))
+    return FALSE;
+  return TRUE;
+}
+
+static void
+embedding_clear (LmEmbedding *e)
+{
+  moshi_free (e->table);
+  moshi_linear_clear (&e->low_rank);
+  memset (e, 0, sizeof *e);
+}
+
+/* dst[dim] += embedding of token; token < 0 embeds to zero (Kyutai's
+ * zero_token_id). `tmp` holds dim floats. */
+static void
+embedding_add (const LmEmbedding *e, int token, float *dst, float *tmp)
+{
+  if (token < 0)
+    return;
+  g_assert (token < e->rows);
+  const float *row = e->table + (size_t) token * e->width;
+  if (e->width == e->dim) {
+    for (int j = 0; j < e->dim; j++)
+      dst[j] += row[j];
+  } else {
+    moshi_linear_forward (&e->low_rank, NULL, row, 1, FALSE, tmp);
+    for (int j = 0; j < e->dim; j++)
+      dst[j] += tmp[j];
+  }
+}
+
+/* --------------------------------------------------------------- model --- */
+
+/* Kyutai's gated MLPs use 2/3 of dim_feedforward as hidden width. */
+static int
+mlp_hidden (int dim_feedforward, gboolean gating)
+{
+  return gating ? 2 * dim_feedforward / 3 : dim_feedforward;
+}
+
+static void
+model_free (LmModel *m)
+{
+  const LmConfig *c = &m->cfg;
+  embedding_clear (&m->text_emb);
+  if (m->emb)
+    for (int i = 0; i < c->n_q; i++)
+      embedding_clear (&m->emb[i]);
+  g_free (m->emb);
+  transformer_clear (&m->transformer);
+  moshi_free (m->out_norm_w);
+  moshi_free (m->out_norm_b);
+  moshi_linear_clear (&m->text_linear);
+  if (m->dep_in)
+    for (int i = 0; i < m->n_dep_in; i++)
+      moshi_linear_clear (&m->dep_in[i]);
+  g_free (m->dep_in);
+  embedding_clear (&m->dep_text_emb);
+  if (m->dep_emb)
+    for (int i = 0; i < c->dep_q - 1; i++)
+      embedding_clear (&m->dep_emb[i]);
+  g_free (m->dep_emb);
+  transformer_clear (&m->depformer);
+  if (m->linears)
+    for (int i = 0; i < c->dep_q; i++)
+      moshi_linear_clear (&m->linears[i]);
+  g_free (m->linears);
+  g_free (m);
+}
+
+LmModel *
+lm_model_load (const char *path, const LmConfig *cfg_in,
+    MoshiWeightType weights, GError **error)
+{
+  LmConfig defaults;
+  if (!cfg_in) {
+    lm_config_default (&defaults);
+    cfg_in = &defaults;
+  }
+  StFile *f = st_open (path, error);
+  if (!f)
+    return NULL;
+  LmModel *m = g_new0 (LmModel, 1);
+  m->refcount = 1;
+  m->cfg = *cfg_in;
+  const LmConfig *c = &m->cfg;
+  char name[256];
+  gboolean ok = FALSE;
+
+  m->ff_hidden = mlp_hidden ((int) (c->hidden_scale * c->dim), c->gating);
+  m->dep_ff_hidden = mlp_hidden (c->dep_dim_feedforward, c->dep_gating);
+
+  /* Embeddings stay float32: one row each per step, no bandwidth to save. */
+  if (!embedding_load (&m->text_emb, f, "text_emb", c->text_card + 1, c->dim, 0,
+          weights, error))
+    goto out;
+  m->emb = g_new0 (LmEmbedding, MAX (c->n_q, 1));
+  for (int i = 0; i < c->n_q; i++)
+    if (!embedding_load (&m->emb[i], f, weights_name (name, "emb.%d", i),
+            c->card + 1, c->dim, 0, weights, error))
+      goto out;
+
+  TransformerConfig tc = { 0 };
+  tc.d_model = c->dim;
+  tc.num_heads = c->num_heads;
+  tc.num_layers = c->num_layers;
+  tc.dim_feedforward = m->ff_hidden;
+  tc.context = c->context;
+  tc.max_period = c->max_period;
+  tc.norm = c->rms_norm ? TRANSFORMER_NORM_RMS : TRANSFORMER_NORM_LAYER;
+  tc.norm_eps = c->norm_eps;
+  tc.gating = c->gating;
+  tc.weights = weights;
+  tc.positional = c->positional;
+  if (!transformer_load (&m->transformer, &tc, f, "transformer", error))
+    goto out;
+
+  if (c->rms_norm) {
+    int64_t shape[3] = { 1, 1, c->dim };
+    m->out_norm_w = weights_load (f, "out_norm.alpha", 3, shape, error);
+  } else {
+    int64_t shape[1] = { c->dim };
+    m->out_norm_w = weights_load (f, "out_norm.weight", 1, shape, error);
+    if (m->out_norm_w)
+      m->out_norm_b = weights_load (f, "out_norm.bias", 1, shape, error);
+    else
+      goto out;
+  }
+  if (!m->out_norm_w || (!c->rms_norm && !m->out_norm_b))
+    goto out;
+  if (!moshi_linear_load (&m->text_linear, f, "text_linear.weight", c->dim,
+          c->text_card, weights, error))
+    goto out;
+
+  /* Depformer. */
+  if (c->dep_q > 0) {
+    int sets = 0;
+    if (c->dep_weights_per_step) {
+      sets = c->dep_q;
+      if (c->n_dep_schedule > 0) {
+        sets = 0;
+        for (int i = 0; i < c->n_dep_schedule; i++)
+          sets = MAX (sets, c->dep_schedule[i] + 1);
+      }
+    }
+    m->n_dep_in =
+        c->dep_multi_linear ? (c->n_dep_schedule > 0 ? sets : c->dep_q) : 1;
+    m->dep_in = g_new0 (MoshiLinear, m->n_dep_in);
+    for (int i = 0; i < m->n_dep_in; i++)
+      if (!moshi_linear_load (&m->dep_in[i], f,
+              weights_name (name, "depformer_in.%d.weight", i), c->dim,
+              c->dep_dim, weights, error))
+        goto out;
+    if (!embedding_load (&m->dep_text_emb, f, "depformer_text_emb",
+            c->text_card + 1, c->dep_dim, c->dep_low_rank, weights, error))
+      goto out;
+    m->dep_emb = g_new0 (LmEmbedding, MAX (c->dep_q - 1, 1));
+    for (int i = 0; i < c->dep_q - 1; i++)
+      if (!embedding_load (&m->dep_emb[i], f,
+              weights_name (name, "depformer_emb.%d", i), c->card + 1,
+              c->dep_dim, c->dep_low_rank, weights, error))
+        goto out;
+    TransformerConfig dc = { 0 };
+    dc.d_model = c->dep_dim;
+    dc.num_heads = c->dep_num_heads;
+    dc.num_layers = c->dep_num_layers;
+    dc.dim_feedforward = m->dep_ff_hidden;
+    /* Kyutai runs the depformer without a context limit, on dep_q steps
+     * from a fresh state each time: a ring of dep_q holds them all. */
+    dc.context = c->dep_q;
+    dc.max_period = c->dep_max_period;
+    dc.norm = tc.norm;
+    dc.norm_eps = c->norm_eps;
+    dc.gating = c->dep_gating;
+    dc.weights = weights;
+    dc.positional = c->dep_positional;
+    dc.weight_sets = sets;
+    dc.n_schedule = c->n_dep_schedule;
+    memcpy (dc.schedule, c->dep_schedule, sizeof (int) * c->n_dep_schedule);
+    if (!transformer_load (&m->depformer, &dc, f, "depformer", error))
+      goto out;
+    m->linears = g_new0 (MoshiLinear, c->dep_q);
+    for (int i = 0; i < c->dep_q; i++)
+      if (!moshi_linear_load (&m->linears[i], f,
+              weights_name (name, "linears.%d.weight", i), c->dep_dim, c->card,
+              weights, error))
+        goto out;
+  }
+  ok = TRUE;
+out:
+  st_unref (f);
+  if (!ok) {
+    model_free (m);
+    return NULL;
+  }
+  return m;
+}
+
+LmModel *
+lm_model_ref (LmModel *m)
+{
+  g_atomic_int_inc (&m->refcount);
+  return m;
+}
+
+void
+lm_model_unref (LmModel *m)
+{
+  if (m && g_atomic_int_dec_and_test (&m->refcount))
+    model_free (m);
+}
+
+const LmConfig *
+lm_model_config (const LmModel *m)
+{
+  return &m->cfg;
+}
+
+size_t
+lm_model_weight_bytes (const LmModel *m)
+{
+  const LmConfig *c = &m->cfg;
+  size_t n = transformer_bytes (&m->transformer)
+      + transformer_bytes (&m->depformer)
+      + moshi_linear_bytes (&m->text_linear);
+  n += sizeof (float)
+      * ((size_t) (c->text_card + 1) * c->dim
+          + (size_t) c->n_q * (c->card + 1) * c->dim);
+  for (int i = 0; i < m->n_dep_in; i++)
+    n += moshi_linear_bytes (&m->dep_in[i]);
+  for (int i = 0; i < c->dep_q; i++)
+    n += moshi_linear_bytes (&m->linears[i]);
+  return n;
+}
+
+/* --------------------------------------------------------------- state --- */
+
+gboolean
+lm_state_init (LmState *s, const LmModel *m)
+{
+  const LmConfig *c = &m->cfg;
+  memset (s, 0, sizeof *s);
+  s->pool = moshi_pool_new (1);
+  gboolean ok = transformer_state_init (&s->main, &m->transformer, 1);
+  if (c->dep_q > 0)
+    ok = ok && transformer_state_init (&s->dep, &m->depformer, 1);
+  s->x = moshi_alloc (sizeof (float) * c->dim);
+  s->out = moshi_alloc (sizeof (float) * c->dim);
+  s->dep_x = moshi_alloc (sizeof (float) * MAX (c->dep_dim, 1));
+  s->emb_tmp = moshi_alloc (sizeof (float) * MAX (c->dim, c->dep_dim));
+  ok = ok && s->x && s->out && s->dep_x && s->emb_tmp;
+  if (!ok)
+    lm_state_clear (s);
+  return ok;
+}
+
+void
+lm_state_clear (LmState *s)
+{
+  transformer_state_clear (&s->main);
+  transformer_state_clear (&s->dep);
+  moshi_free (s->x);
+  moshi_free (s->out);
+  moshi_free (s->dep_x);
+  moshi_free (s->emb_tmp);
+  moshi_pool_free (s->pool);
+  memset (s, 0, sizeof *s);
+}
+
+void
+lm_state_reset (LmState *s, const LmModel *m)
+{
+  transformer_state_reset (&s->main, &m->transformer);
+  if (m->cfg.dep_q > 0)
+    transformer_state_reset (&s->dep, &m->depformer);
+}
+
+/* ------------------------------------------------------------- forward --- */
+
+void
+lm_forward_main (const LmModel *m, LmState *s, const int *tokens,
+    float *transformer_out, float *text_logits)
+{
+  const LmConfig *c = &m->cfg;
+  memset (s->x, 0, sizeof (float) * c->dim);
+  embedding_add (&m->text_emb, tokens[0], s->x, s->emb_tmp);
+  for (int i = 0; i < c->n_q; i++)
+    embedding_add (&m->emb[i], tokens[1 + i], s->x, s->emb_tmp);
+  transformer_forward (&m->transformer, &s->main, s->pool, s->x, 1);
+  if (c->rms_norm)
+    moshi_rms_norm (transformer_out, s->x, m->out_norm_w, 1, c->dim,
+        c->norm_eps);
+  else
+    moshi_layer_norm (transformer_out, s->x, m->out_norm_w, m->out_norm_b, 1,
+        c->dim, c->norm_eps);
+  moshi_linear_forward (&m->text_linear, s->pool, transformer_out, 1, FALSE,
+      text_logits);
+}
+
+void
+lm_depformer_begin (const LmModel *m, LmState *s)
+{
+  transformer_state_reset (&s->dep, &m->depformer);
+}
+
+void
+lm_depformer_step (const LmModel *m, LmState *s, int k,
+    const float *transformer_out, int prev_token, float *logits)
+{
+  const LmConfig *c = &m->cfg;
+  int in_index = 0;
+  if (c->dep_multi_linear)
+    in_index = c->n_dep_schedule > 0 ? c->dep_schedule[k] : k;
+  moshi_linear_forward (&m->dep_in[in_index], s->pool, transformer_out, 1,
+      FALSE, s->dep_x);
+  embedding_add (k == 0 ? &m->dep_text_emb : &m->dep_emb[k - 1], prev_token,
+      s->dep_x, s->emb_tmp);
+  transformer_forward (&m->depformer, &s->dep, s->pool, s->dep_x, 1);
+  moshi_linear_forward (&m->linears[k], s->pool, s->dep_x, 1, FALSE, logits);
+}

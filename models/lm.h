@@ -1,0 +1,110 @@
+/* Kyutai's Moshi language model (moshi.models.lm.LMModel) and its streaming
+ * generator (LMGen), one 80 ms step at a time.
+ *
+ * Per step the temporal transformer reads the sum of the embeddings of one
+ * text token and n_q audio tokens (dep_q of the model's own voice, the rest
+ * the user's), and predicts the next text token; the depformer then
+ * predicts the model's dep_q audio codebooks of the step in order, each from
+ * the temporal output and the previous token.  Streams are offset by
+ * per-codebook delays; LMGen hides them and returns aligned frames. */
+#pragma once
+#include <glib.h>
+#include <stdint.h>
+
+#include "weight-type.h"
+
+G_BEGIN_DECLS
+
+#define LM_MAX_CODEBOOKS 64
+#define LM_MAX_SCHEDULE 64
+
+typedef struct {
+  /* temporal transformer */
+  int dim, num_heads, num_layers;
+  double hidden_scale;
+  int context;
+  double max_period;
+  gboolean rms_norm; /* "rms_norm_f32" / "rms_norm" (else layer_norm) */
+  float norm_eps; /* 1e-8 for the *_f32 norms, else 1e-5 */
+  gboolean gating; /* "silu" (else an MLP with GELU) */
+  int positional; /* TransformerPositional: rope / none / sin */
+  /* tokens */
+  int text_card, card, n_q, dep_q;
+  int delays[LM_MAX_CODEBOOKS + 1]; /* text, then n_q audio streams */
+  int existing_text_padding_id;
+  /* depformer */
+  int dep_dim, dep_dim_feedforward, dep_num_heads, dep_num_layers;
+  gboolean dep_multi_linear, dep_weights_per_step, dep_gating;
+  int dep_positional;
+  double dep_max_period;
+  int dep_schedule[LM_MAX_SCHEDULE];
+  int n_dep_schedule;
+  int dep_low_rank; /* 0: plain embeddings */
+  /* lm_gen_config defaults */
+  float temp, temp_text;
+  int top_k, top_k_text;
+} LmConfig;
+
+/* Moshi 7B (Kyutai's configs/moshi_7b_202409.json). */
+void lm_config_default (LmConfig *cfg);
+/* Kyutai's config.json schema (the LM keyword arguments, optionally with the
+ * repo keys moshi_name, mimi_name, tokenizer_name, lm_gen_config, ...).
+ * Keys absent from the file take the defaults of Kyutai's LMModel (not
+ * Moshi 7B's): e.g. LayerNorm, no gating, sinusoidal positions; the
+ * depformer inherits the main transformer's settings unless a depformer_*
+ * key overrides them.  Unknown keys and features we do not implement are
+ * errors. */
+gboolean lm_config_load_json (LmConfig *cfg, const char *path, GError **error);
+
+typedef struct LmModel LmModel;
+
+LmModel *lm_model_load (const char *path, const LmConfig *cfg,
+    MoshiWeightType weights, GError **error);
+LmModel *lm_model_ref (LmModel *m);
+void lm_model_unref (LmModel *m);
+const LmConfig *lm_model_config (const LmModel *m);
+size_t lm_model_weight_bytes (const LmModel *m);
+
+/* ------------------------------------------------------------ LMGen --- */
+
+typedef struct {
+  gboolean use_sampling;
+  float temp, temp_text; /* <= 0: greedy */
+  int top_k, top_k_text; /* <= 0: all */
+  uint64_t seed;
+} LmGenParams;
+
+/* Kyutai's LMGen defaults from the model's lm_gen_config. */
+void lm_gen_params_default (LmGenParams *p, const LmConfig *cfg);
+
+typedef struct LmGen LmGen;
+
+/* Intermediate values of one step, for conformance checks; each pointer
+ * may be NULL.  Noise arrays, when given, replace the sampler's own
+ * Exp(1) draws (element i goes with the i-th most probable token). */
+typedef struct {
+  int *main_input; /* [1 + n_q] tokens fed to the transformer */
+  float *transformer_out; /* [dim], after out_norm */
+  float *text_logits; /* [text_card] */
+  float *depformer_logits; /* [dep_q][card] */
+  int *text_token; /* [1] sampled at this step */
+  int *audio_tokens; /* [dep_q] sampled at this step */
+  const float *text_noise; /* [top_k_text] */
+  const float *audio_noise; /* [dep_q][top_k] */
+} LmGenTrace;
+
+LmGen *lm_gen_new (LmModel *m, const LmGenParams *p, GError **error);
+void lm_gen_free (LmGen *g);
+void lm_gen_reset (LmGen *g);
+void lm_gen_set_threads (LmGen *g, int n_threads);
+/* Number of user codebooks expected per step (n_q - dep_q). */
+int lm_gen_user_codebooks (const LmGen *g);
+
+/* One step: user_codes [n_q - dep_q] (values < card) in.  Returns 1 when a
+ * frame comes out: out[0] is the text token and out[1..dep_q] the model's
+ * audio codes, aligned; 0 while the delays fill (the first max(delays)
+ * steps); -1 with error on bad input (the state is then unchanged). */
+int lm_gen_step (LmGen *g, const int *user_codes, int *out, LmGenTrace *trace,
+    GError **error);
+
+G_END_DECLS

@@ -5,6 +5,7 @@
 #include "model-error.h"
 #include "weights.h"
 
+#include <math.h>
 #include <string.h>
 
 /* ---------------------------------------------------------- embeddings --- */
@@ -346,4 +347,83 @@ lm_depformer_step (const LmModel *m, LmState *s, int k,
       s->dep_x, s->emb_tmp);
   transformer_forward (&m->depformer, &s->dep, s->pool, s->dep_x, 1);
   moshi_linear_forward (&m->linears[k], s->pool, s->dep_x, 1, FALSE, logits);
+}
+
+/* ------------------------------------------------------ teacher forced --- */
+
+gboolean
+lm_forward_teacher (LmModel *m, const int *codes, int T, float *logits,
+    guint8 *mask, float *text_logits, guint8 *text_mask, GError **error)
+{
+  const LmConfig *c = &m->cfg;
+  const int K = 1 + c->n_q, dq = c->dep_q;
+  for (int i = 0; i < K * T; i++) {
+    int limit = i / T == 0 ? c->text_card : c->card;
+    if (codes[i] < -1 || codes[i] >= limit) {
+      g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+          "code %d at stream %d, step %d is out of range [-1, %d)", codes[i],
+          i / T, i % T, limit);
+      return FALSE;
+    }
+  }
+  LmState s;
+  if (!lm_state_init (&s, m)) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "out of memory for a teacher-forced pass");
+    return FALSE;
+  }
+  /* delayed[k][p], p in [0, T]: the initial token at p = 0 and while the
+   * stream's delay has not passed, then the codes shifted by the delay. */
+  int *delayed = g_new (int, (size_t) K *(T + 1));
+  for (int k = 0; k < K; k++) {
+    const int init = k == 0 ? c->text_card : c->card;
+    for (int p = 0; p <= T; p++) {
+      int t = p - 1 - c->delays[k];
+      delayed[k * (T + 1) + p] = t < 0 ? init : codes[k * T + t];
+    }
+  }
+  float *out = g_new (float, c->dim);
+  float *tl = g_new (float, c->text_card);
+  float *dl = g_new (float, (size_t) MAX (dq, 1) * c->card * T);
+  float *tls = g_new (float, (size_t) c->text_card *T);
+  int *in = g_new (int, K);
+  for (int t = 0; t < T; t++) {
+    for (int k = 0; k < K; k++)
+      in[k] = delayed[k * (T + 1) + t];
+    lm_forward_main (m, &s, in, out, tl);
+    memcpy (tls + (size_t) t * c->text_card, tl, sizeof (float) * c->text_card);
+    lm_depformer_begin (m, &s);
+    for (int k = 0; k < dq; k++)
+      lm_depformer_step (m, &s, k, out, delayed[k * (T + 1) + t + 1],
+          dl + ((size_t) k * T + t) * c->card);
+  }
+  /* Undelay: the prediction of codes[k][t] was made at step t + delay. */
+  for (int k = 0; k <= dq; k++) {
+    const int d = c->delays[k];
+    const int n = k == 0 ? c->text_card : c->card;
+    for (int t = 0; t < T; t++) {
+      gboolean ok = t + d < T && codes[k * T + t] != -1;
+      float *dst = k == 0 ? text_logits + (size_t) t * n
+                          : logits + ((size_t) (k - 1) * T + t) * n;
+      const float *src = k == 0 ? tls + (size_t) (t + d) * n
+                                : dl + ((size_t) (k - 1) * T + t + d) * n;
+      if (t + d < T)
+        memcpy (dst, src, sizeof (float) * n);
+      else
+        for (int j = 0; j < n; j++)
+          dst[j] = NAN;
+      if (k == 0)
+        text_mask[t] = ok;
+      else
+        mask[(size_t) (k - 1) * T + t] = ok;
+    }
+  }
+  g_free (delayed);
+  g_free (out);
+  g_free (tl);
+  g_free (dl);
+  g_free (tls);
+  g_free (in);
+  lm_state_clear (&s);
+  return TRUE;
 }

@@ -65,6 +65,16 @@ void lm_model_unref (LmModel *m);
 const LmConfig *lm_model_config (const LmModel *m);
 size_t lm_model_weight_bytes (const LmModel *m);
 
+/* Teacher-forced forward over a whole sequence (Kyutai's LMModel.forward,
+ * as used for training and scoring): codes [1 + n_q][T] (text row first,
+ * -1 = zero token).  Outputs are aligned with the codes: logits
+ * [dep_q][T][card] predicts codes[1 + k][t], text_logits [T][text_card]
+ * predicts codes[0][t]; mask entries are 0 (and logits NaN) where the
+ * delays leave no valid prediction or the target is -1. */
+gboolean lm_forward_teacher (LmModel *m, const int *codes, int T,
+    float *logits, guint8 *mask, float *text_logits, guint8 *text_mask,
+    GError **error);
+
 /* ------------------------------------------------------------ LMGen --- */
 
 typedef struct {

@@ -422,6 +422,11 @@ out:
 
 /* ------------------------------------------------------------- LM case --- */
 
+static void run_teacher_checks (const char *name, LmModel *m, StFile *codes_f,
+    const char *codes_name, StFile *out_f, const char *logits_name,
+    const char *mask_name, const char *text_name, const char *text_mask_name,
+    double tol);
+
 typedef struct {
   const char *name;
   StFile *vec;
@@ -635,6 +640,8 @@ run_lm_case (const char *dir, const char *name)
   if (ref_to)
     report (e_to <= TOL_LM_LOGITS, name, "lmgen transformer_out",
         "max_abs_err=%.3e tol=%.1e (ref peak %.3e)", e_to, TOL_LM_LOGITS, p_to);
+  run_teacher_checks (name, m, r.vec, "tf_codes", r.vec, "tf_logits", "tf_mask",
+      "tf_text_logits", "tf_text_mask", TOL_LM_LOGITS);
   g_free (in);
   g_free (outk);
   g_free (audio);
@@ -665,6 +672,206 @@ out:
   g_free (vec_path);
 }
 
+/* Teacher-forced LMModel.forward on B sequences: masks must be equal;
+ * logits at valid positions within `tol`; and, as Kyutai's own test does,
+ * the mean cross entropy per codebook over valid positions within 1e-6
+ * relative of the reference's. */
+static void
+check_teacher (const char *name, LmModel *m, const int64_t *codes, int B, int T,
+    const float *ref_logits, const guint8 *ref_mask, const float *ref_text,
+    const guint8 *ref_text_mask, double tol)
+{
+  const LmConfig *c = lm_model_config (m);
+  const int K = 1 + c->n_q, dq = c->dep_q;
+  int *cb = g_new (int, (size_t) K *T);
+  float *lg = g_new (float, (size_t) dq *T * c->card);
+  float *tl = g_new (float, (size_t) T * c->text_card);
+  guint8 *mk = g_new (guint8, (size_t) dq * T), *tm = g_new (guint8, T);
+  double err = 0, peak = 0, worst_ce = 0;
+  int mask_diff = 0;
+  GError *e = NULL;
+  /* per stream (text + dq audio): CE sums and counts, ours and reference */
+  double *ce = g_new0 (double, 2 * (dq + 1));
+  int *cnt = g_new0 (int, dq + 1);
+  for (int b = 0; b < B; b++) {
+    for (int i = 0; i < K * T; i++)
+      cb[i] = (int) codes[(size_t) b * K * T + i];
+    if (!lm_forward_teacher (m, cb, T, lg, mk, tl, tm, &e)) {
+      report (FALSE, name, "teacher-forced", "%s", e->message);
+      g_error_free (e);
+      goto out;
+    }
+    for (int k = 0; k <= dq; k++) {
+      const int n = k == 0 ? c->text_card : c->card;
+      for (int t = 0; t < T; t++) {
+        guint8 ours = k == 0 ? tm[t] : mk[(size_t) (k - 1) * T + t];
+        guint8 ref = k == 0 ? ref_text_mask[(size_t) b * T + t]
+                            : ref_mask[((size_t) b * dq + k - 1) * T + t];
+        if (!!ours != !!ref)
+          mask_diff++;
+        if (!ref || !ours)
+          continue;
+        const float *a =
+            k == 0 ? tl + (size_t) t * n : lg + ((size_t) (k - 1) * T + t) * n;
+        const float *r = k == 0
+            ? ref_text + ((size_t) b * T + t) * n
+            : ref_logits + (((size_t) b * dq + k - 1) * T + t) * n;
+        double pk;
+        err = MAX (err, max_abs_diff (a, r, n, &pk));
+        peak = MAX (peak, pk);
+        /* cross entropy of the target under both sets of logits */
+        int target = cb[k * T + t];
+        for (int w = 0; w < 2; w++) {
+          const float *x = w ? r : a;
+          double mx = x[0], sum = 0;
+          for (int j = 1; j < n; j++)
+            mx = MAX (mx, x[j]);
+          for (int j = 0; j < n; j++)
+            sum += exp (x[j] - mx);
+          ce[2 * k + w] += log (sum) + mx - x[target];
+        }
+        cnt[k]++;
+      }
+    }
+  }
+  for (int k = 0; k <= dq; k++)
+    if (cnt[k])
+      worst_ce = MAX (worst_ce,
+          fabs (ce[2 * k] - ce[2 * k + 1]) / fabs (ce[2 * k + 1]));
+  report (mask_diff == 0, name, "teacher-forced masks", "%d differ", mask_diff);
+  report (err <= tol && isfinite (err), name, "teacher-forced logits",
+      "max_abs_err=%.3e tol=%.1e (ref peak %.3e)", err, tol, peak);
+  report (worst_ce <= 1e-6, name, "teacher-forced cross entropy",
+      "worst relative delta per codebook %.3e (Kyutai's test: <= 1e-6)",
+      worst_ce);
+out:
+  g_free (ce);
+  g_free (cnt);
+  g_free (cb);
+  g_free (lg);
+  g_free (tl);
+  g_free (mk);
+  g_free (tm);
+}
+
+static guint8 *
+read_u8 (StFile *f, const char *name, size_t want)
+{
+  const StTensor *t = st_find (f, name);
+  if (!t || (size_t) t->numel != want)
+    return NULL;
+  int64_t *tmp = g_new (int64_t, want);
+  guint8 *out = NULL;
+  if (st_read_i64 (f, t, tmp, NULL)) {
+    out = g_new (guint8, want);
+    for (size_t i = 0; i < want; i++)
+      out[i] = tmp[i] != 0;
+  }
+  g_free (tmp);
+  return out;
+}
+
+static float *
+read_f32 (StFile *f, const char *name, size_t want)
+{
+  const StTensor *t = st_find (f, name);
+  if (!t || (size_t) t->numel != want)
+    return NULL;
+  float *out = g_new (float, want);
+  if (!st_read_f32 (f, t, out, NULL)) {
+    g_free (out);
+    return NULL;
+  }
+  return out;
+}
+
+static int64_t *
+read_i64 (StFile *f, const char *name, const StTensor **tt)
+{
+  const StTensor *t = st_find (f, name);
+  if (!t)
+    return NULL;
+  int64_t *out = g_new (int64_t, t->numel);
+  if (!st_read_i64 (f, t, out, NULL)) {
+    g_free (out);
+    return NULL;
+  }
+  *tt = t;
+  return out;
+}
+
+/* Teacher-forced vectors stored as tf_codes / tf_logits / ... (our oracle)
+ * or as Kyutai's test assets (test_lm_codes / test_lm_out). */
+static void
+run_teacher_checks (const char *name, LmModel *m, StFile *codes_f,
+    const char *codes_name, StFile *out_f, const char *logits_name,
+    const char *mask_name, const char *text_name, const char *text_mask_name,
+    double tol)
+{
+  const LmConfig *c = lm_model_config (m);
+  const StTensor *ct = NULL;
+  int64_t *codes = read_i64 (codes_f, codes_name, &ct);
+  if (!codes)
+    return;
+  if (ct->ndim != 3 || ct->shape[1] != 1 + c->n_q) {
+    report (FALSE, name, "teacher-forced", "%s has an unexpected shape",
+        codes_name);
+    g_free (codes);
+    return;
+  }
+  const int B = (int) ct->shape[0], T = (int) ct->shape[2], dq = c->dep_q;
+  float *lg = read_f32 (out_f, logits_name, (size_t) B * dq * T * c->card);
+  guint8 *mk = read_u8 (out_f, mask_name, (size_t) B * dq * T);
+  float *tl = read_f32 (out_f, text_name, (size_t) B * T * c->text_card);
+  guint8 *tm = read_u8 (out_f, text_mask_name, (size_t) B * T);
+  if (!lg || !mk || !tl || !tm)
+    report (FALSE, name, "teacher-forced",
+        "reference outputs missing or of the wrong size");
+  else
+    check_teacher (name, m, codes, B, T, lg, mk, tl, tm, tol);
+  g_free (codes);
+  g_free (lg);
+  g_free (mk);
+  g_free (tl);
+  g_free (tm);
+}
+
+/* Kyutai's own LM golden test (moshi/tests/assets). */
+static void
+run_kyutai_lm_test (const char *dir, const char *name)
+{
+  GError *err = NULL;
+  gchar *cfg_path = g_build_filename (dir, "config.json", NULL);
+  gchar *model_path = g_build_filename (dir, "test_lm_model.safetensors", NULL);
+  gchar *codes_path = g_build_filename (dir, "test_lm_codes.safetensors", NULL);
+  gchar *out_path = g_build_filename (dir, "test_lm_out.safetensors", NULL);
+  LmConfig cfg;
+  LmModel *m = NULL;
+  StFile *cf = NULL, *of = NULL;
+  if (!lm_config_load_json (&cfg, cfg_path, &err)
+      || !(m = lm_model_load (model_path, &cfg, MOSHI_WEIGHTS_F32, &err))
+      || !(cf = st_open (codes_path, &err))
+      || !(of = st_open (out_path, &err))) {
+    report (FALSE, name, "load", "%s", err->message);
+    goto out;
+  }
+  report (TRUE, name, "load", "%s", model_path);
+  run_teacher_checks (name, m, cf, "codes", of, "logits", "mask", "text_logits",
+      "text_mask", 1e-5);
+out:
+  g_clear_error (&err);
+  if (cf)
+    st_unref (cf);
+  if (of)
+    st_unref (of);
+  if (m)
+    lm_model_unref (m);
+  g_free (cfg_path);
+  g_free (model_path);
+  g_free (codes_path);
+  g_free (out_path);
+}
+
 static void
 run_case (const char *dir)
 {
@@ -678,17 +885,19 @@ run_case (const char *dir)
   } else if (strstr (text, "\"dep_q\"")
       && g_file_test (dir, G_FILE_TEST_IS_DIR)) {
     gchar *vec = g_build_filename (dir, "vectors.safetensors", NULL);
+    gchar *kt = g_build_filename (dir, "test_lm_out.safetensors", NULL);
     if (g_file_test (vec, G_FILE_TEST_EXISTS))
       run_lm_case (dir, base);
+    else if (g_file_test (kt, G_FILE_TEST_EXISTS))
+      run_kyutai_lm_test (dir, base);
     else
-      report (FALSE, base, "kind",
-          "%s: an LM case without vectors.safetensors (teacher-forced-only "
-          "cases are not checked by this runner yet)",
-          dir);
+      report (FALSE, base, "kind", "%s: an LM case without vectors", dir);
     g_free (vec);
+    g_free (kt);
   } else {
     report (FALSE, base, "kind",
-        "%s describes a model this runner cannot check yet (not a Mimi case)",
+        "%s describes a model this runner cannot check yet (neither Mimi nor "
+        "LM)",
         cfg_path);
   }
   g_free (text);

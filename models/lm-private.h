@@ -7,16 +7,21 @@
 #include "transformer.h"
 
 /* An embedding table, optionally low-rank (Kyutai's ScaledEmbedding with
- * low_rank: rows of width r, then a bias-free r -> dim linear). */
+ * low_rank: rows of width r, then a bias-free r -> dim linear).  The table
+ * stays in the memory-mapped checkpoint (any float dtype): a step reads ~17
+ * rows, so copying Moshi's 1 GB of tables would only cost RSS. */
 typedef struct {
   int rows, width, dim;
-  float *table; /* [rows][width] */
+  const StTensor *mapped; /* [rows][width] in the checkpoint, or */
+  float *table; /* [rows][width] owned, or */
+  uint64_t random_seed; /* rows made up on demand (random models) */
   MoshiLinear low_rank; /* width -> dim, when width != dim */
 } LmEmbedding;
 
 struct LmModel {
   gint refcount;
   LmConfig cfg;
+  StFile *file; /* kept mapped: embeddings are read from it */
   int ff_hidden, dep_ff_hidden;
   LmEmbedding text_emb; /* text_card + 1 rows */
   LmEmbedding *emb; /* [n_q], card + 1 rows */

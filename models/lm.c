@@ -20,10 +20,17 @@ embedding_load (LmEmbedding *e, const StFile *f, const char *prefix, int rows,
   e->dim = dim;
   e->width = low_rank > 0 ? low_rank : dim;
   int64_t shape[2] = { rows, e->width };
-  e->table = weights_load (f, weights_name (name, "%s.weight", prefix), 2,
+  e->mapped = st_require (f, weights_name (name, "%s.weight", prefix), 2,
       shape, error);
-  if (!e->table)
+  if (!e->mapped)
     return FALSE;
+  if (e->mapped->dtype != ST_F32 && e->mapped->dtype != ST_BF16
+      && e->mapped->dtype != ST_F16) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_DTYPE,
+        "%s: embedding %s is %s; expected F32, BF16 or F16", st_path (f), name,
+        st_dtype_name (e->mapped->dtype));
+    return FALSE;
+  }
   if (low_rank > 0
       && !moshi_linear_load (&e->low_rank, f,
           weights_name (name, "%s.low_rank.weight", prefix), low_rank, dim,
@@ -35,20 +42,51 @@ embedding_load (LmEmbedding *e, const StFile *f, const char *prefix, int rows,
 static void
 embedding_clear (LmEmbedding *e)
 {
-  moshi_free (e->table);
+  moshi_free (e->table); /* mapped rows belong to the model's file */
   moshi_linear_clear (&e->low_rank);
   memset (e, 0, sizeof *e);
 }
 
+/* Row `token` as float32: the owned table itself, or made into buf. */
+static const float *
+embedding_row (const LmEmbedding *e, int token, float *buf)
+{
+  if (e->table)
+    return e->table + (size_t) token * e->width;
+  if (e->random_seed) {
+    uint64_t x = e->random_seed ^ ((uint64_t) token * 0x9E3779B97F4A7C15ull);
+    for (int j = 0; j < e->width; j++) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      buf[j] = ((float) ((x >> 40) & 0xFFFF) / 32768.0f - 1.0f) * 0.05f;
+    }
+    return buf;
+  }
+  const size_t off = (size_t) token * e->width;
+  const uint8_t *p = (const uint8_t *) e->mapped->data;
+  if (e->mapped->dtype == ST_F32) {
+    memcpy (buf, p + 4 * off, sizeof (float) * e->width);
+    return buf;
+  }
+  p += 2 * off;
+  for (int j = 0; j < e->width; j++) {
+    uint16_t h = (uint16_t) (p[2 * j] | p[2 * j + 1] << 8);
+    buf[j] = e->mapped->dtype == ST_BF16 ? st_bf16_to_f32 (h)
+                                         : st_f16_to_f32 (h);
+  }
+  return buf;
+}
+
 /* dst[dim] += embedding of token; token < 0 embeds to zero (Kyutai's
- * zero_token_id). `tmp` holds dim floats. */
+ * zero_token_id).  `tmp` holds 2 * dim floats. */
 static void
 embedding_add (const LmEmbedding *e, int token, float *dst, float *tmp)
 {
   if (token < 0)
     return;
   g_assert (token < e->rows);
-  const float *row = e->table + (size_t) token * e->width;
+  const float *row = embedding_row (e, token, tmp + e->dim);
   if (e->width == e->dim) {
     for (int j = 0; j < e->dim; j++)
       dst[j] += row[j];
@@ -95,7 +133,65 @@ model_free (LmModel *m)
     for (int i = 0; i < c->dep_q; i++)
       moshi_linear_clear (&m->linears[i]);
   g_free (m->linears);
+  if (m->file)
+    st_unref (m->file);
   g_free (m);
+}
+
+static TransformerConfig
+main_transformer_config (const LmModel *m, MoshiWeightType weights)
+{
+  const LmConfig *c = &m->cfg;
+  TransformerConfig tc = { 0 };
+  tc.d_model = c->dim;
+  tc.num_heads = c->num_heads;
+  tc.num_layers = c->num_layers;
+  tc.dim_feedforward = m->ff_hidden;
+  tc.context = c->context;
+  tc.max_period = c->max_period;
+  tc.norm = c->rms_norm ? TRANSFORMER_NORM_RMS : TRANSFORMER_NORM_LAYER;
+  tc.norm_eps = c->norm_eps;
+  tc.gating = c->gating;
+  tc.weights = weights;
+  tc.positional = c->positional;
+  return tc;
+}
+
+static int
+depformer_sets (const LmConfig *c)
+{
+  if (!c->dep_weights_per_step)
+    return 0;
+  if (c->n_dep_schedule == 0)
+    return c->dep_q;
+  int sets = 0;
+  for (int i = 0; i < c->n_dep_schedule; i++)
+    sets = MAX (sets, c->dep_schedule[i] + 1);
+  return sets;
+}
+
+static TransformerConfig
+depformer_config (const LmModel *m, MoshiWeightType weights)
+{
+  const LmConfig *c = &m->cfg;
+  TransformerConfig dc = { 0 };
+  dc.d_model = c->dep_dim;
+  dc.num_heads = c->dep_num_heads;
+  dc.num_layers = c->dep_num_layers;
+  dc.dim_feedforward = m->dep_ff_hidden;
+  /* Kyutai runs the depformer without a context limit, on dep_q steps
+   * from a fresh state each time: a ring of dep_q holds them all. */
+  dc.context = MAX (c->dep_q, 1);
+  dc.max_period = c->dep_max_period;
+  dc.norm = c->rms_norm ? TRANSFORMER_NORM_RMS : TRANSFORMER_NORM_LAYER;
+  dc.norm_eps = c->norm_eps;
+  dc.gating = c->dep_gating;
+  dc.weights = weights;
+  dc.positional = c->dep_positional;
+  dc.weight_sets = depformer_sets (c);
+  dc.n_schedule = c->n_dep_schedule;
+  memcpy (dc.schedule, c->dep_schedule, sizeof (int) * c->n_dep_schedule);
+  return dc;
 }
 
 LmModel *
@@ -113,6 +209,7 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
   LmModel *m = g_new0 (LmModel, 1);
   m->refcount = 1;
   m->cfg = *cfg_in;
+  m->file = st_ref (f);
   const LmConfig *c = &m->cfg;
   char name[256];
   gboolean ok = FALSE;
@@ -120,7 +217,6 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
   m->ff_hidden = mlp_hidden ((int) (c->hidden_scale * c->dim), c->gating);
   m->dep_ff_hidden = mlp_hidden (c->dep_dim_feedforward, c->dep_gating);
 
-  /* Embeddings stay float32: one row each per step, no bandwidth to save. */
   if (!embedding_load (&m->text_emb, f, "text_emb", c->text_card + 1, c->dim, 0,
           weights, error))
     goto out;
@@ -130,18 +226,7 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
             c->card + 1, c->dim, 0, weights, error))
       goto out;
 
-  TransformerConfig tc = { 0 };
-  tc.d_model = c->dim;
-  tc.num_heads = c->num_heads;
-  tc.num_layers = c->num_layers;
-  tc.dim_feedforward = m->ff_hidden;
-  tc.context = c->context;
-  tc.max_period = c->max_period;
-  tc.norm = c->rms_norm ? TRANSFORMER_NORM_RMS : TRANSFORMER_NORM_LAYER;
-  tc.norm_eps = c->norm_eps;
-  tc.gating = c->gating;
-  tc.weights = weights;
-  tc.positional = c->positional;
+  TransformerConfig tc = main_transformer_config (m, weights);
   if (!transformer_load (&m->transformer, &tc, f, "transformer", error))
     goto out;
 
@@ -164,15 +249,7 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
 
   /* Depformer. */
   if (c->dep_q > 0) {
-    int sets = 0;
-    if (c->dep_weights_per_step) {
-      sets = c->dep_q;
-      if (c->n_dep_schedule > 0) {
-        sets = 0;
-        for (int i = 0; i < c->n_dep_schedule; i++)
-          sets = MAX (sets, c->dep_schedule[i] + 1);
-      }
-    }
+    const int sets = depformer_sets (c);
     m->n_dep_in =
         c->dep_multi_linear ? (c->n_dep_schedule > 0 ? sets : c->dep_q) : 1;
     m->dep_in = g_new0 (MoshiLinear, m->n_dep_in);
@@ -190,23 +267,7 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
               weights_name (name, "depformer_emb.%d", i), c->card + 1,
               c->dep_dim, c->dep_low_rank, weights, error))
         goto out;
-    TransformerConfig dc = { 0 };
-    dc.d_model = c->dep_dim;
-    dc.num_heads = c->dep_num_heads;
-    dc.num_layers = c->dep_num_layers;
-    dc.dim_feedforward = m->dep_ff_hidden;
-    /* Kyutai runs the depformer without a context limit, on dep_q steps
-     * from a fresh state each time: a ring of dep_q holds them all. */
-    dc.context = c->dep_q;
-    dc.max_period = c->dep_max_period;
-    dc.norm = tc.norm;
-    dc.norm_eps = c->norm_eps;
-    dc.gating = c->dep_gating;
-    dc.weights = weights;
-    dc.positional = c->dep_positional;
-    dc.weight_sets = sets;
-    dc.n_schedule = c->n_dep_schedule;
-    memcpy (dc.schedule, c->dep_schedule, sizeof (int) * c->n_dep_schedule);
+    TransformerConfig dc = depformer_config (m, weights);
     if (!transformer_load (&m->depformer, &dc, f, "depformer", error))
       goto out;
     m->linears = g_new0 (MoshiLinear, c->dep_q);
@@ -222,6 +283,59 @@ out:
   if (!ok) {
     model_free (m);
     return NULL;
+  }
+  return m;
+}
+
+LmModel *
+lm_model_new_random (const LmConfig *cfg, uint64_t seed,
+    MoshiWeightType weights)
+{
+  LmModel *m = g_new0 (LmModel, 1);
+  m->refcount = 1;
+  m->cfg = *cfg;
+  const LmConfig *c = &m->cfg;
+  uint64_t s = seed * 2654435761u + 7;
+  m->ff_hidden = mlp_hidden ((int) (c->hidden_scale * c->dim), c->gating);
+  m->dep_ff_hidden = mlp_hidden (c->dep_dim_feedforward, c->dep_gating);
+  LmEmbedding proto = { .dim = c->dim, .width = c->dim };
+  m->text_emb = proto;
+  m->text_emb.rows = c->text_card + 1;
+  m->text_emb.random_seed = ++s;
+  m->emb = g_new0 (LmEmbedding, MAX (c->n_q, 1));
+  for (int i = 0; i < c->n_q; i++) {
+    m->emb[i] = proto;
+    m->emb[i].rows = c->card + 1;
+    m->emb[i].random_seed = ++s;
+  }
+  TransformerConfig tc = main_transformer_config (m, weights);
+  transformer_random (&m->transformer, &tc, &s);
+  m->out_norm_w = weights_random (&s, c->dim, 1.0f);
+  if (!c->rms_norm)
+    m->out_norm_b = weights_random (&s, c->dim, 0.1f);
+  moshi_linear_random (&m->text_linear, &s, c->dim, c->text_card, weights);
+  if (c->dep_q > 0) {
+    const int sets = depformer_sets (c);
+    m->n_dep_in = c->dep_multi_linear ? (c->n_dep_schedule > 0 ? sets : c->dep_q)
+                                      : 1;
+    m->dep_in = g_new0 (MoshiLinear, m->n_dep_in);
+    for (int i = 0; i < m->n_dep_in; i++)
+      moshi_linear_random (&m->dep_in[i], &s, c->dim, c->dep_dim, weights);
+    LmEmbedding dp = { .dim = c->dep_dim, .width = c->dep_dim };
+    m->dep_text_emb = dp;
+    m->dep_text_emb.rows = c->text_card + 1;
+    m->dep_text_emb.random_seed = ++s;
+    m->dep_emb = g_new0 (LmEmbedding, MAX (c->dep_q - 1, 1));
+    for (int i = 0; i < c->dep_q - 1; i++) {
+      m->dep_emb[i] = dp;
+      m->dep_emb[i].rows = c->card + 1;
+      m->dep_emb[i].random_seed = ++s;
+    }
+    TransformerConfig dc = depformer_config (m, weights);
+    transformer_random (&m->depformer, &dc, &s);
+    m->linears = g_new0 (MoshiLinear, c->dep_q);
+    for (int i = 0; i < c->dep_q; i++)
+      moshi_linear_random (&m->linears[i], &s, c->dep_dim, c->card, weights);
   }
   return m;
 }
@@ -253,9 +367,7 @@ lm_model_weight_bytes (const LmModel *m)
   size_t n = transformer_bytes (&m->transformer)
       + transformer_bytes (&m->depformer)
       + moshi_linear_bytes (&m->text_linear);
-  n += sizeof (float)
-      * ((size_t) (c->text_card + 1) * c->dim
-          + (size_t) c->n_q * (c->card + 1) * c->dim);
+  /* Embedding tables stay in the mapped file: not counted here. */
   for (int i = 0; i < m->n_dep_in; i++)
     n += moshi_linear_bytes (&m->dep_in[i]);
   for (int i = 0; i < c->dep_q; i++)
@@ -277,7 +389,7 @@ lm_state_init (LmState *s, const LmModel *m)
   s->x = moshi_alloc (sizeof (float) * c->dim);
   s->out = moshi_alloc (sizeof (float) * c->dim);
   s->dep_x = moshi_alloc (sizeof (float) * MAX (c->dep_dim, 1));
-  s->emb_tmp = moshi_alloc (sizeof (float) * MAX (c->dim, c->dep_dim));
+  s->emb_tmp = moshi_alloc (sizeof (float) * 2 * MAX (c->dim, c->dep_dim));
   ok = ok && s->x && s->out && s->dep_x && s->emb_tmp;
   if (!ok)
     lm_state_clear (s);

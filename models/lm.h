@@ -60,6 +60,16 @@ typedef struct LmModel LmModel;
 
 LmModel *lm_model_load (const char *path, const LmConfig *cfg,
     MoshiWeightType weights, GError **error);
+/* Random weights with the shapes of `cfg` (benchmarks): packed layer by
+ * layer, so a 7B model needs only its packed size in memory; embedding rows
+ * are generated on demand, like the mapped tables of a real checkpoint. */
+LmModel *lm_model_new_random (const LmConfig *cfg, uint64_t seed,
+    MoshiWeightType weights);
+/* Random weights with the shapes of `cfg` (benchmarks): packed layer by
+ * layer, so a 7B model needs only its packed size in memory; embedding rows
+ * are made up on demand, as a real checkpoint's mapped tables are read. */
+LmModel *lm_model_new_random (const LmConfig *cfg, uint64_t seed,
+    MoshiWeightType weights);
 LmModel *lm_model_ref (LmModel *m);
 void lm_model_unref (LmModel *m);
 const LmConfig *lm_model_config (const LmModel *m);

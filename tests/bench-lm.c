@@ -1,0 +1,186 @@
+/* bench-lm: streaming speed and memory of a Moshi-7B-shaped LM.
+ *
+ *   bench-lm [--quant q4|q8|bf16|f32] [--threads N] [--steps S] [--small]
+ *
+ * Builds Kyutai's moshi_7b_202409.json shapes (or, with --small, a 1/8-width
+ * model for quick checks) with random weights in memory, runs S greedy
+ * streaming steps (temporal transformer, then the depformer's 8 codebooks)
+ * and prints ms per step split temporal / depformer, the effective GB/s of
+ * weights read, the machine's read bandwidth measured in the same run, the
+ * bandwidth bound (weight bytes / bandwidth) and peak RSS. */
+#include <glib.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "alloc.h"
+#include "cpu.h"
+#include "lm-private.h"
+
+static long
+peak_rss_kb (void)
+{
+  struct rusage ru;
+  getrusage (RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+/* Read bandwidth: sum a buffer far larger than the caches, best of 3. */
+static double
+measure_bandwidth_gbs (size_t bytes)
+{
+  size_t n = bytes / sizeof (float);
+  float *buf = moshi_alloc (bytes);
+  for (size_t i = 0; i < n; i++)
+    buf[i] = (float) (i & 7);
+  double best = 0;
+  volatile float sink = 0;
+  for (int r = 0; r < 3; r++) {
+    gint64 t0 = g_get_monotonic_time ();
+    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i + 3 < n; i += 4) {
+      s0 += buf[i];
+      s1 += buf[i + 1];
+      s2 += buf[i + 2];
+      s3 += buf[i + 3];
+    }
+    sink += s0 + s1 + s2 + s3;
+    double dt = (g_get_monotonic_time () - t0) / 1e6;
+    best = MAX (best, bytes / dt / 1e9);
+  }
+  moshi_free (buf);
+  return best;
+}
+
+static int
+argmax (const float *x, int n)
+{
+  int b = 0;
+  for (int i = 1; i < n; i++)
+    if (x[i] > x[b])
+      b = i;
+  return b;
+}
+
+int
+main (int argc, char **argv)
+{
+  int threads = 1, steps = 8;
+  gboolean small = FALSE;
+  gchar *quant = NULL;
+  GOptionEntry entries[] = { { "quant", 'q', 0, G_OPTION_ARG_STRING, &quant,
+                                 "Weights: q4 (default), q8, bf16, f32",
+                                 "TYPE" },
+    { "threads", 't', 0, G_OPTION_ARG_INT, &threads, "Compute threads", "N" },
+    { "steps", 's', 0, G_OPTION_ARG_INT, &steps, "Streaming steps to time",
+        "S" },
+    { "small", 0, 0, G_OPTION_ARG_NONE, &small, "1/8-width model (quick check)",
+        NULL },
+    { NULL } };
+  GError *err = NULL;
+  GOptionContext *ctx = g_option_context_new ("- Moshi LM streaming benchmark");
+  g_option_context_add_main_entries (ctx, entries, NULL);
+  if (!g_option_context_parse (ctx, &argc, &argv, &err)) {
+    fprintf (stderr, "%s\n", err->message);
+    return 2;
+  }
+  g_option_context_free (ctx);
+  MoshiWeightType wt = MOSHI_WEIGHTS_Q4;
+  if (quant && !moshi_weight_type_from_string (quant, &wt)) {
+    fprintf (stderr, "unknown --quant %s\n", quant);
+    return 2;
+  }
+
+  LmConfig cfg;
+  lm_config_default (&cfg);
+  if (small) {
+    cfg.dim /= 8;
+    cfg.num_heads /= 8;
+    cfg.dep_dim /= 8;
+    cfg.dep_dim_feedforward /= 8;
+    cfg.dep_num_heads /= 8;
+    cfg.text_card /= 8;
+  }
+  gint64 t0 = g_get_monotonic_time ();
+  LmModel *m = lm_model_new_random (&cfg, 7, wt);
+  double t_build = (g_get_monotonic_time () - t0) / 1e6;
+  const LmConfig *c = lm_model_config (m);
+  LmState st;
+  if (!lm_state_init (&st, m)) {
+    fprintf (stderr, "out of memory\n");
+    return 1;
+  }
+  if (threads > 1) {
+    moshi_pool_free (st.pool);
+    st.pool = moshi_pool_new (threads);
+  }
+  /* Bytes streamed per step: every packed weight once (both halves). */
+  size_t main_bytes = transformer_bytes (&m->transformer)
+      + moshi_linear_bytes (&m->text_linear);
+  size_t dep_bytes = transformer_bytes (&m->depformer);
+  for (int i = 0; i < m->n_dep_in; i++)
+    dep_bytes += moshi_linear_bytes (&m->dep_in[i]);
+  for (int i = 0; i < c->dep_q; i++)
+    dep_bytes += moshi_linear_bytes (&m->linears[i]);
+
+  float *out = g_new (float, c->dim), *tl = g_new (float, c->text_card);
+  float *dl = g_new (float, c->card);
+  int *tokens = g_new0 (int, 1 + c->n_q);
+  double t_main = 0, t_dep = 0;
+  const int warm = 1;
+  for (int s = 0; s < steps + warm; s++) {
+    gint64 a = g_get_monotonic_time ();
+    lm_forward_main (m, &st, tokens, out, tl);
+    gint64 b = g_get_monotonic_time ();
+    lm_depformer_begin (m, &st);
+    int prev = argmax (tl, c->text_card);
+    tokens[0] = prev;
+    for (int k = 0; k < c->dep_q; k++) {
+      lm_depformer_step (m, &st, k, out, prev, dl);
+      prev = argmax (dl, c->card);
+      tokens[1 + k] = prev;
+    }
+    gint64 e = g_get_monotonic_time ();
+    if (s >= warm) {
+      t_main += (b - a) / 1e3;
+      t_dep += (e - b) / 1e3;
+    }
+  }
+  t_main /= steps;
+  t_dep /= steps;
+  /* After the peak RSS of the model itself has been reached. */
+  double rss_gb = peak_rss_kb () / 1048576.0;
+  double bw = measure_bandwidth_gbs ((size_t) 1 << 30);
+  double total = t_main + t_dep;
+  double gb = (main_bytes + dep_bytes) / 1e9;
+  double bound_ms = gb / bw * 1e3;
+  printf ("model            Moshi-7B shapes%s, random weights (built in %.1f "
+          "s)\n",
+      small ? " at 1/8 width" : "", t_build);
+  printf ("weights          %s, %.2f GB streamed per step (temporal %.2f, "
+          "depformer %.2f)\n",
+      moshi_weight_type_name (wt), gb, main_bytes / 1e9, dep_bytes / 1e9);
+  printf ("cpu kernels      %s%s, threads %d\n",
+      moshi_cpu_level_name (moshi_cpu_level ()),
+      moshi_cpu_has_avx512_vnni () ? " + VNNI" : "", threads);
+  printf ("step             %.1f ms (temporal %.1f ms, depformer %.1f ms), %d "
+          "steps\n",
+      total, t_main, t_dep, steps);
+  printf ("real time        needs 80 ms per step: %.2fx %s\n", total / 80.0,
+      total <= 80.0 ? "(real time)" : "(slower than real time)");
+  printf ("weights read     %.1f GB/s effective\n", gb / (total / 1e3));
+  printf ("read bandwidth   %.1f GB/s measured (1 GiB sum, this run)\n", bw);
+  printf ("bandwidth bound  %.1f ms per step; this run is %.2fx the bound\n",
+      bound_ms, total / bound_ms);
+  printf ("peak RSS         %.2f GB (model + state)\n", rss_gb);
+  lm_state_clear (&st);
+  lm_model_unref (m);
+  g_free (out);
+  g_free (tl);
+  g_free (dl);
+  g_free (tokens);
+  g_free (quant);
+  return 0;
+}

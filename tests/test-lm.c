@@ -1,0 +1,305 @@
+/* LM engine behaviour beyond the conformance vectors: configuration and
+ * checkpoint errors, generator reset and seeding, bad input, reduced
+ * precision. */
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lm.h"
+#include "model-error.h"
+#include "safetensors.h"
+
+static gchar *
+case_path (const char *file)
+{
+  const char *data = g_getenv ("MOSHI_TEST_DATA");
+  return g_build_filename (data ? data : MOSHI_TEST_DATA_DIR, "conformance",
+      "lm-tiny", file, NULL);
+}
+
+static LmModel *
+load_tiny (MoshiWeightType w, LmConfig *cfg)
+{
+  gchar *c = case_path ("config.json"), *p = case_path ("model.safetensors");
+  GError *err = NULL;
+  g_assert_true (lm_config_load_json (cfg, c, &err));
+  g_assert_no_error (err);
+  LmModel *m = lm_model_load (p, cfg, w, &err);
+  g_assert_no_error (err);
+  g_free (c);
+  g_free (p);
+  return m;
+}
+
+/* Reference user codes of lm-tiny, [30][8]. */
+static int *
+user_codes (int *steps)
+{
+  gchar *p = case_path ("vectors.safetensors");
+  StFile *f = st_open (p, NULL);
+  g_assert_nonnull (f);
+  const StTensor *t = st_find (f, "lmgen_in_user_codes");
+  int64_t *raw = g_new (int64_t, t->numel);
+  g_assert_true (st_read_i64 (f, t, raw, NULL));
+  int *out = g_new (int, t->numel);
+  for (int64_t i = 0; i < t->numel; i++)
+    out[i] = (int) raw[i];
+  *steps = (int) t->shape[0];
+  g_free (raw);
+  st_unref (f);
+  g_free (p);
+  return out;
+}
+
+/* Runs `steps` steps; out [steps][9], -1 rows while the delays fill. */
+static void
+run (LmGen *g, const int *user, int steps, int *out)
+{
+  for (int s = 0; s < steps; s++) {
+    int r = lm_gen_step (g, user + s * 8, out + s * 9, NULL, NULL);
+    g_assert_cmpint (r, >=, 0);
+    if (r == 0)
+      for (int k = 0; k < 9; k++)
+        out[s * 9 + k] = -1;
+  }
+}
+
+static void
+test_reset_and_seed (void)
+{
+  LmConfig cfg;
+  LmModel *m = load_tiny (MOSHI_WEIGHTS_F32, &cfg);
+  int steps;
+  int *user = user_codes (&steps);
+  int *a = g_new (int, steps * 9), *b = g_new (int, steps * 9);
+  int *c = g_new (int, steps * 9);
+  LmGenParams p;
+  lm_gen_params_default (&p, &cfg);
+  p.seed = 1;
+  LmGen *g = lm_gen_new (m, &p, NULL);
+  run (g, user, steps, a);
+  lm_gen_reset (g);
+  run (g, user, steps, b);
+  /* Reset restarts the conversation and the random stream. */
+  g_assert_cmpmem (a, sizeof (int) * steps * 9, b, sizeof (int) * steps * 9);
+  lm_gen_free (g);
+  p.seed = 2;
+  g = lm_gen_new (m, &p, NULL);
+  run (g, user, steps, c);
+  g_assert_true (memcmp (a, c, sizeof (int) * steps * 9) != 0);
+  lm_gen_free (g);
+  /* The first max(delays) = 1 steps return nothing. */
+  g_assert_cmpint (a[0], ==, -1);
+  g_assert_cmpint (a[9], >=, 0);
+  g_free (a);
+  g_free (b);
+  g_free (c);
+  g_free (user);
+  lm_model_unref (m);
+}
+
+/* A bad user code is refused and changes nothing: the run continues as if
+ * the bad step had not been attempted. */
+static void
+test_bad_input (void)
+{
+  LmConfig cfg;
+  LmModel *m = load_tiny (MOSHI_WEIGHTS_F32, &cfg);
+  int steps;
+  int *user = user_codes (&steps);
+  int *ref = g_new (int, steps * 9), *got = g_new (int, steps * 9);
+  LmGenParams p;
+  lm_gen_params_default (&p, &cfg);
+  p.use_sampling = FALSE;
+  LmGen *g = lm_gen_new (m, &p, NULL);
+  run (g, user, steps, ref);
+  lm_gen_reset (g);
+  int bad[8] = { 0, 1, 2, 64, 4, 5, 6, 7 };
+  GError *err = NULL;
+  for (int s = 0; s < steps; s++) {
+    if (s == 5) {
+      int out[9];
+      g_assert_cmpint (lm_gen_step (g, bad, out, NULL, &err), ==, -1);
+      g_assert_error (err, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT);
+      g_assert_nonnull (strstr (err->message, "codebook 3"));
+      g_clear_error (&err);
+    }
+    int r = lm_gen_step (g, user + s * 8, got + s * 9, NULL, NULL);
+    if (r == 0)
+      for (int k = 0; k < 9; k++)
+        got[s * 9 + k] = -1;
+  }
+  g_assert_cmpmem (ref, sizeof (int) * steps * 9, got,
+      sizeof (int) * steps * 9);
+  lm_gen_free (g);
+  g_free (ref);
+  g_free (got);
+  g_free (user);
+  lm_model_unref (m);
+}
+
+/* Reduced precision keeps the greedy run mostly on the float32 track. */
+static void
+test_quantized (gconstpointer data)
+{
+  MoshiWeightType w = GPOINTER_TO_INT (data);
+  LmConfig cfg;
+  LmModel *m32 = load_tiny (MOSHI_WEIGHTS_F32, &cfg);
+  LmModel *mq = load_tiny (w, &cfg);
+  int steps;
+  int *user = user_codes (&steps);
+  LmGenParams p;
+  lm_gen_params_default (&p, &cfg);
+  p.use_sampling = FALSE;
+  LmGen *g32 = lm_gen_new (m32, &p, NULL), *gq = lm_gen_new (mq, &p, NULL);
+  float l32[100], lq[100];
+  double err = 0, peak = 0;
+  /* Same inputs each step (teacher forcing on the f32 tokens is implicit:
+   * compare the first step's logits, where inputs are identical). */
+  LmGenTrace t32 = { .text_logits = l32 }, tq = { .text_logits = lq };
+  int o[9];
+  lm_gen_step (g32, user, o, &t32, NULL);
+  lm_gen_step (gq, user, o, &tq, NULL);
+  for (int i = 0; i < 100; i++) {
+    err = MAX (err, fabs (l32[i] - lq[i]));
+    peak = MAX (peak, fabs (l32[i]));
+  }
+  g_test_message ("%s: first-step text logits max err %.3g (peak %.3g)",
+      moshi_weight_type_name (w), err, peak);
+  g_assert_cmpfloat (err, <=, (w == MOSHI_WEIGHTS_BF16 ? 0.02 : 0.08) * peak);
+  g_assert_cmpfloat (err, >, 0.0);
+  lm_gen_free (g32);
+  lm_gen_free (gq);
+  g_free (user);
+  lm_model_unref (m32);
+  lm_model_unref (mq);
+}
+
+/* Writes lm-tiny's config with `from` replaced by `to` and expects an
+ * error mentioning `expect`. */
+static void
+expect_config_error (const char *from, const char *to, const char *expect)
+{
+  gchar *src = case_path ("config.json"), *text = NULL;
+  g_assert_true (g_file_get_contents (src, &text, NULL, NULL));
+  g_assert_nonnull (strstr (text, from));
+  GString *s = g_string_new (text);
+  g_string_replace (s, from, to, 1);
+  gchar *path = NULL;
+  int fd = g_file_open_tmp ("lm-config-XXXXXX.json", &path, NULL);
+  g_assert_cmpint (fd, >=, 0);
+  close (fd);
+  g_assert_true (g_file_set_contents (path, s->str, -1, NULL));
+  LmConfig cfg;
+  GError *err = NULL;
+  g_assert_false (lm_config_load_json (&cfg, path, &err));
+  g_assert_nonnull (err);
+  if (!strstr (err->message, expect))
+    g_error ("'%s' does not mention '%s'", err->message, expect);
+  g_clear_error (&err);
+  g_unlink (path);
+  g_free (path);
+  g_string_free (s, TRUE);
+  g_free (text);
+  g_free (src);
+}
+
+static void
+test_config_errors (void)
+{
+  expect_config_error ("\"dim\": 64", "\"dim\": 64, \"dimm\": 3",
+      "unknown key \"dimm\"");
+  expect_config_error ("\"n_q\": 16", "\"n_q\": 15", "delays");
+  expect_config_error ("\"norm\": \"rms_norm_f32\"", "\"norm\": \"batch_norm\"",
+      "norm");
+  expect_config_error ("\"num_heads\": 4", "\"num_heads\": 5", "heads");
+  expect_config_error ("\"dep_q\": 8", "\"dep_q\": 17", "dep_q");
+  expect_config_error ("\"card\": 64", "\"card\": \"64\"", "card");
+  expect_config_error ("\"dim\": 64",
+      "\"dim\": 64, \"fuser\": {\"sum\": [\"x\"]}", "fuser");
+  expect_config_error ("\"dim\": 64", "\"dim\": 64, \"layer_scale\": 0.1",
+      "layer_scale");
+  expect_config_error ("{", "[", "JSON");
+}
+
+/* Copies lm-tiny's checkpoint, dropping `skip` or growing the first dim of
+ * `grow`, and expects loading to name that tensor. */
+static void
+expect_checkpoint_error (const char *skip, const char *grow, int code)
+{
+  gchar *src = case_path ("model.safetensors");
+  StFile *f = st_open (src, NULL);
+  g_assert_nonnull (f);
+  GString *hdr = g_string_new ("{");
+  GByteArray *data = g_byte_array_new ();
+  for (size_t i = 0; i < st_count (f); i++) {
+    const StTensor *t = st_index (f, i);
+    if (skip && !strcmp (t->name, skip))
+      continue;
+    gboolean g = grow && !strcmp (t->name, grow);
+    size_t nbytes = t->nbytes + (g ? t->nbytes / t->shape[0] : 0);
+    g_string_append_printf (hdr, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[",
+        hdr->len > 1 ? "," : "", t->name);
+    for (int d = 0; d < t->ndim; d++)
+      g_string_append_printf (hdr, "%s%" G_GINT64_FORMAT, d ? "," : "",
+          t->shape[d] + (g && d == 0));
+    g_string_append_printf (hdr, "],\"data_offsets\":[%u,%zu]}", data->len,
+        data->len + nbytes);
+    g_byte_array_append (data, t->data, t->nbytes);
+    for (size_t j = t->nbytes; j < nbytes; j++)
+      g_byte_array_append (data, (const guint8 *) "", 1);
+  }
+  g_string_append (hdr, "}");
+  gchar *path = NULL;
+  int fd = g_file_open_tmp ("lm-ckpt-XXXXXX.safetensors", &path, NULL);
+  FILE *fp = fdopen (fd, "wb");
+  guint64 n = hdr->len;
+  fwrite (&n, 8, 1, fp);
+  fwrite (hdr->str, 1, hdr->len, fp);
+  fwrite (data->data, 1, data->len, fp);
+  fclose (fp);
+  LmConfig cfg;
+  gchar *cp = case_path ("config.json");
+  g_assert_true (lm_config_load_json (&cfg, cp, NULL));
+  GError *err = NULL;
+  g_assert_null (lm_model_load (path, &cfg, MOSHI_WEIGHTS_F32, &err));
+  g_assert_error (err, MOSHI_MODEL_ERROR, code);
+  g_assert_nonnull (strstr (err->message, skip ? skip : grow));
+  g_clear_error (&err);
+  g_unlink (path);
+  g_free (path);
+  g_free (cp);
+  g_string_free (hdr, TRUE);
+  g_byte_array_unref (data);
+  st_unref (f);
+  g_free (src);
+}
+
+static void
+test_checkpoint_errors (void)
+{
+  expect_checkpoint_error ("depformer.layers.1.gating.5.linear_out.weight",
+      NULL, MOSHI_MODEL_ERROR_MISSING);
+  expect_checkpoint_error ("emb.15.weight", NULL, MOSHI_MODEL_ERROR_MISSING);
+  expect_checkpoint_error (NULL, "depformer.layers.0.self_attn.in_proj_weight",
+      MOSHI_MODEL_ERROR_SHAPE);
+  expect_checkpoint_error (NULL, "text_linear.weight", MOSHI_MODEL_ERROR_SHAPE);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/lm/reset-and-seed", test_reset_and_seed);
+  g_test_add_func ("/lm/bad-input", test_bad_input);
+  g_test_add_data_func ("/lm/bf16", GINT_TO_POINTER (MOSHI_WEIGHTS_BF16),
+      test_quantized);
+  g_test_add_data_func ("/lm/q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8),
+      test_quantized);
+  g_test_add_func ("/lm/config-errors", test_config_errors);
+  g_test_add_func ("/lm/checkpoint-errors", test_checkpoint_errors);
+  return g_test_run ();
+}

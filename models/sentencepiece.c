@@ -28,6 +28,9 @@
  *    produced yet a leading U+2581 is dropped (undoing add_dummy_prefix);
  *  - consecutive BYTE pieces "<0xNN>" are joined and decoded as UTF-8, each
  *    byte that does not start a well-formed character giving U+FFFD.
+ * One deliberate difference: <0x00> decodes to nothing instead of U+0000, so
+ * that the text is always a NUL-free C string; everything else is the same
+ * as SentencePiece's text with its NULs removed.
  * A denormalizer_spec (ModelProto field 5, only present when a model was
  * trained with a custom decoding rule) is ignored. */
 #include "sentencepiece.h"
@@ -147,8 +150,8 @@ enum {
 static const char *
 wire_type_name (int wt)
 {
-  static const char *const names[] = { "varint", "fixed64",
-    "length-delimited", "start-group", "end-group", "fixed32" };
+  static const char *const names[] = { "varint", "fixed64", "length-delimited",
+    "start-group", "end-group", "fixed32" };
   return wt >= 0 && wt < (int) G_N_ELEMENTS (names) ? names[wt] : "invalid";
 }
 
@@ -181,7 +184,7 @@ pb_varint (PbReader *r, guint64 *out)
 {
   const guint8 *start = r->p;
   guint64 v = 0;
-  for (int i = 0; i < 10; i++) {
+  for (int i = 0;; i++) {
     if (r->p == r->end)
       return pb_fail (r, start, "truncated varint");
     guint8 b = *r->p++;
@@ -196,7 +199,6 @@ pb_varint (PbReader *r, guint64 *out)
       return TRUE;
     }
   }
-  g_assert_not_reached ();
 }
 
 /* Reads a tag; *at is set to where it starts, for later messages. */
@@ -253,8 +255,8 @@ pb_skip (PbReader *r, guint32 field, int wt, const guint8 *tag_at)
   guint32 stack[PB_MAX_GROUP_DEPTH];
   int depth = 0;
   for (;;) {
-    PbReader sub;
-    guint64 v;
+    PbReader sub = { 0 };
+    guint64 v = 0;
     switch (wt) {
       case WT_VARINT:
         if (!pb_varint (r, &v))
@@ -302,13 +304,13 @@ pb_skip (PbReader *r, guint32 field, int wt, const guint8 *tag_at)
 }
 
 static gboolean
-pb_expect (PbReader *r, guint32 field, int wt, int expected,
-    const char *what, const guint8 *tag_at)
+pb_expect (PbReader *r, guint32 field, int wt, int expected, const char *what,
+    const guint8 *tag_at)
 {
   if (wt == expected)
     return TRUE;
-  return pb_fail (r, tag_at, "field %u (%s): wire type %s, expected %s",
-      field, what, wire_type_name (wt), wire_type_name (expected));
+  return pb_fail (r, tag_at, "field %u (%s): wire type %s, expected %s", field,
+      what, wire_type_name (wt), wire_type_name (expected));
 }
 
 /* ---- ModelProto -------------------------------------------------------- */
@@ -340,11 +342,11 @@ parse_piece (PbReader *r, Parsed *ps)
   if (index >= SP_MAX_VOCAB)
     return pb_fail (r, r->p, "more than %d pieces", SP_MAX_VOCAB);
   while (r->p < r->end) {
-    guint32 field;
-    int wt;
+    guint32 field = 0;
+    int wt = 0;
     const guint8 *at;
-    PbReader sub;
-    guint64 v;
+    PbReader sub = { 0 };
+    guint64 v = 0;
     if (!pb_tag (r, &field, &wt, &at))
       return FALSE;
     switch (field) {
@@ -412,10 +414,10 @@ static gboolean
 parse_trainer_spec (PbReader *r, Parsed *ps)
 {
   while (r->p < r->end) {
-    guint32 field;
-    int wt;
+    guint32 field = 0;
+    int wt = 0;
     const guint8 *at;
-    PbReader sub;
+    PbReader sub = { 0 };
     gboolean ok;
     if (!pb_tag (r, &field, &wt, &at))
       return FALSE;
@@ -459,8 +461,8 @@ static gboolean
 parse_normalizer_spec (PbReader *r, Parsed *ps)
 {
   while (r->p < r->end) {
-    guint32 field;
-    int wt;
+    guint32 field = 0;
+    int wt = 0;
     const guint8 *at;
     gboolean ok;
     if (!pb_tag (r, &field, &wt, &at))
@@ -483,10 +485,10 @@ static gboolean
 parse_model_proto (PbReader *r, Parsed *ps)
 {
   while (r->p < r->end) {
-    guint32 field;
-    int wt;
+    guint32 field = 0;
+    int wt = 0;
     const guint8 *at;
-    PbReader sub;
+    PbReader sub = { 0 };
     gboolean ok;
     if (!pb_tag (r, &field, &wt, &at))
       return FALSE;
@@ -559,15 +561,14 @@ check_vocab (PbReader *r, const Parsed *ps)
     if (rp[i].type == SP_PIECE_UNKNOWN) {
       if (unk >= 0)
         return pb_fail (r, rp[i].at,
-            "piece %d: second piece of type UNKNOWN (piece %d is one)", i,
-            unk);
+            "piece %d: second piece of type UNKNOWN (piece %d is one)", i, unk);
       unk = i;
     } else if (rp[i].type == SP_PIECE_BYTE) {
       int b = byte_piece_value (rp[i].text, rp[i].len);
       if (b < 0) {
         char *q = quote_piece (rp[i].text, rp[i].len);
-        pb_fail (r, rp[i].at, "piece %d: byte piece %s is not of the form <0xNN>",
-            i, q);
+        pb_fail (r, rp[i].at,
+            "piece %d: byte piece %s is not of the form <0xNN>", i, q);
         g_free (q);
         return FALSE;
       }
@@ -615,17 +616,17 @@ static void
 build_model (SpModel *m, const Parsed *ps)
 {
   const RawPiece *rp = (const RawPiece *) ps->pieces->data;
-  int n = (int) ps->pieces->len;
+  guint n = ps->pieces->len; /* 1 .. SP_MAX_VOCAB */
   /* Each piece twice (raw and surface; the surface is never longer) plus
    * NULs. */
   gsize total = 0;
-  for (int i = 0; i < n; i++)
+  for (guint i = 0; i < n; i++)
     total += 2 * (rp[i].len + 1);
   m->strings = g_malloc (total);
   m->pieces = g_new0 (SpPiece, n);
-  m->n = n;
+  m->n = (int) n;
   char *w = m->strings;
-  for (int i = 0; i < n; i++) {
+  for (guint i = 0; i < n; i++) {
     SpPiece *p = &m->pieces[i];
     const char *src = (const char *) rp[i].text;
     gsize len = rp[i].len;
@@ -652,17 +653,17 @@ build_model (SpModel *m, const Parsed *ps)
       p->byte = (guint8) byte_piece_value (rp[i].text, len);
   }
   if (ps->unk_surface) {
-    m->unk_surface = g_strndup ((const char *) ps->unk_surface,
-        ps->unk_surface_len);
+    m->unk_surface =
+        g_strndup ((const char *) ps->unk_surface, ps->unk_surface_len);
     m->unk_surface_len = ps->unk_surface_len;
   } else {
     m->unk_surface = g_strdup (DEFAULT_UNK_SURFACE);
     m->unk_surface_len = strlen (DEFAULT_UNK_SURFACE);
   }
-  m->unk_id = ps->unk_id >= 0 && ps->unk_id < n ? ps->unk_id : -1;
-  m->bos_id = ps->bos_id >= 0 && ps->bos_id < n ? ps->bos_id : -1;
-  m->eos_id = ps->eos_id >= 0 && ps->eos_id < n ? ps->eos_id : -1;
-  m->pad_id = ps->pad_id >= 0 && ps->pad_id < n ? ps->pad_id : -1;
+  m->unk_id = ps->unk_id >= 0 && ps->unk_id < m->n ? ps->unk_id : -1;
+  m->bos_id = ps->bos_id >= 0 && ps->bos_id < m->n ? ps->bos_id : -1;
+  m->eos_id = ps->eos_id >= 0 && ps->eos_id < m->n ? ps->eos_id : -1;
+  m->pad_id = ps->pad_id >= 0 && ps->pad_id < m->n ? ps->pad_id : -1;
   m->add_dummy_prefix = ps->add_dummy_prefix;
   m->remove_extra_whitespaces = ps->remove_extra_whitespaces;
 }
@@ -683,9 +684,11 @@ sp_model_load_from_data (const guint8 *data, gsize len,
   static const guint8 empty[1];
   if (!data)
     data = empty;
-  PbReader r = {
-    .base = data, .p = data, .end = data + len, .name = name, .error = error
-  };
+  PbReader r = { .base = data,
+    .p = data,
+    .end = data + len,
+    .name = name,
+    .error = error };
   Parsed ps = {
     .pieces = g_array_new (FALSE, FALSE, sizeof (RawPiece)),
     .unk_id = 0,
@@ -716,9 +719,10 @@ sp_model_load (const char *path, GError **error)
     g_error_free (ferr);
     return NULL;
   }
-  SpModel *m = sp_model_load_from_data (
-      (const guint8 *) g_mapped_file_get_contents (map),
-      g_mapped_file_get_length (map), path, error);
+  SpModel *m =
+      sp_model_load_from_data ((const guint8 *) g_mapped_file_get_contents (
+                                   map),
+          g_mapped_file_get_length (map), path, error);
   g_mapped_file_unref (map);
   return m;
 }
@@ -797,7 +801,11 @@ emit_bytes (GString *out, SpDecodeState *s, gboolean final)
     if (st == UTF8_INCOMPLETE && !final)
       break;
     if (st == UTF8_VALID) {
-      g_string_append_len (out, (const char *) s->pending + off, (gssize) len);
+      /* <0x00> is dropped so that the text stays a C string; it still
+       * counts as text for the leading-space rule below. */
+      if (s->pending[off] != 0)
+        g_string_append_len (out, (const char *) s->pending + off,
+            (gssize) len);
       off += len;
     } else {
       g_string_append (out, REPLACEMENT_CHAR);

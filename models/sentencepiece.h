@@ -68,9 +68,12 @@ void sp_decode_state_init (SpDecodeState *state);
  *  - CONTROL (<s>, </s>, <pad>): nothing;
  *  - UNKNOWN: TrainerSpec.unk_surface, by default " \u2047 " (" ⁇ ");
  *  - NORMAL, USER_DEFINED, UNUSED: the piece with U+2581 turned into ' ',
- *    minus a leading U+2581 while state->at_start;
+ *    minus a leading U+2581 while state->at_start (unless the model's
+ *    NormalizerSpec turns off both add_dummy_prefix and
+ *    remove_extra_whitespaces);
  *  - BYTE "<0xNN>": collected until they form a UTF-8 character; a byte that
- *    cannot start one becomes U+FFFD.
+ *    cannot start one becomes U+FFFD.  <0x00> gives nothing (SentencePiece
+ *    gives U+0000) so that the text never contains NUL.
  * Ids outside [0, vocab) are ignored (no output, state unchanged) and return
  * FALSE; SentencePiece rejects the whole sequence instead, but a live stream
  * is better served by carrying on.  Note that Moshi's text stream also

@@ -10,11 +10,13 @@
 #include <glib.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lm.h"
 #include "mimi.h"
 #include "safetensors.h"
+#include "sentencepiece.h"
 
 /* Tolerances (see each case's README): intermediate activations are allowed
  * ~50x the float32-vs-float64 gap Kyutai's code itself shows; decoded audio
@@ -488,6 +490,74 @@ max_err_f32 (const float *a, const float *b, size_t n, double *peak)
  * logits and the transformer output within TOL_LM_LOGITS. */
 #define TOL_LM_LOGITS 1e-4
 
+/* Tokenizer: the case README lists examples as  - `'text'` -> `[ids]`; each
+ * id list must decode to its text exactly, whole and piece by piece. */
+static void
+run_tokenizer_checks (const char *dir, const char *name)
+{
+  gchar *model_path = g_build_filename (dir, "tokenizer.model", NULL);
+  gchar *readme_path = g_build_filename (dir, "README.md", NULL);
+  gchar *readme = NULL;
+  GError *err = NULL;
+  SpModel *sp = NULL;
+  if (!g_file_test (model_path, G_FILE_TEST_EXISTS))
+    goto out;
+  sp = sp_model_load (model_path, &err);
+  if (!sp) {
+    report (FALSE, name, "tokenizer load", "%s", err->message);
+    goto out;
+  }
+  int examples = 0, bad = 0;
+  if (g_file_get_contents (readme_path, &readme, NULL, NULL)) {
+    GRegex *re = g_regex_new ("^- `?'(.*)'`? -> `?\\[([0-9, ]*)\\]`?\\s*$",
+        G_REGEX_MULTILINE, 0, NULL);
+    GMatchInfo *mi = NULL;
+    g_regex_match (re, readme, 0, &mi);
+    while (g_match_info_matches (mi)) {
+      gchar *text = g_match_info_fetch (mi, 1);
+      gchar *list = g_match_info_fetch (mi, 2);
+      gchar **parts = g_strsplit (list, ",", -1);
+      int n = 0, ids[512];
+      for (int i = 0; parts[i] && n < 512; i++)
+        if (*g_strstrip (parts[i]))
+          ids[n++] = atoi (parts[i]);
+      char *whole = sp_decode_ids (sp, ids, n);
+      GString *piecewise = g_string_new ("");
+      SpDecodeState st;
+      sp_decode_state_init (&st);
+      for (int i = 0; i < n; i++)
+        sp_decode_piece (sp, ids[i], piecewise, &st);
+      sp_decode_flush (sp, piecewise, &st);
+      if (strcmp (whole, text) || strcmp (piecewise->str, text)) {
+        bad++;
+        printf ("  '%s' decoded as '%s' / '%s'\n", text, whole, piecewise->str);
+      }
+      examples++;
+      g_free (whole);
+      g_string_free (piecewise, TRUE);
+      g_strfreev (parts);
+      g_free (text);
+      g_free (list);
+      g_match_info_next (mi, NULL);
+    }
+    g_match_info_free (mi);
+    g_regex_unref (re);
+  }
+  if (examples)
+    report (bad == 0, name, "tokenizer decode",
+        "%d of %d README examples differ", bad, examples);
+  else
+    report (TRUE, name, "tokenizer load", "%s (%d pieces; no README examples)",
+        model_path, sp_model_vocab_size (sp));
+out:
+  g_clear_error (&err);
+  if (sp)
+    sp_model_free (sp);
+  g_free (readme);
+  g_free (model_path);
+  g_free (readme_path);
+}
+
 static void
 run_lm_case (const char *dir, const char *name)
 {
@@ -505,6 +575,7 @@ run_lm_case (const char *dir, const char *name)
     report (FALSE, name, "load", "%s", err->message);
     goto out;
   }
+  run_tokenizer_checks (dir, name);
   report (TRUE, name, "load", "%s (%.0f k parameters' worth of weights)",
       model_path, lm_model_weight_bytes (m) / 4e3);
   r.vec = st_open (vec_path, &err);

@@ -133,6 +133,10 @@ static const char *const ignored_keys[] = {
   "mimi_name",
   "tokenizer_name",
   "lora_name",
+  "lora_rank",
+  "lora_scaling",
+  "mimi_config_name",
+  "tts_config",
   "model_id",
   "model_type",
   "stt_config",
@@ -149,6 +153,9 @@ static const char *const ignored_keys[] = {
 /* Keys of features this implementation does not have: an error unless
  * null / empty, so a model that needs them is never run wrongly. */
 static const char *const unsupported_keys[] = {
+  /* LoRA adapters (lora_name) are not applied yet: refuse rather than run
+   * the base model while the user expects their fine-tune. */
+  "lora",
   "conditioners",
   "fuser",
   "cross_attention",

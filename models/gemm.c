@@ -65,18 +65,6 @@ bf16_to_f32 (uint16_t h)
   return f;
 }
 
-/* Smallest bf16 >= f for finite f >= 0, so that a Q4 scale rounded to bf16
- * never makes max|w| / scale exceed 7 (no clipping). */
-static uint16_t
-f32_to_bf16_up (float f)
-{
-  uint32_t u;
-  memcpy (&u, &f, 4);
-  if (u & 0xffff)
-    u += 0x10000;
-  return (uint16_t) (u >> 16);
-}
-
 static inline gboolean
 is_quantized (MoshiWeightType t)
 {
@@ -177,10 +165,11 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
           float amax = 0.0f;
           for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
             amax = MAX (amax, fabsf (B_AT (k, n)));
-          /* Quantizing against the stored (rounded-up) scale, not amax / 7,
-           * makes the bf16 rounding of the scale cost nothing but a grid
-           * at most 2^-7 coarser. */
-          const uint16_t sb = f32_to_bf16_up (amax / 7.0f);
+          /* Quantizing against the stored bf16 scale, not amax / 7, leaves
+           * the rms error as with float32 scales (measured); values that
+           * overshoot 7 by the scale's rounding (<= 2^-8) clip by less
+           * than that fraction of amax. */
+          const uint16_t sb = f32_to_bf16 (amax / 7.0f);
           const float scale = bf16_to_f32 (sb);
           const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
           p->scales_bf16[((size_t) pn * (KP / QB) + kb) * NR + j] = sb;
@@ -527,6 +516,11 @@ bf16x16_to_ps (const uint16_t *p)
  * per row and block, instead of a per-column colsum that would add 0.125
  * byte per weight of memory traffic.  It is the accumulators' initial
  * value; the high half's factor 16 goes into its scales. */
+/* Q4 weights are consumed fast enough that one thread's DRAM stream, not
+ * the kernel, is the limit: asking for the line 4 KB (8 blocks; the panels
+ * are contiguous) ahead into L2 measured ~20 % faster on 2 x 4096 x 11264
+ * with the weights out of cache (prefetches never fault past the end). */
+#define Q4_PREFETCH 4096
 #define DEFINE_TILE_VNNI_Q4(MR)                                               \
   __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void        \
       tile_vnni_q4_##MR (const uint8_t *QA, int ldq, const float *SA,         \
@@ -552,6 +546,8 @@ bf16x16_to_ps (const uint16_t *p)
       const uint8_t *bb = Bp + (size_t) kb * QB * (NR / 2);                   \
       for (int g = 0; g < QB / 4; g++) {                                      \
         __m512i x = _mm512_load_si512 ((const void *) (bb + g * 2 * NR));     \
+        _mm_prefetch ((const char *) bb + Q4_PREFETCH + g * 2 * NR,           \
+            _MM_HINT_T1);                                                     \
         __m512i b0 = _mm512_and_si512 (x, lo_mask);                           \
         __m512i b1 = _mm512_and_si512 (x, hi_mask);                           \
         for (int i = 0; i < MR; i++) {                                        \

@@ -13,8 +13,8 @@ typedef enum {
   MOSHI_WEIGHTS_F32 = 0, /* exact */
   MOSHI_WEIGHTS_BF16, /* bfloat16, round to nearest even */
   MOSHI_WEIGHTS_Q8, /* int8, one scale per 32 inputs x 1 output */
-  /* 4-bit, symmetric: q in [-7, 7], one bf16 scale = max|w| / 7 (rounded
-   * up) per 32 inputs x 1 output */
+  /* 4-bit, symmetric: q in [-7, 7], one bf16 scale = max|w| / 7 per 32
+   * inputs x 1 output */
   MOSHI_WEIGHTS_Q4,
 } MoshiWeightType;
 

@@ -14,8 +14,11 @@ const char *weights_name (char buf[256], const char *fmt, ...)
     G_GNUC_PRINTF (2, 3);
 
 /* Loads `name` (any float dtype) as a new float32 buffer after checking its
- * shape (dims < 0 are wildcards).  Returns NULL with error when missing, of
- * the wrong shape or dtype, or on allocation failure.  Free with moshi_free. */
+ * shape (dims < 0 are wildcards).  An I8 `name` is taken as bitsandbytes
+ * int8 with a per-row scale `name`_scb (Kyutai's "-q8" checkpoints) and
+ * dequantized to q * scb / 127.  Returns NULL with error when missing (or
+ * missing its scale), of the wrong shape or dtype, or on allocation
+ * failure.  Free with moshi_free. */
 float *weights_load (const StFile *f, const char *name, int ndim,
     const int64_t *shape, GError **error);
 /* Same, for an optional tensor: returns NULL without error when absent. */

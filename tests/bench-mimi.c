@@ -82,7 +82,7 @@ main (int argc, char **argv)
         "mimidec does",
         NULL },
     { "weights", 'w', 0, G_OPTION_ARG_STRING, &weights_name,
-        "Weight storage: f32 (default), bf16, q8", "TYPE" },
+        "Weight storage: f32 (default), bf16, q8, q4", "TYPE" },
     { NULL } };
   GError *err = NULL;
   GOptionContext *ctx = g_option_context_new ("- Mimi streaming benchmark");
@@ -95,7 +95,7 @@ main (int argc, char **argv)
 
   MoshiWeightType weights;
   if (!moshi_weight_type_from_string (weights_name, &weights)) {
-    fprintf (stderr, "unknown --weights %s (use f32, bf16 or q8)\n",
+    fprintf (stderr, "unknown --weights %s (use f32, bf16, q8 or q4)\n",
         weights_name);
     return 2;
   }

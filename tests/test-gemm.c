@@ -16,6 +16,34 @@ frand (guint32 *s)
   return ((*s >> 8) & 0xFFFF) / 32768.0f - 1.0f;
 }
 
+static gboolean
+is_quantized (MoshiWeightType type)
+{
+  return type == MOSHI_WEIGHTS_Q8 || type == MOSHI_WEIGHTS_Q4;
+}
+
+/* Largest rounding error of one stored weight, as a fraction of the largest
+ * |w| of its 32-block: half a quantization step.  Q8: scale = amax / 127.
+ * Q4: scale = amax / 7 rounded to bf16 (up to 2^-8 off; a weight clipped
+ * to 7 because the scale rounded down is off by at most 2^-8 amax).  The
+ * 1e-6 covers float rounding of w / scale and q * scale. */
+static double
+weight_step_fraction (MoshiWeightType type)
+{
+  return (type == MOSHI_WEIGHTS_Q8 ? 0.5 / 127.0 : 0.5 / 7.0 * (1.0 + 0x1p-8))
+      + 1e-6;
+}
+
+/* max |x[i * stride]| over the 32-block of k (blocks start at k = 0). */
+static double
+block_amax (const float *x, size_t stride, int K, int k)
+{
+  double amax = 0.0;
+  for (int i = k / 32 * 32; i < MIN (K, k / 32 * 32 + 32); i++)
+    amax = MAX (amax, fabs (x[(size_t) i * stride]));
+  return amax;
+}
+
 /* Checks C = bias + A*B (+ C0) for one shape; A rows overlap when
  * lda < K, as conv windows do. */
 static void
@@ -42,11 +70,22 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda,
   /* B is [K][N] row-major, or [N][K] when transposed. */
   g_assert_true (moshi_packed_init_typed (&P, B, K, N, transposed ? K : N,
       transposed, type));
-  for (int k = 0; k < K; k += MAX (1, K / 5))
-    for (int n = 0; n < N; n += MAX (1, N / 5)) {
-      float want = transposed ? B[(size_t) n * K + k] : B[(size_t) k * N + n];
-      float tol = type == MOSHI_WEIGHTS_F32 ? 0.0f : 0.01f;
-      g_assert_cmpfloat (fabsf (moshi_packed_get (&P, k, n) - want), <=, tol);
+  /* B column n as a strided vector, and the stored weights, dequantized. */
+#define B_COL(n) (transposed ? B + (size_t) (n) *K : B + (n))
+  const size_t b_stride = transposed ? 1 : (size_t) N;
+  double *W = g_new (double, (size_t) K *N);
+  for (int k = 0; k < K; k++)
+    for (int n = 0; n < N; n++) {
+      float want = B_COL (n)[(size_t) k * b_stride];
+      float got = moshi_packed_get (&P, k, n);
+      W[(size_t) k * N + n] = got;
+      double tol = type == MOSHI_WEIGHTS_F32 ? 0.0
+          : type == MOSHI_WEIGHTS_BF16       ? 0x1p-8 * fabsf (want)
+                                             : weight_step_fraction (type)
+              * block_amax (B_COL (n), b_stride, K, k);
+      if (fabs ((double) got - want) > tol)
+        g_error ("%s: weight (%d, %d) = %g stored as %g (tolerance %g)",
+            moshi_weight_type_name (type), k, n, want, got, tol);
     }
 
   MoshiPool *pool = moshi_pool_new (threads);
@@ -54,35 +93,59 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda,
       C, N);
   moshi_pool_free (pool);
 
-  /* Error bound: exact arithmetic on the stored (possibly rounded) weights
-   * differs from float32 sums by ~K ulp; rounded weights differ from B by
-   * up to 2^-8 relative (bf16) or half a quantization step (q8). */
-  double max_err = 0.0, max_allowed = 0.0;
+  /* Error bounds.  Float32 sums differ from exact ones by ~K ulp (the 1e-6
+   * relative terms).  bf16 weights differ from B by up to 2^-8 relative.
+   * Quantized weights differ by up to e_w = step fraction x block amax of w
+   * (1/14 of it for q4); with VNNI the activations are rounded as well, by
+   * up to e_a = block amax of a / 254.  Then
+   *   |C - A B|  <= sum_k |a| e_w + |w| e_a + e_w e_a   (vs the float B)
+   *   |C - A W|  <= sum_k |w_stored| e_a                (vs stored weights)
+   * The first is the worst case of 4-bit rounding and grows like K while
+   * real errors grow like sqrt(K), so the second, tight check is what
+   * catches a kernel that reads the wrong weight. */
+  const gboolean vnni = is_quantized (type) && moshi_cpu_has_avx512_vnni ();
+  double max_err = 0.0, max_err_stored = 0.0;
   for (int m = 0; m < M; m++)
     for (int n = 0; n < N; n++) {
-      double ref = 0.0, mag = 0.0;
+      const float *a_row = A + (size_t) m * lda;
+      double ref = 0.0, ref_stored = 0.0, mag = 0.0, bound_q = 0.0;
+      double bound_stored = 0.0;
       for (int k = 0; k < K; k++) {
-        double w = transposed ? B[(size_t) n * K + k] : B[(size_t) k * N + n];
-        double a = A[(size_t) m * lda + k];
+        double w = B_COL (n)[(size_t) k * b_stride];
+        double ws = W[(size_t) k * N + n];
+        double a = a_row[k];
         ref += a * w;
+        ref_stored += a * ws;
         mag += fabs (a * w);
+        if (is_quantized (type)) {
+          double e_w = weight_step_fraction (type)
+              * block_amax (B_COL (n), b_stride, K, k);
+          double e_a = vnni ? block_amax (a_row, 1, K, k) / 254.0 : 0.0;
+          bound_q += fabs (a) * e_w + fabs (w) * e_a + e_w * e_a;
+          bound_stored += fabs (ws) * e_a;
+        }
       }
-      if (with_bias)
-        ref += bias[n];
-      if (accumulate)
-        ref += C0[(size_t) m * N + n];
-      double rel = type == MOSHI_WEIGHTS_F32 ? 1e-6
-          : type == MOSHI_WEIGHTS_BF16       ? 4e-3
-                                             : 8e-3;
-      double allowed = rel * (mag + 1.0) + 1e-6;
-      double err = fabs (C[(size_t) m * N + n] - ref);
-      max_err = MAX (max_err, err / allowed);
-      max_allowed = MAX (max_allowed, allowed);
+      double extra = (with_bias ? bias[n] : 0.0)
+          + (accumulate ? C0[(size_t) m * N + n] : 0.0);
+      ref += extra;
+      ref_stored += extra;
+      double allowed = type == MOSHI_WEIGHTS_F32 ? 1e-6 * (mag + 1.0) + 1e-6
+          : type == MOSHI_WEIGHTS_BF16           ? 4e-3 * (mag + 1.0) + 1e-6
+                                                 : bound_q + 1e-5 * (mag + 1.0);
+      double got = C[(size_t) m * N + n];
+      max_err = MAX (max_err, fabs (got - ref) / allowed);
+      if (is_quantized (type))
+        max_err_stored = MAX (max_err_stored,
+            fabs (got - ref_stored) / (bound_stored + 1e-5 * (mag + 1.0)));
     }
-  if (max_err > 1.0)
-    g_error ("gemm %s level %s M=%d N=%d K=%d lda=%d: error %.3g of allowed",
+  if (max_err > 1.0 || max_err_stored > 1.0)
+    g_error ("gemm %s level %s%s M=%d N=%d K=%d lda=%d: error %.3g of allowed "
+             "(%.3g against the stored weights)",
         moshi_weight_type_name (type),
-        moshi_cpu_level_name (moshi_cpu_level ()), M, N, K, lda, max_err);
+        moshi_cpu_level_name (moshi_cpu_level ()), vnni ? "+vnni" : "", M, N, K,
+        lda, max_err, max_err_stored);
+#undef B_COL
+  g_free (W);
   moshi_packed_clear (&P);
   g_free (A);
   g_free (B);
@@ -125,7 +188,8 @@ test_levels (gconstpointer data)
 }
 
 /* Splitting the work over threads only changes who computes each column,
- * never the summation order: results must be bit-identical. */
+ * never the summation order (activations are quantized once, before the
+ * split): results must be bit-identical, for every type and CPU level. */
 static void
 test_threads_identical (void)
 {
@@ -137,15 +201,24 @@ test_threads_identical (void)
     A[i] = frand (&seed);
   for (int i = 0; i < K * N; i++)
     B[i] = frand (&seed);
-  MoshiPackedB P;
-  g_assert_true (moshi_packed_init (&P, B, K, N, N, FALSE));
+  const MoshiWeightType types[] = { MOSHI_WEIGHTS_F32, MOSHI_WEIGHTS_BF16,
+    MOSHI_WEIGHTS_Q8, MOSHI_WEIGHTS_Q4 };
   MoshiPool *p1 = moshi_pool_new (1), *p2 = moshi_pool_new (2);
-  moshi_gemm_packed (p1, M, A, K, &P, NULL, FALSE, C1, N);
-  moshi_gemm_packed (p2, M, A, K, &P, NULL, FALSE, C2, N);
-  g_assert_cmpmem (C1, sizeof (float) * M * N, C2, sizeof (float) * M * N);
+  MoshiCpuLevel top = moshi_cpu_level ();
+  for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
+    moshi_cpu_set_level ((MoshiCpuLevel) level);
+    for (size_t t = 0; t < G_N_ELEMENTS (types); t++) {
+      MoshiPackedB P;
+      g_assert_true (moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
+      moshi_gemm_packed (p1, M, A, K, &P, NULL, FALSE, C1, N);
+      moshi_gemm_packed (p2, M, A, K, &P, NULL, FALSE, C2, N);
+      g_assert_cmpmem (C1, sizeof (float) * M * N, C2, sizeof (float) * M * N);
+      moshi_packed_clear (&P);
+    }
+  }
+  moshi_cpu_set_level (top);
   moshi_pool_free (p1);
   moshi_pool_free (p2);
-  moshi_packed_clear (&P);
   g_free (A);
   g_free (B);
   g_free (C1);
@@ -162,8 +235,88 @@ test_weight_type_names (void)
   g_assert_cmpint (t, ==, MOSHI_WEIGHTS_F32);
   g_assert_true (moshi_weight_type_from_string ("BF16", &t));
   g_assert_cmpint (t, ==, MOSHI_WEIGHTS_BF16);
+  g_assert_true (moshi_weight_type_from_string ("q4", &t));
+  g_assert_cmpint (t, ==, MOSHI_WEIGHTS_Q4);
   g_assert_false (moshi_weight_type_from_string ("q3", &t));
   g_assert_cmpstr (moshi_weight_type_name (MOSHI_WEIGHTS_Q8), ==, "q8");
+  g_assert_cmpstr (moshi_weight_type_name (MOSHI_WEIGHTS_Q4), ==, "q4");
+}
+
+/* Q4 stores half a byte per weight plus a 2-byte scale per 32: the sizes
+ * the memory-traffic argument relies on. */
+static void
+test_packed_bytes (void)
+{
+  float *B = g_new0 (float, 64 * 64);
+  const struct {
+    MoshiWeightType type;
+    size_t bytes;
+  } want[] = {
+    { MOSHI_WEIGHTS_F32, 4 * 4096 },
+    { MOSHI_WEIGHTS_BF16, 2 * 4096 },
+    { MOSHI_WEIGHTS_Q8, 4096 + 8 * 128 },
+    { MOSHI_WEIGHTS_Q4, 2048 + 2 * 128 },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (want); i++) {
+    MoshiPackedB P;
+    g_assert_true (
+        moshi_packed_init_typed (&P, B, 64, 64, 64, FALSE, want[i].type));
+    g_assert_cmpuint (moshi_packed_bytes (&P), ==, want[i].bytes);
+    moshi_packed_clear (&P);
+  }
+  g_free (B);
+}
+
+/* Weights that are exact multiples of a power-of-two scale (each block
+ * holds all of -7..7) survive Q4 exactly, and all-zero columns give zero
+ * scales without dividing by zero; then, at every level, the only error
+ * left is the activations' int8 rounding with VNNI. */
+static void
+test_q4_exact (void)
+{
+  const int M = 3, K = 64, N = 40;
+  float *A = g_new (float, (size_t) M *K), *B = g_new (float, (size_t) K *N);
+  float *C = g_new (float, (size_t) M *N);
+  guint32 seed = 7;
+  for (int i = 0; i < M * K; i++)
+    A[i] = frand (&seed);
+  for (int k = 0; k < K; k++)
+    for (int n = 0; n < N; n++)
+      B[(size_t) k * N + n] =
+          n % 8 == 5 ? 0.0f : ldexpf ((float) ((k + n) % 15 - 7), -(n % 4));
+  MoshiPackedB P;
+  g_assert_true (
+      moshi_packed_init_typed (&P, B, K, N, N, FALSE, MOSHI_WEIGHTS_Q4));
+  for (int k = 0; k < K; k++)
+    for (int n = 0; n < N; n++)
+      g_assert_cmpfloat (moshi_packed_get (&P, k, n), ==,
+          B[(size_t) k * N + n]);
+  MoshiCpuLevel top = moshi_cpu_level ();
+  for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
+    moshi_cpu_set_level ((MoshiCpuLevel) level);
+    const gboolean vnni = moshi_cpu_has_avx512_vnni ();
+    moshi_gemm_packed (NULL, M, A, K, &P, NULL, FALSE, C, N);
+    for (int m = 0; m < M; m++)
+      for (int n = 0; n < N; n++) {
+        double ref = 0.0, bound = 1e-5;
+        for (int k = 0; k < K; k++) {
+          double w = B[(size_t) k * N + n];
+          ref += (double) A[(size_t) m * K + k] * w;
+          bound += 1e-5 * fabs (w);
+          if (vnni)
+            bound +=
+                fabs (w) * block_amax (A + (size_t) m * K, 1, K, k) / 254.0;
+        }
+        g_assert_cmpfloat (fabs (C[(size_t) m * N + n] - ref), <=, bound);
+        if (n % 8 == 5)
+          g_assert_cmpfloat (C[(size_t) m * N + n], ==, 0.0f);
+      }
+  }
+  moshi_cpu_set_level (top);
+  moshi_packed_clear (&P);
+  g_free (A);
+  g_free (B);
+  g_free (C);
 }
 
 int
@@ -176,6 +329,10 @@ main (int argc, char **argv)
       test_levels);
   g_test_add_data_func ("/gemm/q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8),
       test_levels);
+  g_test_add_data_func ("/gemm/q4", GINT_TO_POINTER (MOSHI_WEIGHTS_Q4),
+      test_levels);
+  g_test_add_func ("/gemm/q4-exact", test_q4_exact);
+  g_test_add_func ("/gemm/packed-bytes", test_packed_bytes);
   g_test_add_func ("/gemm/threads-identical", test_threads_identical);
   g_test_add_func ("/gemm/weight-type-names", test_weight_type_names);
   return g_test_run ();

@@ -186,8 +186,15 @@ test_reduced_precision (gconstpointer data)
   double agree = (double) same / (r.frames * 8);
   g_test_message ("%s: decoded SNR %.1f dB, code agreement %.1f %%",
       moshi_weight_type_name (w), snr, 100 * agree);
-  g_assert_cmpfloat (snr, >=, w == MOSHI_WEIGHTS_BF16 ? 35.0 : 25.0);
-  g_assert_cmpfloat (agree, >=, 0.8);
+  /* bf16: 8 mantissa bits; q8: 7 bits + sign per 32-block; q4: 3 bits +
+   * sign per 32-block, a coarse approximation meant for speed. */
+  const double min_snr = w == MOSHI_WEIGHTS_BF16 ? 35.0
+      : w == MOSHI_WEIGHTS_Q8 ? 25.0 : 10.0;
+  g_assert_cmpfloat (snr, >=, min_snr);
+  /* q4 moves the encoder's latents enough to change most codes of this
+   * random-weight model (docs/models.md: q4 is for decoding and the LM). */
+  if (w != MOSHI_WEIGHTS_Q4)
+    g_assert_cmpfloat (agree, >=, 0.8);
   g_free (out);
   mimi_encoder_free (e);
   mimi_decoder_free (d);
@@ -319,6 +326,8 @@ main (int argc, char **argv)
   g_test_add_data_func ("/mimi/weights-bf16",
       GINT_TO_POINTER (MOSHI_WEIGHTS_BF16), test_reduced_precision);
   g_test_add_data_func ("/mimi/weights-q8", GINT_TO_POINTER (MOSHI_WEIGHTS_Q8),
+      test_reduced_precision);
+  g_test_add_data_func ("/mimi/weights-q4", GINT_TO_POINTER (MOSHI_WEIGHTS_Q4),
       test_reduced_precision);
   g_test_add_func ("/mimi/codebook-errors", test_codebook_errors);
   g_test_add_func ("/mimi/config-errors", test_config_errors);

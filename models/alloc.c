@@ -11,8 +11,8 @@
  * cache only occupies what a conversation has used so far. */
 #define HEADER 64
 #define MMAP_THRESHOLD (1u << 20)
-#define MAGIC_HEAP 0x6d6f736869686570ull    /* "moshihep" */
-#define MAGIC_MMAP 0x6d6f7368696d6d70ull    /* "moshimmp" */
+#define MAGIC_HEAP 0x6d6f736869686570ull /* "moshihep" */
+#define MAGIC_MMAP 0x6d6f7368696d6d70ull /* "moshimmp" */
 
 typedef struct {
   uint64_t magic;

@@ -20,8 +20,8 @@ embedding_load (LmEmbedding *e, const StFile *f, const char *prefix, int rows,
   e->dim = dim;
   e->width = low_rank > 0 ? low_rank : dim;
   int64_t shape[2] = { rows, e->width };
-  e->mapped = st_require (f, weights_name (name, "%s.weight", prefix), 2,
-      shape, error);
+  e->mapped =
+      st_require (f, weights_name (name, "%s.weight", prefix), 2, shape, error);
   if (!e->mapped)
     return FALSE;
   if (e->mapped->dtype != ST_F32 && e->mapped->dtype != ST_BF16
@@ -72,8 +72,8 @@ embedding_row (const LmEmbedding *e, int token, float *buf)
   p += 2 * off;
   for (int j = 0; j < e->width; j++) {
     uint16_t h = (uint16_t) (p[2 * j] | p[2 * j + 1] << 8);
-    buf[j] = e->mapped->dtype == ST_BF16 ? st_bf16_to_f32 (h)
-                                         : st_f16_to_f32 (h);
+    buf[j] =
+        e->mapped->dtype == ST_BF16 ? st_bf16_to_f32 (h) : st_f16_to_f32 (h);
   }
   return buf;
 }
@@ -316,8 +316,8 @@ lm_model_new_random (const LmConfig *cfg, uint64_t seed,
   moshi_linear_random (&m->text_linear, &s, c->dim, c->text_card, weights);
   if (c->dep_q > 0) {
     const int sets = depformer_sets (c);
-    m->n_dep_in = c->dep_multi_linear ? (c->n_dep_schedule > 0 ? sets : c->dep_q)
-                                      : 1;
+    m->n_dep_in =
+        c->dep_multi_linear ? (c->n_dep_schedule > 0 ? sets : c->dep_q) : 1;
     m->dep_in = g_new0 (MoshiLinear, m->n_dep_in);
     for (int i = 0; i < m->n_dep_in; i++)
       moshi_linear_random (&m->dep_in[i], &s, c->dim, c->dep_dim, weights);

@@ -81,9 +81,8 @@ size_t lm_model_weight_bytes (const LmModel *m);
  * [dep_q][T][card] predicts codes[1 + k][t], text_logits [T][text_card]
  * predicts codes[0][t]; mask entries are 0 (and logits NaN) where the
  * delays leave no valid prediction or the target is -1. */
-gboolean lm_forward_teacher (LmModel *m, const int *codes, int T,
-    float *logits, guint8 *mask, float *text_logits, guint8 *text_mask,
-    GError **error);
+gboolean lm_forward_teacher (LmModel *m, const int *codes, int T, float *logits,
+    guint8 *mask, float *text_logits, guint8 *text_mask, GError **error);
 
 /* ------------------------------------------------------------ LMGen --- */
 

@@ -20,9 +20,9 @@ typedef enum {
 } TransformerNorm;
 
 typedef enum {
-  TRANSFORMER_POS_ROPE,      /* rotary, on q and k */
+  TRANSFORMER_POS_ROPE, /* rotary, on q and k */
   TRANSFORMER_POS_NONE,
-  TRANSFORMER_POS_SIN,       /* sinusoidal embedding added to the input */
+  TRANSFORMER_POS_SIN, /* sinusoidal embedding added to the input */
 } TransformerPositional;
 
 #define TRANSFORMER_MAX_SCHEDULE 64

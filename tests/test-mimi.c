@@ -189,7 +189,8 @@ test_reduced_precision (gconstpointer data)
   /* bf16: 8 mantissa bits; q8: 7 bits + sign per 32-block; q4: 3 bits +
    * sign per 32-block, a coarse approximation meant for speed. */
   const double min_snr = w == MOSHI_WEIGHTS_BF16 ? 35.0
-      : w == MOSHI_WEIGHTS_Q8 ? 25.0 : 10.0;
+      : w == MOSHI_WEIGHTS_Q8                    ? 25.0
+                                                 : 10.0;
   g_assert_cmpfloat (snr, >=, min_snr);
   /* q4 moves the encoder's latents enough to change most codes of this
    * random-weight model (docs/models.md: q4 is for decoding and the LM). */

@@ -7,6 +7,8 @@
 
 #include <stdlib.h>
 
+#include "gstmoshienums.h"
+
 GST_DEBUG_CATEGORY_STATIC (gst_moshi_model_cache_debug);
 #define GST_CAT_DEFAULT gst_moshi_model_cache_debug
 
@@ -235,6 +237,68 @@ gst_moshi_model_cache_acquire_mimi (const gchar *path, MoshiWeightType weights,
 
 void
 gst_moshi_model_cache_release_mimi (MimiModel *model)
+{
+  gst_moshi_model_cache_release (model);
+}
+
+typedef struct {
+  const gchar *config;
+  MoshiWeightType weights;
+} LmLoadArgs;
+
+static gpointer
+load_lm (const gchar *path, gpointer user_data, GError **error)
+{
+  const LmLoadArgs *args = user_data;
+  LmConfig cfg;
+
+  if (args->config) {
+    if (!lm_config_load_json (&cfg, args->config, error))
+      return NULL;
+  } else {
+    lm_config_default (&cfg);
+  }
+  return lm_model_load (path, &cfg, args->weights, error);
+}
+
+LmModel *
+gst_moshi_model_cache_acquire_lm (const gchar *path, const gchar *config,
+    MoshiWeightType weights, GError **error)
+{
+  LmLoadArgs args = { config, weights };
+  GEnumClass *quantize = g_type_class_ref (GST_TYPE_MOSHI_QUANTIZE);
+  GEnumValue *v = g_enum_get_value (quantize, weights);
+  /* The quantize property's nick ("none", "bf16", "q8", ...). */
+  gchar *kind = g_strdup_printf ("%s:%s", GST_MOSHI_MODEL_KIND_LM,
+      v ? v->value_nick : moshi_weight_type_name (weights));
+  LmModel *m = gst_moshi_model_cache_acquire (kind, path, load_lm, &args,
+      (GDestroyNotify) lm_model_unref, error);
+  g_type_class_unref (quantize);
+  g_free (kind);
+  return m;
+}
+
+void
+gst_moshi_model_cache_release_lm (LmModel *model)
+{
+  gst_moshi_model_cache_release (model);
+}
+
+static gpointer
+load_tokenizer (const gchar *path, gpointer user_data, GError **error)
+{
+  return sp_model_load (path, error);
+}
+
+SpModel *
+gst_moshi_model_cache_acquire_tokenizer (const gchar *path, GError **error)
+{
+  return gst_moshi_model_cache_acquire (GST_MOSHI_MODEL_KIND_TOKENIZER, path,
+      load_tokenizer, NULL, (GDestroyNotify) sp_model_free, error);
+}
+
+void
+gst_moshi_model_cache_release_tokenizer (SpModel *model)
 {
   gst_moshi_model_cache_release (model);
 }

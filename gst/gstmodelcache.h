@@ -11,7 +11,9 @@
 #include <gmodule.h>
 #include <gst/gst.h>
 
+#include "lm.h"
 #include "mimi.h"
+#include "sentencepiece.h"
 
 G_BEGIN_DECLS
 
@@ -44,5 +46,22 @@ G_MODULE_EXPORT guint gst_moshi_model_cache_loads (void);
 MimiModel *gst_moshi_model_cache_acquire_mimi (const gchar *path,
     MoshiWeightType weights, GError **error);
 void gst_moshi_model_cache_release_mimi (MimiModel *model);
+
+/* Moshi LM: kind "moshi-lm:<quantize property nick>" (e.g. "moshi-lm:none",
+ * "moshi-lm:q8"), so that
+ * several moshilm share one LmModel per file and precision; each element
+ * keeps its own LmGen.  `config` is the config.json describing the weights,
+ * or NULL for Moshi 7B's architecture; it must be the same for every user
+ * of a file (it sits beside the weights). */
+#define GST_MOSHI_MODEL_KIND_LM "moshi-lm"
+LmModel *gst_moshi_model_cache_acquire_lm (const gchar *path,
+    const gchar *config, MoshiWeightType weights, GError **error);
+void gst_moshi_model_cache_release_lm (LmModel *model);
+
+/* SentencePiece tokenizers: kind "sentencepiece". */
+#define GST_MOSHI_MODEL_KIND_TOKENIZER "sentencepiece"
+SpModel *gst_moshi_model_cache_acquire_tokenizer (const gchar *path,
+    GError **error);
+void gst_moshi_model_cache_release_tokenizer (SpModel *model);
 
 G_END_DECLS

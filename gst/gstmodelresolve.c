@@ -25,6 +25,32 @@ const GstMoshiModelSpec gst_moshi_mimi_model_spec = {
   .default_repo = "kyutai/moshiko-pytorch-bf16",
 };
 
+static const gchar *const lm_default_names[] = { "model.safetensors", NULL };
+
+const GstMoshiModelSpec gst_moshi_lm_model_spec = {
+  .what = "Moshi language model",
+  .config_key = "moshi_name",
+  /* Every LM config.json spells its width; a Mimi or repo-only config
+   * does not. */
+  .own_config_key = "dim",
+  .own_file = "model.safetensors",
+  .default_names = lm_default_names,
+  .default_repo = "kyutai/moshiko-pytorch-bf16",
+};
+
+static const gchar *const tokenizer_default_names[] = {
+  "tokenizer_spm_32k_3.model", "tokenizer.model", NULL
+};
+
+const GstMoshiModelSpec gst_moshi_tokenizer_model_spec = {
+  .what = "text tokenizer (SentencePiece .model)",
+  .config_key = "tokenizer_name",
+  .own_config_key = NULL,
+  .own_file = NULL,
+  .default_names = tokenizer_default_names,
+  .default_repo = "kyutai/moshiko-pytorch-bf16",
+};
+
 typedef enum {
   FOLDER_FOUND,
   FOLDER_NOTHING,
@@ -404,6 +430,53 @@ gst_moshi_resolve_mimi (const gchar *model, GError **error)
 {
   return gst_moshi_resolve_model_file (model, &gst_moshi_mimi_model_spec,
       error);
+}
+
+gboolean
+gst_moshi_resolve_lm (const gchar *model, gchar **weights, gchar **config,
+    gchar **tokenizer, GError **error)
+{
+  gchar *w, *folder, *c, *t, *path;
+  gboolean is_path;
+
+  g_return_val_if_fail (weights && config && tokenizer, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  w = gst_moshi_resolve_model_file (model, &gst_moshi_lm_model_spec, error);
+  if (!w)
+    return FALSE;
+
+  /* Not realpath(): a Hugging Face snapshot entry is a symlink into blobs/,
+   * its neighbours are in the snapshot folder. */
+  folder = g_path_get_dirname (w);
+  c = g_build_filename (folder, "config.json", NULL);
+  if (!g_file_test (c, G_FILE_TEST_IS_REGULAR))
+    g_clear_pointer (&c, g_free);
+
+  if (model && *model) {
+    path = g_str_has_prefix (model, "~/")
+        ? g_build_filename (g_get_home_dir (), model + 2, NULL)
+        : g_strdup (model);
+    is_path = g_file_test (path, G_FILE_TEST_EXISTS);
+    g_free (path);
+  } else {
+    is_path = FALSE;
+  }
+  /* A repo id (or the default repo) is looked up as a repo again so that a
+   * missing tokenizer gets the right download hint. */
+  t = gst_moshi_resolve_model_file (is_path ? folder : model,
+      &gst_moshi_tokenizer_model_spec, error);
+  g_free (folder);
+  if (!t) {
+    g_free (c);
+    g_free (w);
+    return FALSE;
+  }
+
+  *weights = w;
+  *config = c;
+  *tokenizer = t;
+  return TRUE;
 }
 
 void

@@ -51,6 +51,14 @@ typedef struct {
  * mimi-pytorch-e351c8d8@125.safetensors / kyutai/moshiko-pytorch-bf16. */
 extern const GstMoshiModelSpec gst_moshi_mimi_model_spec;
 
+/* Moshi LM: moshi_name / dim (a config.json of LM keyword arguments, as in
+ * tests/data/conformance/lm-tiny) / model.safetensors /
+ * kyutai/moshiko-pytorch-bf16. */
+extern const GstMoshiModelSpec gst_moshi_lm_model_spec;
+/* The LM's SentencePiece text tokenizer: tokenizer_name /
+ * tokenizer_spm_32k_3.model, tokenizer.model / kyutai/moshiko-pytorch-bf16. */
+extern const GstMoshiModelSpec gst_moshi_tokenizer_model_spec;
+
 /* Returns the path (newly allocated) of the weights file described by
  * `model` (may be NULL), or NULL with `error` set. */
 G_MODULE_EXPORT gchar *gst_moshi_resolve_model_file (const gchar *model,
@@ -59,6 +67,17 @@ G_MODULE_EXPORT gchar *gst_moshi_resolve_model_file (const gchar *model,
 /* gst_moshi_resolve_model_file() with gst_moshi_mimi_model_spec. */
 G_MODULE_EXPORT gchar *gst_moshi_resolve_mimi (const gchar *model,
     GError **error);
+
+/* The three files moshilm needs for `model` (may be NULL):
+ *  - `weights`: gst_moshi_lm_model_spec;
+ *  - `config`: the config.json beside the weights, or NULL when there is
+ *    none (Kyutai's first repos ship none: Moshi 7B's architecture then);
+ *  - `tokenizer`: gst_moshi_tokenizer_model_spec, looked for in the same
+ *    place as the weights (the folder of the weights file when `model` is a
+ *    path; the same Hugging Face repo when it is a repo id).
+ * FALSE with `error` (and nothing allocated) when a file is missing. */
+G_MODULE_EXPORT gboolean gst_moshi_resolve_lm (const gchar *model,
+    gchar **weights, gchar **config, gchar **tokenizer, GError **error);
 
 /* The Hugging Face hub cache folder the resolver looks in (newly
  * allocated); it need not exist. */

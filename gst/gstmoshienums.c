@@ -12,6 +12,10 @@ gst_moshi_quantize_get_type (void)
         "int8 weights, one scale per 32 (about a quarter of the memory "
         "traffic; int8 arithmetic with AVX-512 VNNI)",
         "q8" },
+    { MOSHI_WEIGHTS_Q4,
+        "4-bit weights, one scale per 32 (about an eighth of the memory "
+        "traffic; larger error)",
+        "q4" },
     { 0, NULL, NULL },
   };
   if (g_once_init_enter (&type)) {

@@ -10,6 +10,7 @@
 
 #include "gstmimienc.h"
 #include "gstmimidec.h"
+#include "gstmoshilm.h"
 
 static gboolean
 plugin_init (GstPlugin *plugin)
@@ -22,6 +23,8 @@ plugin_init (GstPlugin *plugin)
       GST_TYPE_MIMI_ENC);
   ok &= gst_element_register (plugin, "mimidec", GST_RANK_NONE,
       GST_TYPE_MIMI_DEC);
+  ok &= gst_element_register (plugin, "moshilm", GST_RANK_NONE,
+      GST_TYPE_MOSHI_LM);
 
   return ok;
 }

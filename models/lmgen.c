@@ -141,15 +141,16 @@ argmax (const float *x, int n)
   return best;
 }
 
-static const float *sort_keys;
-
+/* Descending probability, ties by index (stable, like torch.topk).  The
+ * keys come through qsort_r's argument: generators sample concurrently. */
 static int
-cmp_desc (const void *a, const void *b)
+cmp_desc (const void *a, const void *b, void *keys)
 {
-  float x = sort_keys[*(const int *) a], y = sort_keys[*(const int *) b];
+  const float *p = keys;
+  float x = p[*(const int *) a], y = p[*(const int *) b];
   if (x != y)
     return x > y ? -1 : 1;
-  return *(const int *) a - *(const int *) b; /* stable, like torch.topk */
+  return *(const int *) a - *(const int *) b;
 }
 
 /* Kyutai's sample_token: greedy argmax, or softmax(logits / temp) over the
@@ -174,8 +175,7 @@ sample (LmGen *g, const float *logits, int n, gboolean use_sampling, float temp,
     g->order[i] = i;
   }
   int k = top_k > 0 ? MIN (top_k, n) : n;
-  sort_keys = g->probs;
-  qsort (g->order, n, sizeof (int), cmp_desc);
+  qsort_r (g->order, n, sizeof (int), cmp_desc, g->probs);
   int best = g->order[0];
   double best_score = -1.0;
   for (int i = 0; i < k; i++) {

@@ -1,13 +1,26 @@
 # Sourced by the pipeline scripts: finds the plugin and a Mimi model.
 #
-# Plugin: the in-tree build (build/) unless gst-moshi is installed.
+# Plugin: the in-tree build ($MOSHI_BUILD, default build/) unless gst-moshi
+#         is installed.
 # Model:  $MIMI_MODEL if set; else Kyutai's Mimi from the local Hugging Face
 #         cache (kyutai/moshiko-pytorch-bf16); else the small random-weight
 #         test model bundled with the sources, which runs the same code but
 #         whose audio is NOT meaningful.
+# LM:     only for scripts that set MOSHI_USE_LM=1 before sourcing this:
+#         $MOSHI_MODEL if set (file, folder or repo id, as moshilm's model
+#         property); else kyutai/moshiko-pytorch-bf16 (or moshika, or their
+#         q8 variants) in the local Hugging Face cache; else the bundled
+#         random-weight tiny LM tests/data/conformance/lm-tiny, whose replies
+#         are NOT meaningful.  The tiny LM reads 8 user codebooks of 64
+#         entries, so it is paired with the tiny Mimi (mimi-tiny, 64-entry
+#         codebooks) unless MIMI_MODEL is set.
+# Helper: $MOSHI_SRT_LAUNCH, the moshi-srt-launch program (SubRip writer,
+#         pipelines/moshi-srt-launch.c), from the build or the PATH.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -d "$ROOT/build" ]; then
-  export GST_PLUGIN_PATH="$ROOT/build${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
+# MOSHI_BUILD: another build folder than build/ (e.g. the tests' own).
+MOSHI_BUILD="${MOSHI_BUILD:-$ROOT/build}"
+if [ -d "$MOSHI_BUILD" ]; then
+  export GST_PLUGIN_PATH="$MOSHI_BUILD${GST_PLUGIN_PATH:+:$GST_PLUGIN_PATH}"
 fi
 
 hf_hub="${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}"
@@ -23,6 +36,54 @@ find_real_mimi() {
   done
   return 1
 }
+
+find_real_moshi() {
+  local snap repo
+  for repo in moshiko-pytorch-bf16 moshika-pytorch-bf16 \
+              moshiko-pytorch-q8 moshika-pytorch-q8; do
+    for snap in "$hf_hub"/models--kyutai--$repo/snapshots/*; do
+      if [ -f "$snap/model.safetensors" ] || [ -f "$snap/config.json" ]; then
+        echo "$snap"; return 0
+      fi
+    done
+  done
+  return 1
+}
+
+MOSHI_LM_IS_TINY=0
+if [ -n "${MOSHI_USE_LM:-}" ] && [ -z "${MOSHI_MODEL:-}" ]; then
+  if MOSHI_MODEL="$(find_real_moshi)"; then
+    echo ">> Using Kyutai's Moshi: $MOSHI_MODEL" >&2
+  else
+    MOSHI_MODEL="$ROOT/tests/data/conformance/lm-tiny"
+    MOSHI_LM_IS_TINY=1
+    cat >&2 <<MSG
+>> ******************************************************************
+>> Kyutai's Moshi weights were not found in $hf_hub.
+>> Using the tiny RANDOM-WEIGHT test model ($MOSHI_MODEL):
+>> the pipeline runs exactly as it would with Moshi, but the reply
+>> (voice and text) is NOT meaningful.  To talk to Moshi:
+>>     huggingface-cli download kyutai/moshiko-pytorch-bf16
+>> (or set MOSHI_MODEL=/path/to/a/moshi/folder)
+>> ******************************************************************
+MSG
+    if [ -z "${MIMI_MODEL:-}" ]; then
+      # The tiny LM's codebooks have 64 entries, as the tiny Mimi's.
+      MIMI_MODEL="$ROOT/tests/data/conformance/mimi-tiny"
+      echo ">> Pairing it with the tiny random-weight Mimi: $MIMI_MODEL" >&2
+    fi
+  fi
+fi
+if [ -n "${MOSHI_USE_LM:-}" ]; then
+  export MOSHI_MODEL MOSHI_LM_IS_TINY
+  if [ -z "${MOSHI_SRT_LAUNCH:-}" ]; then
+    for MOSHI_SRT_LAUNCH in "$MOSHI_BUILD/tests/moshi-srt-launch" \
+        "$(command -v moshi-srt-launch || true)"; do
+      [ -x "$MOSHI_SRT_LAUNCH" ] && break
+    done
+  fi
+  export MOSHI_SRT_LAUNCH
+fi
 
 if [ -z "${MIMI_MODEL:-}" ]; then
   if MIMI_MODEL="$(find_real_mimi)"; then

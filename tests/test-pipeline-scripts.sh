@@ -6,6 +6,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="${1:?usage: $0 BUILD_DIR}"
 export GST_PLUGIN_PATH="$BUILD"
+export MOSHI_BUILD="$BUILD"
 export MIMI_MODEL="$ROOT/tests/data/conformance/mimi-tiny"
 export GST_REGISTRY="$BUILD/scripts-registry.bin"
 tmp=$(mktemp -d)

@@ -1,0 +1,1143 @@
+/* gst-moshi: moshilm
+ *
+ * SECTION:element-moshilm
+ * @title: moshilm
+ * @see_also: mimienc, mimidec
+ *
+ * Kyutai's Moshi, the full-duplex speech-text language model: it listens to
+ * the user's Mimi codes on `sink` (as made by mimienc) and speaks at the same
+ * time, one 80 ms frame for every frame it hears: its voice as Mimi codes on
+ * `src` (for mimidec) and its words as UTF-8 text on `text_src`.
+ *
+ * ## Pads
+ * - `sink`: `audio/x-mimi, codebooks=[1,32]`.  The model reads n_q - dep_q
+ *   user codebooks (8 for Moshi); a stream with more codebooks is accepted
+ *   and only its first ones are used, a stream with fewer is a negotiation
+ *   error.  A buffer holds one or more whole frames.
+ * - `src`: `audio/x-mimi, codebooks=dep_q, framerate=25/2`: one buffer per
+ *   frame of the model's voice.
+ * - `text_src`: `text/x-raw, format=utf8`: one buffer per non-empty piece
+ *   of text (e.g. " hello"; pieces carry their own leading spaces), lasting
+ *   80 ms, stamped like the audio frame it belongs to.  Text padding (ids
+ *   existing_text_padding_id and 0) and control pieces produce no buffer
+ *   but a GAP event for the frame, so that sinks and muxers never wait for
+ *   text.  May stay unlinked.
+ * - `vision_sink` (request, `application/x-moshivis-embedding`): reserved
+ *   for MoshiVis; requesting it fails with a warning for now.
+ *
+ * moshilm pushes both source pads from its input's streaming thread, like
+ * a demuxer: when both branches end in sinks, start each with a `queue`,
+ * or a sink waiting for preroll on one branch starves the other.
+ *
+ * ## Timing
+ * Moshi's streams are offset by per-codebook delays (Moshi: the acoustic
+ * codebooks one step behind the text and the semantic codebook), so the
+ * frame that comes out of step s is the model's frame for the time slot of
+ * input frame s - max_delay.  moshilm stamps it with that input frame's
+ * PTS: the model's voice and words stay on the user's time line, as in the
+ * two-channel conversations Moshi was trained on, and a stream of N input
+ * frames gives N output frames covering the same time.  The first output
+ * appears when input frame max_delay (the 2nd, for Moshi) has been
+ * processed.
+ *
+ * Latency (LATENCY query): 80 ms × (1 + max_delay), 160 ms for Moshi: the
+ * frame for slot t leaves once input frame t + max_delay has arrived
+ * (max_delay × 80 ms after frame t), and one step may take up to a frame's
+ * duration (80 ms) in real time.  mimienc and mimidec report their own
+ * 80 ms each.
+ *
+ * At EOS the last max_delay slots are completed by stepping the model
+ * max_delay more times with the last user frame repeated (Kyutai's LMGen
+ * has no flush).  Only what the model generates at those extra steps sees
+ * the repeated frame: for Moshi that is the acoustic codebooks of the last
+ * slot, whose text and semantic codebook were generated from real input.
+ * Holding the last frame is the most neutral input available (Mimi has no
+ * "silence" code), and it keeps the reply exactly as long as the input.
+ *
+ * A flush (flushing seek) or a new stream (STREAM_START) starts a new
+ * conversation: the LM state and the text decoder are reset.  DISCONT input
+ * is marked DISCONT on the output but the conversation goes on.
+ *
+ * ## Real time
+ * Every frame is processed, none is dropped, nothing blocks: when the CPU
+ * is too slow the output simply falls behind.  In a live pipeline, when a
+ * step takes longer than 80 ms, moshilm posts a QoS message (jitter = the
+ * accumulated lag, proportion = step time / 80 ms) and a warning saying how
+ * far behind it is, at most once per second.  The lag is the sum of the
+ * excess of each step over 80 ms, less the time gained by faster steps.
+ *
+ * ## Sampling
+ * `temperature`/`top-k` (audio) and `temperature-text`/`top-k-text` default
+ * to -1: the model's lm_gen_config (Moshi: 0.8/250 and 0.7/25).  A
+ * temperature of 0, or `greedy=true` for both streams, takes the most
+ * probable token (deterministic).  `seed` makes sampling reproducible.
+ *
+ * ## Example pipeline
+ * |[
+ * gst-launch-1.0 autoaudiosrc ! audioconvert ! audioresample ! \
+ *     audio/x-raw,rate=24000,channels=1 ! mimienc ! moshilm name=lm ! \
+ *     queue ! mimidec ! audioconvert ! autoaudiosink \
+ *     lm.text_src ! queue ! fdsink fd=1
+ * ]|
+ */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+
+#include "gstmoshilm.h"
+
+#include <string.h>
+
+#include "cpu.h"
+#include "gstmodelcache.h"
+#include "gstmodelresolve.h"
+#include "gstmoshicaps.h"
+#include "gstmoshienums.h"
+
+GST_DEBUG_CATEGORY_STATIC (gst_moshi_lm_debug);
+#define GST_CAT_DEFAULT gst_moshi_lm_debug
+
+enum {
+  PROP_0,
+  PROP_MODEL,
+  PROP_QUANTIZE,
+  PROP_THREADS,
+  PROP_TEMPERATURE,
+  PROP_TEMPERATURE_TEXT,
+  PROP_TOP_K,
+  PROP_TOP_K_TEXT,
+  PROP_SEED,
+  PROP_GREEDY,
+};
+
+#define DEFAULT_MODEL NULL
+#define DEFAULT_THREADS 1
+#define MAX_THREADS 64
+#define DEFAULT_TEMPERATURE (-1.0)
+#define DEFAULT_TOP_K (-1)
+#define DEFAULT_SEED 42
+#define DEFAULT_GREEDY FALSE
+
+#define TEXT_CAPS "text/x-raw, format = (string) utf8"
+#define VISION_CAPS "application/x-moshivis-embedding"
+
+/* Kyutai's "end of padding" text id (its tokenizers' <unk>). */
+#define TEXT_END_OF_PADDING_ID 0
+
+#define FRAME_US (GST_MOSHI_FRAME_DURATION / GST_USECOND)
+
+static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
+    GST_PAD_SINK, GST_PAD_ALWAYS, GST_STATIC_CAPS (GST_MOSHI_MIMI_SINK_CAPS));
+
+static GstStaticPadTemplate src_template = GST_STATIC_PAD_TEMPLATE ("src",
+    GST_PAD_SRC, GST_PAD_ALWAYS, GST_STATIC_CAPS (GST_MOSHI_MIMI_CAPS));
+
+static GstStaticPadTemplate text_src_template =
+    GST_STATIC_PAD_TEMPLATE ("text_src", GST_PAD_SRC, GST_PAD_ALWAYS,
+        GST_STATIC_CAPS (TEXT_CAPS));
+
+static GstStaticPadTemplate vision_sink_template =
+    GST_STATIC_PAD_TEMPLATE ("vision_sink", GST_PAD_SINK, GST_PAD_REQUEST,
+        GST_STATIC_CAPS (VISION_CAPS));
+
+G_DEFINE_TYPE (GstMoshiLm, gst_moshi_lm, GST_TYPE_ELEMENT);
+
+static void gst_moshi_lm_set_property (GObject *object, guint prop_id,
+    const GValue *value, GParamSpec *pspec);
+static void gst_moshi_lm_get_property (GObject *object, guint prop_id,
+    GValue *value, GParamSpec *pspec);
+static void gst_moshi_lm_finalize (GObject *object);
+static GstStateChangeReturn gst_moshi_lm_change_state (GstElement *element,
+    GstStateChange transition);
+static GstPad *gst_moshi_lm_request_new_pad (GstElement *element,
+    GstPadTemplate *templ, const gchar *name, const GstCaps *caps);
+
+static GstFlowReturn gst_moshi_lm_chain (GstPad *pad, GstObject *parent,
+    GstBuffer *buffer);
+static gboolean gst_moshi_lm_sink_event (GstPad *pad, GstObject *parent,
+    GstEvent *event);
+static gboolean gst_moshi_lm_sink_query (GstPad *pad, GstObject *parent,
+    GstQuery *query);
+static gboolean gst_moshi_lm_src_query (GstPad *pad, GstObject *parent,
+    GstQuery *query);
+
+static void
+gst_moshi_lm_class_init (GstMoshiLmClass *klass)
+{
+  GObjectClass *gobject_class = G_OBJECT_CLASS (klass);
+  GstElementClass *element_class = GST_ELEMENT_CLASS (klass);
+
+  gobject_class->set_property = gst_moshi_lm_set_property;
+  gobject_class->get_property = gst_moshi_lm_get_property;
+  gobject_class->finalize = gst_moshi_lm_finalize;
+
+  g_object_class_install_property (gobject_class, PROP_MODEL,
+      g_param_spec_string ("model", "Model",
+          "Moshi LM weights: a .safetensors file (with config.json and the "
+          "tokenizer beside it, else Moshi 7B's architecture), a folder "
+          "holding Kyutai's config.json (keys moshi_name, tokenizer_name) or "
+          "an LM config.json + model.safetensors + tokenizer.model, or a "
+          "Hugging Face repo id looked up offline in the local Hugging Face "
+          "cache (unset: kyutai/moshiko-pytorch-bf16)",
+          DEFAULT_MODEL,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_QUANTIZE,
+      g_param_spec_enum ("quantize", "Quantize",
+          "How the weights are stored: none (float32, exact), bf16, q8 or "
+          "q4 (faster streaming, small error; see docs/models.md)",
+          GST_TYPE_MOSHI_QUANTIZE, MOSHI_WEIGHTS_F32,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_THREADS,
+      g_param_spec_int ("threads", "Threads",
+          "Compute threads used for one step (1: no threading)", 1, MAX_THREADS,
+          DEFAULT_THREADS,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_TEMPERATURE,
+      g_param_spec_double ("temperature", "Audio temperature",
+          "Sampling temperature of the model's audio codes (-1: the "
+          "model's lm_gen_config, 0.8 for Moshi; 0: greedy, always the most "
+          "probable code)",
+          -1.0, 100.0, DEFAULT_TEMPERATURE,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_TEMPERATURE_TEXT,
+      g_param_spec_double ("temperature-text", "Text temperature",
+          "Sampling temperature of the model's text tokens (-1: the model's "
+          "lm_gen_config, 0.7 for Moshi; 0: greedy)",
+          -1.0, 100.0, DEFAULT_TEMPERATURE,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_TOP_K,
+      g_param_spec_int ("top-k", "Audio top-k",
+          "Sample audio codes among the k most probable (-1: the model's "
+          "lm_gen_config, 250 for Moshi; 0: no limit)",
+          -1, G_MAXINT, DEFAULT_TOP_K,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_TOP_K_TEXT,
+      g_param_spec_int ("top-k-text", "Text top-k",
+          "Sample text tokens among the k most probable (-1: the model's "
+          "lm_gen_config, 25 for Moshi; 0: no limit)",
+          -1, G_MAXINT, DEFAULT_TOP_K,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_SEED,
+      g_param_spec_uint64 ("seed", "Seed",
+          "Seed of the sampler: the same seed, settings and input give the "
+          "same conversation (restarted on flush)",
+          0, G_MAXUINT64, DEFAULT_SEED,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  g_object_class_install_property (gobject_class, PROP_GREEDY,
+      g_param_spec_boolean ("greedy", "Greedy",
+          "Always take the most probable text token and audio code (no "
+          "sampling; same as both temperatures 0)",
+          DEFAULT_GREEDY,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
+  gst_element_class_add_static_pad_template (element_class, &sink_template);
+  gst_element_class_add_static_pad_template (element_class, &src_template);
+  gst_element_class_add_static_pad_template (element_class, &text_src_template);
+  gst_element_class_add_static_pad_template (element_class,
+      &vision_sink_template);
+
+  gst_element_class_set_static_metadata (element_class,
+      "Moshi speech-text language model", "Filter/Audio/Text",
+      "Kyutai's Moshi full-duplex dialog model: listens to the user's Mimi "
+      "codes and answers with its own Mimi codes and text, 12.5 frames/s",
+      "gst-moshi developers <https://github.com/gst-moshi/gst-moshi>");
+
+  element_class->change_state = GST_DEBUG_FUNCPTR (gst_moshi_lm_change_state);
+  element_class->request_new_pad =
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_request_new_pad);
+
+  GST_DEBUG_CATEGORY_INIT (gst_moshi_lm_debug, "moshilm", 0,
+      "Moshi speech-text language model");
+}
+
+static void
+gst_moshi_lm_init (GstMoshiLm *self)
+{
+  self->sinkpad = gst_pad_new_from_static_template (&sink_template, "sink");
+  gst_pad_set_chain_function (self->sinkpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_chain));
+  gst_pad_set_event_function (self->sinkpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_sink_event));
+  gst_pad_set_query_function (self->sinkpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_sink_query));
+  gst_element_add_pad (GST_ELEMENT (self), self->sinkpad);
+
+  self->srcpad = gst_pad_new_from_static_template (&src_template, "src");
+  gst_pad_set_query_function (self->srcpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_src_query));
+  gst_pad_use_fixed_caps (self->srcpad);
+  gst_element_add_pad (GST_ELEMENT (self), self->srcpad);
+
+  self->textpad =
+      gst_pad_new_from_static_template (&text_src_template, "text_src");
+  gst_pad_set_query_function (self->textpad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_src_query));
+  gst_pad_use_fixed_caps (self->textpad);
+  gst_element_add_pad (GST_ELEMENT (self), self->textpad);
+
+  self->combiner = gst_flow_combiner_new ();
+  gst_flow_combiner_add_pad (self->combiner, self->srcpad);
+  gst_flow_combiner_add_pad (self->combiner, self->textpad);
+
+  self->model = g_strdup (DEFAULT_MODEL);
+  self->quantize = MOSHI_WEIGHTS_F32;
+  self->threads = DEFAULT_THREADS;
+  self->temperature = DEFAULT_TEMPERATURE;
+  self->temperature_text = DEFAULT_TEMPERATURE;
+  self->top_k = DEFAULT_TOP_K;
+  self->top_k_text = DEFAULT_TOP_K;
+  self->seed = DEFAULT_SEED;
+  self->greedy = DEFAULT_GREEDY;
+
+  self->text = g_string_new (NULL);
+  self->next_pts = GST_CLOCK_TIME_NONE;
+  gst_segment_init (&self->segment, GST_FORMAT_TIME);
+}
+
+static void
+gst_moshi_lm_set_property (GObject *object, guint prop_id, const GValue *value,
+    GParamSpec *pspec)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (object);
+
+  /* Taken into account at the next start (READY -> PAUSED). */
+  GST_OBJECT_LOCK (self);
+  switch (prop_id) {
+    case PROP_MODEL:
+      g_free (self->model);
+      self->model = g_value_dup_string (value);
+      break;
+    case PROP_QUANTIZE:
+      self->quantize = g_value_get_enum (value);
+      break;
+    case PROP_THREADS:
+      self->threads = g_value_get_int (value);
+      break;
+    case PROP_TEMPERATURE:
+      self->temperature = g_value_get_double (value);
+      break;
+    case PROP_TEMPERATURE_TEXT:
+      self->temperature_text = g_value_get_double (value);
+      break;
+    case PROP_TOP_K:
+      self->top_k = g_value_get_int (value);
+      break;
+    case PROP_TOP_K_TEXT:
+      self->top_k_text = g_value_get_int (value);
+      break;
+    case PROP_SEED:
+      self->seed = g_value_get_uint64 (value);
+      break;
+    case PROP_GREEDY:
+      self->greedy = g_value_get_boolean (value);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+}
+
+static void
+gst_moshi_lm_get_property (GObject *object, guint prop_id, GValue *value,
+    GParamSpec *pspec)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (object);
+
+  GST_OBJECT_LOCK (self);
+  switch (prop_id) {
+    case PROP_MODEL:
+      g_value_set_string (value, self->model);
+      break;
+    case PROP_QUANTIZE:
+      g_value_set_enum (value, self->quantize);
+      break;
+    case PROP_THREADS:
+      g_value_set_int (value, self->threads);
+      break;
+    case PROP_TEMPERATURE:
+      g_value_set_double (value, self->temperature);
+      break;
+    case PROP_TEMPERATURE_TEXT:
+      g_value_set_double (value, self->temperature_text);
+      break;
+    case PROP_TOP_K:
+      g_value_set_int (value, self->top_k);
+      break;
+    case PROP_TOP_K_TEXT:
+      g_value_set_int (value, self->top_k_text);
+      break;
+    case PROP_SEED:
+      g_value_set_uint64 (value, self->seed);
+      break;
+    case PROP_GREEDY:
+      g_value_set_boolean (value, self->greedy);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+      break;
+  }
+  GST_OBJECT_UNLOCK (self);
+}
+
+static void
+gst_moshi_lm_release (GstMoshiLm *self)
+{
+  g_clear_pointer (&self->gen, lm_gen_free);
+  g_clear_pointer (&self->lm, gst_moshi_model_cache_release_lm);
+  g_clear_pointer (&self->sp, gst_moshi_model_cache_release_tokenizer);
+  g_clear_pointer (&self->user_codes, g_free);
+  g_clear_pointer (&self->last_codes, g_free);
+  g_clear_pointer (&self->out_codes, g_free);
+  g_clear_pointer (&self->slots, g_free);
+  g_clear_pointer (&self->model_path, g_free);
+  g_clear_pointer (&self->tokenizer_path, g_free);
+  self->n_user = self->dep_q = self->max_delay = 0;
+  self->in_codebooks = 0;
+}
+
+static void
+gst_moshi_lm_finalize (GObject *object)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (object);
+
+  /* Normally done on PAUSED -> READY; kept for an element dropped while
+   * running. */
+  gst_moshi_lm_release (self);
+  gst_flow_combiner_free (self->combiner);
+  g_string_free (self->text, TRUE);
+  g_free (self->model);
+
+  G_OBJECT_CLASS (gst_moshi_lm_parent_class)->finalize (object);
+}
+
+/* ------------------------------------------------------------------ */
+/* Conversation state */
+
+/* A new conversation: nothing heard, nothing said. */
+static void
+gst_moshi_lm_reset_stream (GstMoshiLm *self)
+{
+  if (self->gen && self->steps > 0)
+    lm_gen_reset (self->gen);
+  self->steps = 0;
+  self->late_steps = 0;
+  self->lag_us = 0;
+  self->last_lag_report_us = 0;
+  self->have_last = FALSE;
+  self->slot_head = self->n_slots = 0;
+  self->next_pts = GST_CLOCK_TIME_NONE;
+  self->last_out_pts = GST_CLOCK_TIME_NONE;
+  self->discont = TRUE;
+  sp_decode_state_init (&self->sp_state);
+  g_string_truncate (self->text, 0);
+}
+
+static void
+slot_push (GstMoshiLm *self, GstClockTime pts, gboolean discont)
+{
+  gint cap = self->max_delay + 1;
+  GstMoshiLmSlot *s;
+
+  g_assert (self->n_slots < cap);
+  s = &self->slots[(self->slot_head + self->n_slots) % cap];
+  s->pts = pts;
+  s->discont = discont;
+  self->n_slots++;
+}
+
+static GstMoshiLmSlot
+slot_pop (GstMoshiLm *self)
+{
+  GstMoshiLmSlot s = self->slots[self->slot_head];
+
+  g_assert (self->n_slots > 0);
+  self->slot_head = (self->slot_head + 1) % (self->max_delay + 1);
+  self->n_slots--;
+  return s;
+}
+
+/* Undoes the last slot_push() (the step failed). */
+static void
+slot_unpush (GstMoshiLm *self)
+{
+  g_assert (self->n_slots > 0);
+  self->n_slots--;
+}
+
+/* ------------------------------------------------------------------ */
+/* Loading */
+
+static void
+post_progress (GstMoshiLm *self, GstProgressType type, const gchar *text)
+{
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_progress (GST_OBJECT (self), type, "load-model", text));
+}
+
+static gboolean
+gst_moshi_lm_start (GstMoshiLm *self)
+{
+  GError *err = NULL;
+  gchar *model, *config = NULL, *msg;
+  const LmConfig *cfg;
+  LmGenParams params;
+  MoshiWeightType quantize;
+  gdouble temperature, temperature_text;
+  gint top_k, top_k_text, threads, i;
+  guint64 seed;
+  gboolean greedy;
+  GEnumClass *qclass;
+  GEnumValue *qvalue;
+
+  GST_OBJECT_LOCK (self);
+  model = g_strdup (self->model);
+  quantize = self->quantize;
+  threads = self->threads;
+  temperature = self->temperature;
+  temperature_text = self->temperature_text;
+  top_k = self->top_k;
+  top_k_text = self->top_k_text;
+  seed = self->seed;
+  greedy = self->greedy;
+  GST_OBJECT_UNLOCK (self);
+
+  qclass = g_type_class_ref (GST_TYPE_MOSHI_QUANTIZE);
+  qvalue = g_enum_get_value (qclass, quantize);
+
+  msg = g_strdup_printf ("Loading the Moshi language model %s",
+      (model && *model) ? model : "(default: kyutai/moshiko-pytorch-bf16)");
+  post_progress (self, GST_PROGRESS_TYPE_START, msg);
+  g_free (msg);
+
+  /* Load now rather than at the first caps: a missing model is a state
+   * change failure the application sees at once. */
+  if (!gst_moshi_resolve_lm (model, &self->model_path, &config,
+          &self->tokenizer_path, &err))
+    goto model_error;
+
+  self->lm = gst_moshi_model_cache_acquire_lm (self->model_path, config,
+      quantize, &err);
+  if (!self->lm)
+    goto model_error;
+  self->sp =
+      gst_moshi_model_cache_acquire_tokenizer (self->tokenizer_path, &err);
+  if (!self->sp)
+    goto model_error;
+
+  cfg = lm_model_config (self->lm);
+  self->dep_q = cfg->dep_q;
+  self->n_user = cfg->n_q - cfg->dep_q;
+  self->text_padding_id = cfg->existing_text_padding_id;
+  if (self->dep_q < 1 || self->dep_q > GST_MOSHI_MAX_CODEBOOKS
+      || self->n_user < 1 || self->n_user > GST_MOSHI_MAX_CODEBOOKS) {
+    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+        ("The model %s has %d audio codebooks of its own and %d of the "
+         "user's; moshilm needs 1 to %d of each (a dialog model such as "
+         "Moshi).",
+            self->model_path, self->dep_q, self->n_user,
+            GST_MOSHI_MAX_CODEBOOKS),
+        (NULL));
+    goto failed;
+  }
+  if (sp_model_vocab_size (self->sp) < cfg->text_card)
+    GST_WARNING_OBJECT (self,
+        "the tokenizer %s has %d pieces, the model %d text tokens: the "
+        "extra tokens are not shown",
+        self->tokenizer_path, sp_model_vocab_size (self->sp), cfg->text_card);
+
+  self->max_delay = 0;
+  for (i = 0; i <= cfg->n_q; i++)
+    self->max_delay = MAX (self->max_delay, cfg->delays[i]);
+
+  lm_gen_params_default (&params, cfg);
+  if (temperature >= 0)
+    params.temp = temperature;
+  if (temperature_text >= 0)
+    params.temp_text = temperature_text;
+  if (top_k >= 0)
+    params.top_k = top_k;
+  if (top_k_text >= 0)
+    params.top_k_text = top_k_text;
+  params.seed = seed;
+  if (greedy)
+    params.use_sampling = FALSE;
+
+  self->gen = lm_gen_new (self->lm, &params, &err);
+  if (!self->gen)
+    goto model_error;
+  lm_gen_set_threads (self->gen, threads);
+
+  self->user_codes = g_new0 (int, self->n_user);
+  self->last_codes = g_new0 (int, self->n_user);
+  self->out_codes = g_new0 (int, 1 + self->dep_q);
+  self->slots = g_new0 (GstMoshiLmSlot, self->max_delay + 1);
+  self->in_codebooks = 0;
+  self->live_known = FALSE;
+  self->live = FALSE;
+  self->steps = 0; /* lm_gen_new() made a fresh conversation */
+  gst_moshi_lm_reset_stream (self);
+  gst_segment_init (&self->segment, GST_FORMAT_TIME);
+
+  GST_INFO_OBJECT (self,
+      "Moshi LM %s (config %s, tokenizer %s): %d user + %d model "
+      "codebooks, max delay %d, quantize=%s (%zu MB), CPU kernels %s, "
+      "%d thread(s); sampling %s: temp %.2f/%.2f (audio/text), top-k "
+      "%d/%d, seed %" G_GUINT64_FORMAT,
+      self->model_path, config ? config : "Moshi 7B default",
+      self->tokenizer_path, self->n_user, self->dep_q, self->max_delay,
+      qvalue ? qvalue->value_nick : "?", lm_model_weight_bytes (self->lm) >> 20,
+      moshi_cpu_level_name (moshi_cpu_level ()), threads,
+      params.use_sampling ? "on" : "off (greedy)", params.temp,
+      params.temp_text, params.top_k, params.top_k_text, params.seed);
+
+  msg = g_strdup_printf ("Loaded %s (quantize=%s, %s CPU kernels)",
+      self->model_path, qvalue ? qvalue->value_nick : "?",
+      moshi_cpu_level_name (moshi_cpu_level ()));
+  post_progress (self, GST_PROGRESS_TYPE_COMPLETE, msg);
+  g_free (msg);
+  g_type_class_unref (qclass);
+  g_free (config);
+  g_free (model);
+  return TRUE;
+
+model_error:
+  GST_MOSHI_ELEMENT_MODEL_ERROR (self, err, model);
+  g_clear_error (&err);
+failed:
+  post_progress (self, GST_PROGRESS_TYPE_ERROR, "Loading the model failed");
+  gst_moshi_lm_release (self);
+  g_type_class_unref (qclass);
+  g_free (config);
+  g_free (model);
+  return FALSE;
+}
+
+static GstStateChangeReturn
+gst_moshi_lm_change_state (GstElement *element, GstStateChange transition)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (element);
+  GstStateChangeReturn ret;
+
+  switch (transition) {
+    case GST_STATE_CHANGE_READY_TO_PAUSED:
+      if (!gst_moshi_lm_start (self))
+        return GST_STATE_CHANGE_FAILURE;
+      gst_flow_combiner_reset (self->combiner);
+      break;
+    default:
+      break;
+  }
+
+  ret = GST_ELEMENT_CLASS (gst_moshi_lm_parent_class)
+            ->change_state (element, transition);
+  if (ret == GST_STATE_CHANGE_FAILURE) {
+    if (transition == GST_STATE_CHANGE_READY_TO_PAUSED)
+      gst_moshi_lm_release (self);
+    return ret;
+  }
+
+  switch (transition) {
+    case GST_STATE_CHANGE_PAUSED_TO_READY:
+      /* The pads are inactive now: no streaming thread uses the state. */
+      gst_moshi_lm_release (self);
+      break;
+    default:
+      break;
+  }
+  return ret;
+}
+
+static GstPad *
+gst_moshi_lm_request_new_pad (GstElement *element, GstPadTemplate *templ,
+    const gchar *name, const GstCaps *caps)
+{
+  GST_ELEMENT_WARNING (element, CORE, NOT_IMPLEMENTED,
+      ("MoshiVis is not implemented yet: moshilm cannot take image "
+       "embeddings on vision_sink. Leave vision_sink unlinked; the "
+       "conversation works without images."),
+      ("request for pad %s refused", name ? name : templ->name_template));
+  return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Streaming */
+
+/* Output of one step for the oldest pending slot. */
+static GstFlowReturn
+gst_moshi_lm_push_output (GstMoshiLm *self, GstMoshiLmSlot slot)
+{
+  GstBuffer *buf;
+  GstMapInfo map;
+  GstFlowReturn ret;
+  gint k, tok;
+
+  buf = gst_buffer_new_allocate (NULL, (gsize) self->dep_q * 2, NULL);
+  gst_buffer_map (buf, &map, GST_MAP_WRITE);
+  for (k = 0; k < self->dep_q; k++)
+    GST_WRITE_UINT16_LE (map.data + 2 * k, (guint16) self->out_codes[1 + k]);
+  gst_buffer_unmap (buf, &map);
+  GST_BUFFER_PTS (buf) = slot.pts;
+  GST_BUFFER_DURATION (buf) = GST_MOSHI_FRAME_DURATION;
+  if (slot.discont)
+    GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+  self->last_out_pts = slot.pts;
+
+  ret = gst_flow_combiner_update_pad_flow (self->combiner, self->srcpad,
+      gst_pad_push (self->srcpad, buf));
+
+  tok = self->out_codes[0];
+  g_string_truncate (self->text, 0);
+  if (tok != self->text_padding_id && tok != TEXT_END_OF_PADDING_ID
+      && !sp_decode_piece (self->sp, tok, self->text, &self->sp_state))
+    GST_DEBUG_OBJECT (self, "text token %d is not in the tokenizer", tok);
+  if (self->text->len == 0) {
+    /* Text is sparse: a GAP tells downstream (sinks prerolling, muxers,
+     * textoverlay) that there is nothing for this frame, so that nobody
+     * waits for text that will not come. */
+    if (GST_CLOCK_TIME_IS_VALID (slot.pts))
+      gst_pad_push_event (self->textpad,
+          gst_event_new_gap (slot.pts, GST_MOSHI_FRAME_DURATION));
+  } else {
+    GST_LOG_OBJECT (self, "text at %" GST_TIME_FORMAT ": \"%s\"",
+        GST_TIME_ARGS (slot.pts), self->text->str);
+    buf = gst_buffer_new_memdup (self->text->str, self->text->len);
+    GST_BUFFER_PTS (buf) = slot.pts;
+    GST_BUFFER_DURATION (buf) = GST_MOSHI_FRAME_DURATION;
+    if (slot.discont)
+      GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+    ret = gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
+        gst_pad_push (self->textpad, buf));
+  }
+  return ret;
+}
+
+/* Real-time bookkeeping; see "Real time" in the element docs. */
+static void
+gst_moshi_lm_account_time (GstMoshiLm *self, gint64 step_us, GstClockTime pts)
+{
+  gint64 now;
+
+  self->lag_us = MAX (0, self->lag_us + step_us - (gint64) FRAME_US);
+  if (step_us <= (gint64) FRAME_US || !self->live)
+    return;
+  self->late_steps++;
+  now = g_get_monotonic_time ();
+  if (self->last_lag_report_us != 0
+      && now - self->last_lag_report_us < G_USEC_PER_SEC)
+    return;
+  self->last_lag_report_us = now;
+
+  GST_ELEMENT_WARNING (self, CORE, CLOCK,
+      ("moshilm cannot keep up with real time: one step took %.0f ms for "
+       "80 ms of audio, the reply is %.0f ms behind (%" G_GUINT64_FORMAT
+       " of %" G_GUINT64_FORMAT " steps too slow). Use quantize=q8 or bf16, "
+       "more threads, or a faster CPU.",
+          step_us / 1000.0, self->lag_us / 1000.0, self->late_steps,
+          self->steps),
+      (NULL));
+  {
+    GstClockTime rt =
+        gst_segment_to_running_time (&self->segment, GST_FORMAT_TIME, pts);
+    GstClockTime st =
+        gst_segment_to_stream_time (&self->segment, GST_FORMAT_TIME, pts);
+    GstMessage *qos = gst_message_new_qos (GST_OBJECT (self), TRUE, rt, st, pts,
+        GST_MOSHI_FRAME_DURATION);
+
+    gst_message_set_qos_values (qos, self->lag_us * GST_USECOND,
+        (gdouble) step_us / FRAME_US, 1000000);
+    gst_message_set_qos_stats (qos, GST_FORMAT_BUFFERS, self->steps, 0);
+    gst_element_post_message (GST_ELEMENT (self), qos);
+  }
+}
+
+/* One LM step on self->user_codes.  `drain`: an EOS step, whose input is
+ * not a real frame and gets no slot of its own. */
+static GstFlowReturn
+gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
+{
+  GError *err = NULL;
+  gint64 t0, dt;
+  int r;
+
+  if (!drain)
+    slot_push (self, pts, self->discont);
+
+  t0 = g_get_monotonic_time ();
+  r = lm_gen_step (self->gen, self->user_codes, self->out_codes, NULL, &err);
+  dt = g_get_monotonic_time () - t0;
+  if (r < 0) {
+    if (!drain)
+      slot_unpush (self);
+    GST_ELEMENT_ERROR (self, STREAM, DECODE,
+        ("Invalid user Mimi frame at %" GST_TIME_FORMAT ": %s. The input "
+         "must come from a Mimi encoder whose codebooks match the model's.",
+            GST_TIME_ARGS (pts), err->message),
+        (NULL));
+    g_clear_error (&err);
+    return GST_FLOW_ERROR;
+  }
+  self->steps++;
+  if (!drain)
+    self->discont = FALSE;
+  memcpy (self->last_codes, self->user_codes, sizeof (int) * self->n_user);
+  self->have_last = TRUE;
+  if (!drain)
+    gst_moshi_lm_account_time (self, dt, pts);
+
+  if (r == 0 || self->n_slots == 0)
+    return GST_FLOW_OK;
+  return gst_moshi_lm_push_output (self, slot_pop (self));
+}
+
+/* EOS: complete the pending slots (see "Timing" in the element docs). */
+static void
+gst_moshi_lm_drain (GstMoshiLm *self)
+{
+  gint i;
+
+  if (!self->gen || !self->have_last)
+    return;
+  for (i = 0; i < self->max_delay && self->n_slots > 0; i++) {
+    memcpy (self->user_codes, self->last_codes, sizeof (int) * self->n_user);
+    /* Errors are posted; EOS goes on regardless. */
+    if (gst_moshi_lm_step (self, GST_CLOCK_TIME_NONE, TRUE) != GST_FLOW_OK)
+      break;
+  }
+
+  /* An incomplete UTF-8 character held back by the decoder. */
+  g_string_truncate (self->text, 0);
+  sp_decode_flush (self->sp, self->text, &self->sp_state);
+  if (self->text->len > 0) {
+    GstBuffer *buf = gst_buffer_new_memdup (self->text->str, self->text->len);
+
+    GST_BUFFER_PTS (buf) = self->last_out_pts;
+    GST_BUFFER_DURATION (buf) = GST_MOSHI_FRAME_DURATION;
+    gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
+        gst_pad_push (self->textpad, buf));
+  }
+}
+
+static void
+gst_moshi_lm_check_live (GstMoshiLm *self)
+{
+  GstQuery *q = gst_query_new_latency ();
+
+  if (gst_pad_peer_query (self->sinkpad, q))
+    gst_query_parse_latency (q, &self->live, NULL, NULL);
+  gst_query_unref (q);
+  self->live_known = TRUE;
+  GST_DEBUG_OBJECT (self, "upstream is %slive", self->live ? "" : "not ");
+}
+
+static GstFlowReturn
+gst_moshi_lm_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (parent);
+  GstFlowReturn ret = GST_FLOW_OK;
+  GstMapInfo in;
+  GstClockTime base;
+  gsize frame_bytes, n_frames, f;
+  gint i;
+
+  if (G_UNLIKELY (!self->gen || self->in_codebooks == 0)) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("moshilm received data before its format (caps) was set"),
+        ("gen %p, codebooks %d", self->gen, self->in_codebooks));
+    gst_buffer_unref (buffer);
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+  if (G_UNLIKELY (!self->live_known))
+    gst_moshi_lm_check_live (self);
+
+  if (!gst_buffer_map (buffer, &in, GST_MAP_READ)) {
+    GST_ELEMENT_ERROR (self, STREAM, DECODE, (NULL), ("cannot map input"));
+    gst_buffer_unref (buffer);
+    return GST_FLOW_ERROR;
+  }
+
+  frame_bytes = (gsize) self->in_codebooks * sizeof (guint16);
+  if (in.size % frame_bytes != 0) {
+    GST_ELEMENT_ERROR (self, STREAM, DECODE,
+        ("buffer of %u bytes is not a whole number of %d-codebook Mimi "
+         "frames (%d bytes each)",
+            (guint) in.size, self->in_codebooks, (gint) frame_bytes),
+        (NULL));
+    gst_buffer_unmap (buffer, &in);
+    gst_buffer_unref (buffer);
+    return GST_FLOW_ERROR;
+  }
+  n_frames = in.size / frame_bytes;
+
+  if (GST_BUFFER_IS_DISCONT (buffer)) {
+    GST_DEBUG_OBJECT (self, "discontinuity at %" GST_TIME_FORMAT,
+        GST_TIME_ARGS (GST_BUFFER_PTS (buffer)));
+    self->discont = TRUE;
+  }
+  base = GST_BUFFER_PTS_IS_VALID (buffer) ? GST_BUFFER_PTS (buffer)
+                                          : self->next_pts;
+
+  for (f = 0; f < n_frames && ret == GST_FLOW_OK; f++) {
+    const guint8 *p = in.data + f * frame_bytes;
+    GstClockTime pts = GST_CLOCK_TIME_IS_VALID (base)
+        ? base + f * GST_MOSHI_FRAME_DURATION
+        : GST_CLOCK_TIME_NONE;
+
+    /* The first n_user codebooks; extra ones are not the model's input. */
+    for (i = 0; i < self->n_user; i++)
+      self->user_codes[i] = GST_READ_UINT16_LE (p + 2 * i);
+    ret = gst_moshi_lm_step (self, pts, FALSE);
+  }
+  self->next_pts = GST_CLOCK_TIME_IS_VALID (base)
+      ? base + n_frames * GST_MOSHI_FRAME_DURATION
+      : GST_CLOCK_TIME_NONE;
+
+  gst_buffer_unmap (buffer, &in);
+  gst_buffer_unref (buffer);
+  return ret;
+}
+
+static gboolean
+gst_moshi_lm_set_caps (GstMoshiLm *self, GstCaps *caps)
+{
+  const GstStructure *s = gst_caps_get_structure (caps, 0);
+  GstCaps *out;
+  gint codebooks;
+  gboolean ok;
+
+  if (!self->gen)
+    return FALSE;
+  if (!gst_structure_get_int (s, "codebooks", &codebooks)) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("Mimi caps without a fixed number of codebooks: %" GST_PTR_FORMAT,
+            caps),
+        (NULL));
+    return FALSE;
+  }
+  if (codebooks < self->n_user) {
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+        ("The user's Mimi stream has %d codebooks, but the Moshi model %s "
+         "listens to %d; encode with mimienc codebooks=%d (more are "
+         "accepted, the extra ones are ignored).",
+            codebooks, self->model_path, self->n_user, self->n_user),
+        (NULL));
+    return FALSE;
+  }
+  if (codebooks > self->n_user)
+    GST_INFO_OBJECT (self, "using the first %d of %d codebooks", self->n_user,
+        codebooks);
+  self->in_codebooks = codebooks;
+
+  out = gst_caps_new_simple (GST_MOSHI_MIMI_MEDIA_TYPE, "codebooks", G_TYPE_INT,
+      self->dep_q, "framerate", GST_TYPE_FRACTION, 25, 2, NULL);
+  ok = gst_pad_push_event (self->srcpad, gst_event_new_caps (out));
+  gst_caps_unref (out);
+  out = gst_caps_from_string (TEXT_CAPS);
+  /* Text caps failing (nobody linked) must not stop the voice. */
+  gst_pad_push_event (self->textpad, gst_event_new_caps (out));
+  gst_caps_unref (out);
+  return ok;
+}
+
+/* One stream-start per source pad: each carries its own stream. */
+static void
+gst_moshi_lm_push_stream_start (GstMoshiLm *self, GstEvent *event)
+{
+  const gchar *upstream_id = NULL;
+  GstStreamFlags flags = GST_STREAM_FLAG_NONE;
+  guint group_id;
+  gboolean have_group;
+  GstPad *pads[2] = { self->srcpad, self->textpad };
+  const gchar *names[2] = { "moshilm-audio", "moshilm-text" };
+  guint i;
+
+  gst_event_parse_stream_start (event, &upstream_id);
+  gst_event_parse_stream_flags (event, &flags);
+  have_group = gst_event_parse_group_id (event, &group_id);
+
+  for (i = 0; i < G_N_ELEMENTS (pads); i++) {
+    gchar *id =
+        g_strdup_printf ("%s/%s", upstream_id ? upstream_id : "", names[i]);
+    GstEvent *e = gst_event_new_stream_start (id);
+
+    gst_event_set_stream_flags (e, flags);
+    if (have_group)
+      gst_event_set_group_id (e, group_id);
+    gst_pad_push_event (pads[i], e);
+    g_free (id);
+  }
+}
+
+static gboolean
+gst_moshi_lm_sink_event (GstPad *pad, GstObject *parent, GstEvent *event)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (parent);
+  gboolean ret;
+
+  GST_LOG_OBJECT (self, "event %" GST_PTR_FORMAT, event);
+
+  switch (GST_EVENT_TYPE (event)) {
+    case GST_EVENT_STREAM_START:
+      /* A new stream is a new conversation. */
+      gst_moshi_lm_reset_stream (self);
+      gst_flow_combiner_reset (self->combiner);
+      gst_moshi_lm_push_stream_start (self, event);
+      gst_event_unref (event);
+      return TRUE;
+    case GST_EVENT_CAPS: {
+      GstCaps *caps;
+
+      gst_event_parse_caps (event, &caps);
+      ret = gst_moshi_lm_set_caps (self, caps);
+      gst_event_unref (event);
+      return ret;
+    }
+    case GST_EVENT_SEGMENT:
+      gst_event_copy_segment (event, &self->segment);
+      if (self->segment.format != GST_FORMAT_TIME) {
+        GST_ELEMENT_ERROR (self, STREAM, FORMAT,
+            ("moshilm needs a TIME segment (got %s): put it after mimienc "
+             "or another element that timestamps the Mimi frames",
+                gst_format_get_name (self->segment.format)),
+            (NULL));
+        gst_event_unref (event);
+        return FALSE;
+      }
+      break;
+    case GST_EVENT_FLUSH_STOP:
+      /* A flushing seek: the conversation starts over. */
+      gst_moshi_lm_reset_stream (self);
+      gst_flow_combiner_reset (self->combiner);
+      gst_segment_init (&self->segment, GST_FORMAT_TIME);
+      break;
+    case GST_EVENT_EOS:
+      gst_moshi_lm_drain (self);
+      break;
+    default:
+      break;
+  }
+
+  /* Forwarded to both source pads. */
+  return gst_pad_event_default (pad, parent, event);
+}
+
+/* What the sink pad can take: at least the user codebooks of the model. */
+static GstCaps *
+gst_moshi_lm_sink_caps (GstMoshiLm *self)
+{
+  GstCaps *caps;
+
+  /* n_user is set before the pads are activated and cleared after. */
+  if (self->n_user > 0) {
+    caps = gst_caps_new_simple (GST_MOSHI_MIMI_MEDIA_TYPE, NULL, NULL);
+    gst_caps_set_simple (caps, "codebooks", GST_TYPE_INT_RANGE, self->n_user,
+        GST_MOSHI_MAX_CODEBOOKS, NULL);
+  } else {
+    caps = gst_pad_get_pad_template_caps (self->sinkpad);
+  }
+  return caps;
+}
+
+static gboolean
+gst_moshi_lm_sink_query (GstPad *pad, GstObject *parent, GstQuery *query)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (parent);
+
+  switch (GST_QUERY_TYPE (query)) {
+    case GST_QUERY_CAPS: {
+      GstCaps *filter, *caps = gst_moshi_lm_sink_caps (self);
+
+      gst_query_parse_caps (query, &filter);
+      if (filter) {
+        GstCaps *tmp =
+            gst_caps_intersect_full (filter, caps, GST_CAPS_INTERSECT_FIRST);
+        gst_caps_unref (caps);
+        caps = tmp;
+      }
+      gst_query_set_caps_result (query, caps);
+      gst_caps_unref (caps);
+      return TRUE;
+    }
+    case GST_QUERY_ACCEPT_CAPS: {
+      /* Anything of the template: too few codebooks is then refused by the
+       * caps event with a message that says what to change, rather than a
+       * bare "not negotiated". */
+      GstCaps *caps, *templ = gst_pad_get_pad_template_caps (pad);
+
+      gst_query_parse_accept_caps (query, &caps);
+      gst_query_set_accept_caps_result (query,
+          gst_caps_is_subset (caps, templ));
+      gst_caps_unref (templ);
+      return TRUE;
+    }
+    default:
+      return gst_pad_query_default (pad, parent, query);
+  }
+}
+
+static gboolean
+gst_moshi_lm_src_query (GstPad *pad, GstObject *parent, GstQuery *query)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (parent);
+
+  switch (GST_QUERY_TYPE (query)) {
+    case GST_QUERY_LATENCY: {
+      gboolean live;
+      GstClockTime min, max, ours;
+
+      if (!gst_pad_peer_query (self->sinkpad, query))
+        return FALSE;
+      gst_query_parse_latency (query, &live, &min, &max);
+      /* See "Timing" in the element docs. */
+      ours = GST_MOSHI_FRAME_DURATION * (1 + self->max_delay);
+      min += ours;
+      if (GST_CLOCK_TIME_IS_VALID (max))
+        max += ours;
+      GST_DEBUG_OBJECT (self,
+          "latency: ours %" GST_TIME_FORMAT ", total min "
+          "%" GST_TIME_FORMAT,
+          GST_TIME_ARGS (ours), GST_TIME_ARGS (min));
+      gst_query_set_latency (query, live, min, max);
+      return TRUE;
+    }
+    case GST_QUERY_CAPS: {
+      GstCaps *filter, *caps;
+
+      if (pad == self->srcpad && self->dep_q > 0)
+        caps = gst_caps_new_simple (GST_MOSHI_MIMI_MEDIA_TYPE, "codebooks",
+            G_TYPE_INT, self->dep_q, "framerate", GST_TYPE_FRACTION, 25, 2,
+            NULL);
+      else
+        caps = gst_pad_get_pad_template_caps (pad);
+      gst_query_parse_caps (query, &filter);
+      if (filter) {
+        GstCaps *tmp =
+            gst_caps_intersect_full (filter, caps, GST_CAPS_INTERSECT_FIRST);
+        gst_caps_unref (caps);
+        caps = tmp;
+      }
+      gst_query_set_caps_result (query, caps);
+      gst_caps_unref (caps);
+      return TRUE;
+    }
+    default:
+      return gst_pad_query_default (pad, parent, query);
+  }
+}

@@ -1,0 +1,69 @@
+/* gst-moshi: moshilm, the Moshi speech-text LM (user's Mimi codes in, the
+ * model's Mimi codes and text out). */
+#pragma once
+
+#include <gst/gst.h>
+#include <gst/base/gstflowcombiner.h>
+
+#include "lm.h"
+#include "sentencepiece.h"
+
+G_BEGIN_DECLS
+
+#define GST_TYPE_MOSHI_LM (gst_moshi_lm_get_type ())
+G_DECLARE_FINAL_TYPE (GstMoshiLm, gst_moshi_lm, GST, MOSHI_LM, GstElement)
+
+/* One step whose output has not come out yet (the delays): the timestamp of
+ * its input frame and whether that frame followed a discontinuity. */
+typedef struct {
+  GstClockTime pts;
+  gboolean discont;
+} GstMoshiLmSlot;
+
+struct _GstMoshiLm {
+  GstElement parent;
+
+  GstPad *sinkpad, *srcpad, *textpad;
+  GstFlowCombiner *combiner;
+
+  /* properties (object lock) */
+  gchar *model;
+  MoshiWeightType quantize;
+  gint threads;
+  gdouble temperature, temperature_text;
+  gint top_k, top_k_text;
+  guint64 seed;
+  gboolean greedy;
+
+  /* between READY->PAUSED and PAUSED->READY; used by the streaming
+   * thread only while the pads are active */
+  gchar *model_path, *tokenizer_path; /* for messages */
+  LmModel *lm; /* shared, from the model cache */
+  SpModel *sp; /* shared, from the model cache */
+  LmGen *gen; /* this conversation */
+  gint n_user; /* user codebooks the model reads (n_q - dep_q) */
+  gint dep_q; /* codebooks of the model's voice */
+  gint max_delay; /* steps before the first output frame */
+  gint text_padding_id;
+
+  /* stream state (streaming thread) */
+  gint in_codebooks; /* from the caps; 0 = not negotiated */
+  int *user_codes, *last_codes, *out_codes;
+  gboolean have_last; /* last_codes holds the last frame fed */
+  GstMoshiLmSlot *slots; /* ring of max_delay + 1 */
+  gint slot_head, n_slots;
+  GstClockTime next_pts; /* expected PTS of the next input frame */
+  GstClockTime last_out_pts; /* of the last frame pushed */
+  gboolean discont; /* the next input frame starts a discontinuity */
+  SpDecodeState sp_state;
+  GString *text;
+  GstSegment segment;
+  gboolean live; /* upstream is live (asked at the first buffer) */
+  gboolean live_known;
+  /* real time (see the element docs): excess of step time over 80 ms,
+   * accumulated; monotonic time of the last report */
+  gint64 lag_us, last_lag_report_us;
+  guint64 steps, late_steps;
+};
+
+G_END_DECLS

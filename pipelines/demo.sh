@@ -9,6 +9,7 @@
 # used and the output is not meaningful audio (the script says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+USER_MIMI_MODEL="${MIMI_MODEL:-}"
 bash .ci/install-deps.sh
 [ -f build/build.ninja ] || meson setup build >/dev/null
 meson compile -C build >/dev/null
@@ -33,6 +34,15 @@ echo ">> Codes file:           $CODES ($(stat -c %s "$CODES") bytes incl. GDP fr
 echo ">> Model:                $MIMI_MODEL"
 case "$MIMI_MODEL" in
   *tests/data/conformance*) echo ">> (random-weight test model: the audio is NOT meaningful; see README to get Kyutai's weights)";;
+esac
+
+echo ">> Offline dialog: Moshi answers the sample (moshi-dialog-file.sh)"
+# The dialog picks its own Mimi to match the LM unless the user chose one.
+MIMI_MODEL="$USER_MIMI_MODEL" GREEDY=1 pipelines/moshi-dialog-file.sh "$SAMPLE" \
+  /tmp/gst-moshi-reply.wav /tmp/gst-moshi-reply.srt 2>&1 | grep -v '^>>' || true
+echo ">> Reply audio: /tmp/gst-moshi-reply.wav, words with times: /tmp/gst-moshi-reply.srt"
+case "${MOSHI_MODEL:-}" in
+  ""|*tests/data/conformance*) echo ">> (tiny random-weight LM: the reply is NOT meaningful; see README for Kyutai's weights)";;
 esac
 
 echo ">> Speed of the full-size Mimi architecture on this machine (random weights,"

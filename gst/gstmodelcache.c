@@ -5,6 +5,8 @@
 
 #include "gstmodelcache.h"
 
+#include <json-glib/json-glib.h>
+
 #include <stdlib.h>
 
 #include "gstmoshienums.h"
@@ -258,7 +260,40 @@ load_lm (const gchar *path, gpointer user_data, GError **error)
   } else {
     lm_config_default (&cfg);
   }
-  return lm_model_load (path, &cfg, args->weights, error);
+  if (!cfg.lora)
+    return lm_model_load (path, &cfg, args->weights, error);
+
+  /* A LoRA fine-tune: Kyutai's repo config names the adapter file
+   * (lora_name), which sits beside the config. */
+  gpointer model = NULL;
+  JsonParser *parser = json_parser_new ();
+  gchar *lora_path = NULL;
+  if (json_parser_load_from_file (parser, args->config, error)) {
+    JsonNode *root = json_parser_get_root (parser);
+    JsonObject *o =
+        JSON_NODE_HOLDS_OBJECT (root) ? json_node_get_object (root) : NULL;
+    const gchar *name = o && json_object_has_member (o, "lora_name")
+        ? json_object_get_string_member (o, "lora_name")
+        : NULL;
+    if (name) {
+      gchar *dir = g_path_get_dirname (args->config);
+      lora_path = g_build_filename (dir, name, NULL);
+      g_free (dir);
+      if (!g_file_test (lora_path, G_FILE_TEST_EXISTS)) {
+        g_set_error (error, G_FILE_ERROR, G_FILE_ERROR_NOENT,
+            "%s says this model is a LoRA fine-tune with adapters in %s, "
+            "which is missing: download it with the rest of the repo "
+            "(huggingface-cli download <repo> %s)",
+            args->config, lora_path, name);
+        goto out;
+      }
+    }
+    model = lm_model_load_lora (path, lora_path, &cfg, args->weights, error);
+  }
+out:
+  g_free (lora_path);
+  g_object_unref (parser);
+  return model;
 }
 
 LmModel *
@@ -268,9 +303,15 @@ gst_moshi_model_cache_acquire_lm (const gchar *path, const gchar *config,
   LmLoadArgs args = { config, weights };
   GEnumClass *quantize = g_type_class_ref (GST_TYPE_MOSHI_QUANTIZE);
   GEnumValue *v = g_enum_get_value (quantize, weights);
-  /* The quantize property's nick ("none", "bf16", "q8", ...). */
-  gchar *kind = g_strdup_printf ("%s:%s", GST_MOSHI_MODEL_KIND_LM,
-      v ? v->value_nick : moshi_weight_type_name (weights));
+  /* The quantize property's nick ("none", "bf16", "q8", ...).  A LoRA
+   * config makes other weights out of the same base file: then the config
+   * is part of what identifies the model. */
+  LmConfig probe;
+  gboolean lora =
+      config && lm_config_load_json (&probe, config, NULL) && probe.lora;
+  gchar *kind = g_strdup_printf ("%s:%s%s%s", GST_MOSHI_MODEL_KIND_LM,
+      v ? v->value_nick : moshi_weight_type_name (weights), lora ? ":" : "",
+      lora ? config : "");
   LmModel *m = gst_moshi_model_cache_acquire (kind, path, load_lm, &args,
       (GDestroyNotify) lm_model_unref, error);
   g_type_class_unref (quantize);

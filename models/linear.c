@@ -31,15 +31,28 @@ moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,
 }
 
 gboolean
-moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name, int in,
-    int out, MoshiWeightType type, GError **error)
+moshi_linear_load_lora (MoshiLinear *l, const StFile *f, const char *name,
+    int in, int out, MoshiWeightType type, MoshiLora *lora, GError **error)
 {
   memset (l, 0, sizeof *l);
   l->in = in;
   l->out = out;
   int64_t shape[2] = { out, in };
   float *w = weights_load (f, name, 2, shape, error);
-  return w && linear_pack (l, w, type, name, error);
+  if (!w)
+    return FALSE;
+  if (!moshi_lora_merge (lora, name, w, 1, out, in, error)) {
+    moshi_free (w);
+    return FALSE;
+  }
+  return linear_pack (l, w, type, name, error);
+}
+
+gboolean
+moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name, int in,
+    int out, MoshiWeightType type, GError **error)
+{
+  return moshi_linear_load_lora (l, f, name, in, out, type, NULL, error);
 }
 
 void

@@ -6,6 +6,7 @@
 
 #include "gemm.h"
 #include "kernels.h"
+#include "lora.h"
 #include "safetensors.h"
 
 G_BEGIN_DECLS
@@ -19,6 +20,10 @@ gboolean moshi_linear_load (MoshiLinear *l, const StFile *f, const char *name,
     int in, int out, MoshiWeightType type, GError **error);
 void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
     MoshiWeightType type);
+/* Same, merging the LoRA adapter of `name` when `lora` has one. */
+gboolean moshi_linear_load_lora (MoshiLinear *l, const StFile *f,
+    const char *name, int in, int out, MoshiWeightType type, MoshiLora *lora,
+    GError **error);
 /* Packs w ([out][in], PyTorch layout; not taken over) as the layer. */
 gboolean moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,
     MoshiWeightType type);

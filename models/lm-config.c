@@ -42,6 +42,7 @@ lm_config_default (LmConfig *c)
   c->temp_text = 0.7f;
   c->top_k = 250;
   c->top_k_text = 25;
+  c->lora_scaling = 2.0f;
 }
 
 #define CFG_ERROR(...) \
@@ -134,7 +135,6 @@ static const char *const ignored_keys[] = {
   "tokenizer_name",
   "lora_name",
   "lora_rank",
-  "lora_scaling",
   "mimi_config_name",
   "tts_config",
   "model_id",
@@ -153,9 +153,6 @@ static const char *const ignored_keys[] = {
 /* Keys of features this implementation does not have: an error unless
  * null / empty, so a model that needs them is never run wrongly. */
 static const char *const unsupported_keys[] = {
-  /* LoRA adapters (lora_name) are not applied yet: refuse rather than run
-   * the base model while the user expects their fine-tune. */
-  "lora",
   "conditioners",
   "fuser",
   "cross_attention",
@@ -242,6 +239,7 @@ lm_config_library_defaults (LmConfig *c)
   c->existing_text_padding_id = 3;
   c->dep_dim = 256;
   c->dep_positional = TRANSFORMER_POS_SIN;
+  c->lora_scaling = 2.0f; /* Kyutai's get_moshi_lm default */
   c->temp = 0.8f;
   c->temp_text = 0.7f;
   c->top_k = 250;
@@ -390,7 +388,13 @@ lm_config_load_json (LmConfig *c, const char *path, GError **error)
       good = mjson_type (v) == MJSON_NULL
           ? (c->dep_low_rank = 0, TRUE)
           : get_int (v, k, 1, 65536, &c->dep_low_rank, path, error);
-    else if (!strcmp (k, "lm_gen_config"))
+    else if (!strcmp (k, "lora"))
+      good = get_bool (v, k, &c->lora, path, error);
+    else if (!strcmp (k, "lora_scaling")) {
+      double x = 0;
+      good = get_num (v, k, -1e6, 1e6, &x, path, error);
+      c->lora_scaling = (float) x;
+    } else if (!strcmp (k, "lm_gen_config"))
       good = parse_gen_config (c, v, path, error);
     else if (in_list (ignored_keys, k))
       good = TRUE;

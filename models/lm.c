@@ -2,6 +2,7 @@
 #include "lm-private.h"
 
 #include "alloc.h"
+#include "lora.h"
 #include "model-error.h"
 #include "weights.h"
 
@@ -198,14 +199,39 @@ LmModel *
 lm_model_load (const char *path, const LmConfig *cfg_in,
     MoshiWeightType weights, GError **error)
 {
+  return lm_model_load_lora (path, NULL, cfg_in, weights, error);
+}
+
+LmModel *
+lm_model_load_lora (const char *path, const char *lora_path,
+    const LmConfig *cfg_in, MoshiWeightType weights, GError **error)
+{
   LmConfig defaults;
   if (!cfg_in) {
     lm_config_default (&defaults);
     cfg_in = &defaults;
   }
-  StFile *f = st_open (path, error);
-  if (!f)
+  if (cfg_in->lora && !lora_path) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_MISSING,
+        "%s: the configuration says this model is a LoRA fine-tune (\"lora\": "
+        "true) but no adapter file was given (the repo config's lora_name)",
+        path);
     return NULL;
+  }
+  MoshiLora lora = { NULL, cfg_in->lora_scaling, 0 };
+  MoshiLora *lp = NULL;
+  if (lora_path) {
+    lora.file = st_open (lora_path, error);
+    if (!lora.file)
+      return NULL;
+    lp = &lora;
+  }
+  StFile *f = st_open (path, error);
+  if (!f) {
+    if (lora.file)
+      st_unref (lora.file);
+    return NULL;
+  }
   LmModel *m = g_new0 (LmModel, 1);
   m->refcount = 1;
   m->cfg = *cfg_in;
@@ -227,6 +253,7 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
       goto out;
 
   TransformerConfig tc = main_transformer_config (m, weights);
+  tc.lora = lp;
   if (!transformer_load (&m->transformer, &tc, f, "transformer", error))
     goto out;
 
@@ -243,8 +270,8 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
   }
   if (!m->out_norm_w || (!c->rms_norm && !m->out_norm_b))
     goto out;
-  if (!moshi_linear_load (&m->text_linear, f, "text_linear.weight", c->dim,
-          c->text_card, weights, error))
+  if (!moshi_linear_load_lora (&m->text_linear, f, "text_linear.weight", c->dim,
+          c->text_card, weights, lp, error))
     goto out;
 
   /* Depformer. */
@@ -254,9 +281,9 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
         c->dep_multi_linear ? (c->n_dep_schedule > 0 ? sets : c->dep_q) : 1;
     m->dep_in = g_new0 (MoshiLinear, m->n_dep_in);
     for (int i = 0; i < m->n_dep_in; i++)
-      if (!moshi_linear_load (&m->dep_in[i], f,
+      if (!moshi_linear_load_lora (&m->dep_in[i], f,
               weights_name (name, "depformer_in.%d.weight", i), c->dim,
-              c->dep_dim, weights, error))
+              c->dep_dim, weights, lp, error))
         goto out;
     if (!embedding_load (&m->dep_text_emb, f, "depformer_text_emb",
             c->text_card + 1, c->dep_dim, c->dep_low_rank, weights, error))
@@ -268,18 +295,27 @@ lm_model_load (const char *path, const LmConfig *cfg_in,
               c->dep_dim, c->dep_low_rank, weights, error))
         goto out;
     TransformerConfig dc = depformer_config (m, weights);
+    dc.lora = lp;
     if (!transformer_load (&m->depformer, &dc, f, "depformer", error))
       goto out;
     m->linears = g_new0 (MoshiLinear, c->dep_q);
     for (int i = 0; i < c->dep_q; i++)
-      if (!moshi_linear_load (&m->linears[i], f,
+      if (!moshi_linear_load_lora (&m->linears[i], f,
               weights_name (name, "linears.%d.weight", i), c->dep_dim, c->card,
-              weights, error))
+              weights, lp, error))
         goto out;
+  }
+  if (lp && lora.applied == 0) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_MISSING,
+        "%s: no tensor of this LoRA file adapts a weight of %s", lora_path,
+        path);
+    goto out;
   }
   ok = TRUE;
 out:
   st_unref (f);
+  if (lora.file)
+    st_unref (lora.file);
   if (!ok) {
     model_free (m);
     return NULL;

@@ -40,6 +40,10 @@ typedef struct {
   int dep_schedule[LM_MAX_SCHEDULE];
   int n_dep_schedule;
   int dep_low_rank; /* 0: plain embeddings */
+  /* LoRA fine-tune (config keys lora, lora_scaling; the adapter file is
+   * the repo config's lora_name) */
+  gboolean lora;
+  float lora_scaling;
   /* lm_gen_config defaults */
   float temp, temp_text;
   int top_k, top_k_text;
@@ -60,6 +64,12 @@ typedef struct LmModel LmModel;
 
 LmModel *lm_model_load (const char *path, const LmConfig *cfg,
     MoshiWeightType weights, GError **error);
+/* Same, merging the LoRA adapters of `lora_path` (a safetensors file with
+ * <weight stem>.lora_A/.lora_B tensors) scaled by cfg->lora_scaling.  A
+ * config with lora = true needs lora_path; an adapter file that matches no
+ * weight is an error. */
+LmModel *lm_model_load_lora (const char *path, const char *lora_path,
+    const LmConfig *cfg, MoshiWeightType weights, GError **error);
 /* Random weights with the shapes of `cfg` (benchmarks): packed layer by
  * layer, so a 7B model needs only its packed size in memory; embedding rows
  * are generated on demand, like the mapped tables of a real checkpoint. */

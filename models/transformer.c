@@ -63,12 +63,16 @@ layer_alloc (TransformerLayer *L, int sets)
 /* Loads a [sets * rows][cols] stacked tensor into `sets` linears. */
 static gboolean
 load_stacked (MoshiLinear *dst, int sets, const StFile *f, const char *name,
-    int cols, int rows, MoshiWeightType type, GError **error)
+    int cols, int rows, MoshiWeightType type, MoshiLora *lora, GError **error)
 {
   int64_t shape[2] = { (int64_t) sets * rows, cols };
   float *w = weights_load (f, name, 2, shape, error);
   if (!w)
     return FALSE;
+  if (!moshi_lora_merge (lora, name, w, sets, rows, cols, error)) {
+    moshi_free (w);
+    return FALSE;
+  }
   gboolean ok = TRUE;
   for (int s = 0; s < sets && ok; s++)
     ok = moshi_linear_init (&dst[s], w + (size_t) s * rows * cols, cols, rows,
@@ -117,11 +121,11 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
     }
     if (!load_stacked (L->in_proj, sets, f,
             weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, wt,
-            error))
+            cfg->lora, error))
       goto fail;
     if (!load_stacked (L->out_proj, sets, f,
             weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, wt,
-            error))
+            cfg->lora, error))
       goto fail;
     for (int s = 0; s < sets; s++) {
       char gp[220];
@@ -133,13 +137,13 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
         g_snprintf (gp, sizeof gp, "%s.gating", p);
       const char *in_name = cfg->gating ? "linear_in" : "linear1";
       const char *out_name = cfg->gating ? "linear_out" : "linear2";
-      if (!moshi_linear_load (&L->ff_in[s], f,
+      if (!moshi_linear_load_lora (&L->ff_in[s], f,
               weights_name (name, "%s.%s.weight", gp, in_name), d,
-              cfg->gating ? 2 * ff : ff, wt, error))
+              cfg->gating ? 2 * ff : ff, wt, cfg->lora, error))
         goto fail;
-      if (!moshi_linear_load (&L->ff_out[s], f,
+      if (!moshi_linear_load_lora (&L->ff_out[s], f,
               weights_name (name, "%s.%s.weight", gp, out_name), ff, d, wt,
-              error))
+              cfg->lora, error))
         goto fail;
     }
     if (cfg->layer_scale) {

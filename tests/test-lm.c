@@ -292,6 +292,222 @@ test_checkpoint_errors (void)
   expect_checkpoint_error (NULL, "text_linear.weight", MOSHI_MODEL_ERROR_SHAPE);
 }
 
+/* ---------------------------------------------------------------- LoRA --- */
+
+typedef struct {
+  const char *name;
+  int rows, cols;
+  float *data;
+  const StTensor *like; /* when set, written with this shape */
+} NamedTensor;
+
+/* Writes float32 tensors as a safetensors file. */
+static void
+write_tensors (const char *path, const NamedTensor *t, int n)
+{
+  GString *hdr = g_string_new ("{");
+  size_t off = 0;
+  for (int i = 0; i < n; i++) {
+    size_t bytes = sizeof (float) * t[i].rows * t[i].cols;
+    GString *shape = g_string_new ("");
+    if (t[i].like)
+      for (int d = 0; d < t[i].like->ndim; d++)
+        g_string_append_printf (shape, "%s%" G_GINT64_FORMAT, d ? "," : "",
+            t[i].like->shape[d]);
+    else
+      g_string_append_printf (shape, "%d,%d", t[i].rows, t[i].cols);
+    g_string_append_printf (hdr,
+        "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[%s],"
+        "\"data_offsets\":[%zu,%zu]}",
+        i ? "," : "", t[i].name, shape->str, off, off + bytes);
+    g_string_free (shape, TRUE);
+    off += bytes;
+  }
+  g_string_append (hdr, "}");
+  FILE *fp = fopen (path, "wb");
+  g_assert_nonnull (fp);
+  guint64 len = hdr->len;
+  fwrite (&len, 8, 1, fp);
+  fwrite (hdr->str, 1, hdr->len, fp);
+  for (int i = 0; i < n; i++)
+    fwrite (t[i].data, sizeof (float), (size_t) t[i].rows * t[i].cols, fp);
+  fclose (fp);
+  g_string_free (hdr, TRUE);
+}
+
+/* Adapters on a mix of weights (plain, stacked per-step, gated MLP, the
+ * heads); the model loaded with them must equal a checkpoint in which
+ * W + scaling * B A was merged by hand. */
+static void
+test_lora (void)
+{
+  static const struct {
+    const char *base;
+    int sets;
+  } targets[] = {
+    { "transformer.layers.0.self_attn.in_proj_weight", 1 },
+    { "transformer.layers.1.gating.linear_out.weight", 1 },
+    { "depformer.layers.0.self_attn.in_proj_weight", 8 },
+    { "depformer.layers.1.gating.2.linear_in.weight", 1 },
+    { "text_linear.weight", 1 },
+    { "linears.3.weight", 1 },
+  };
+  const int rank = 4, nt = G_N_ELEMENTS (targets);
+  const float scaling = 1.5f;
+  gchar *src = case_path ("model.safetensors");
+  StFile *f = st_open (src, NULL);
+  g_assert_nonnull (f);
+  NamedTensor *ad = g_new0 (NamedTensor, 2 * nt);
+  GHashTable *merged = g_hash_table_new (g_str_hash, g_str_equal);
+  guint32 seed = 99;
+  for (int i = 0; i < nt; i++) {
+    const StTensor *t = st_find (f, targets[i].base);
+    g_assert_nonnull (t);
+    int out = (int) t->shape[0] / targets[i].sets, in = (int) t->shape[1];
+    int sets = targets[i].sets;
+    gchar *stem = g_strndup (targets[i].base, strlen (targets[i].base) - 7);
+    NamedTensor *A = &ad[2 * i], *B = &ad[2 * i + 1];
+    A->name = g_strdup_printf ("%s.lora_A.weight", stem);
+    B->name = g_strdup_printf ("%s.lora_B.weight", stem);
+    g_free (stem);
+    A->rows = sets * rank;
+    A->cols = in;
+    B->rows = sets * out;
+    B->cols = rank;
+    A->data = g_new (float, (size_t) A->rows * A->cols);
+    B->data = g_new (float, (size_t) B->rows * B->cols);
+    for (int j = 0; j < A->rows * A->cols; j++)
+      A->data[j] =
+          ((seed = seed * 1664525u + 1013904223u) >> 9) / 8388608.0f - 0.5f;
+    for (int j = 0; j < B->rows * B->cols; j++)
+      B->data[j] =
+          ((seed = seed * 1664525u + 1013904223u) >> 9) / 8388608.0f - 0.5f;
+    float *w = g_new (float, t->numel);
+    g_assert_true (st_read_f32 (f, t, w, NULL));
+    for (int st = 0; st < sets; st++)
+      for (int o = 0; o < out; o++)
+        for (int c = 0; c < in; c++) {
+          double acc = 0;
+          for (int r = 0; r < rank; r++)
+            acc += (double) B->data[((size_t) st * out + o) * rank + r]
+                * A->data[((size_t) st * rank + r) * in + c];
+          w[((size_t) st * out + o) * in + c] += (float) (scaling * acc);
+        }
+    g_hash_table_insert (merged, (gpointer) targets[i].base, w);
+  }
+  /* The merged checkpoint: every tensor, the targets replaced. */
+  NamedTensor *all = g_new0 (NamedTensor, st_count (f));
+  float **owned = g_new0 (float *, st_count (f));
+  for (size_t i = 0; i < st_count (f); i++) {
+    const StTensor *t = st_index (f, i);
+    all[i].name = t->name;
+    all[i].like = t;
+    all[i].rows = (int) t->shape[0];
+    all[i].cols = (int) (t->numel / t->shape[0]);
+    float *w = g_hash_table_lookup (merged, t->name);
+    if (!w) {
+      w = owned[i] = g_new (float, t->numel);
+      g_assert_true (st_read_f32 (f, t, w, NULL));
+    }
+    all[i].data = w;
+  }
+  gchar *dir = g_dir_make_tmp ("lm-lora-XXXXXX", NULL);
+  gchar *merged_path = g_build_filename (dir, "merged.safetensors", NULL);
+  gchar *lora_path = g_build_filename (dir, "lora.safetensors", NULL);
+  write_tensors (merged_path, all, (int) st_count (f));
+  write_tensors (lora_path, ad, 2 * nt);
+
+  LmConfig cfg;
+  gchar *cp = case_path ("config.json");
+  g_assert_true (lm_config_load_json (&cfg, cp, NULL));
+  cfg.lora = TRUE;
+  cfg.lora_scaling = scaling;
+  GError *err = NULL;
+  LmModel *with =
+      lm_model_load_lora (src, lora_path, &cfg, MOSHI_WEIGHTS_F32, &err);
+  g_assert_no_error (err);
+  g_assert_null (lm_model_load (src, &cfg, MOSHI_WEIGHTS_F32, &err));
+  g_assert_nonnull (strstr (err->message, "lora"));
+  g_clear_error (&err);
+  cfg.lora = FALSE;
+  LmModel *hand = lm_model_load (merged_path, &cfg, MOSHI_WEIGHTS_F32, &err);
+  LmModel *base = lm_model_load (src, &cfg, MOSHI_WEIGHTS_F32, &err);
+  g_assert_no_error (err);
+
+  int steps;
+  int *user = user_codes (&steps);
+  LmGenParams p;
+  lm_gen_params_default (&p, &cfg);
+  p.use_sampling = FALSE;
+  LmGen *gw = lm_gen_new (with, &p, NULL), *gh = lm_gen_new (hand, &p, NULL);
+  LmGen *gb = lm_gen_new (base, &p, NULL);
+  float lw[100], lh[100], lb[100], dw[8 * 64], dh[8 * 64];
+  double err_max = 0, diff_base = 0;
+  for (int s = 0; s < steps; s++) {
+    int ow[9], oh[9], ob[9];
+    LmGenTrace tw = { .text_logits = lw, .depformer_logits = dw };
+    LmGenTrace th = { .text_logits = lh, .depformer_logits = dh };
+    LmGenTrace tb = { .text_logits = lb };
+    int rw = lm_gen_step (gw, user + s * 8, ow, &tw, NULL);
+    int rh = lm_gen_step (gh, user + s * 8, oh, &th, NULL);
+    lm_gen_step (gb, user + s * 8, ob, &tb, NULL);
+    g_assert_cmpint (rw, ==, rh);
+    if (rw)
+      g_assert_cmpmem (ow, sizeof ow, oh, sizeof oh);
+    for (int i = 0; i < 100; i++) {
+      err_max = MAX (err_max, fabs (lw[i] - lh[i]));
+      diff_base = MAX (diff_base, fabs (lw[i] - lb[i]));
+    }
+    for (int i = 0; i < 8 * 64; i++)
+      err_max = MAX (err_max, fabs (dw[i] - dh[i]));
+  }
+  g_test_message ("LoRA vs hand-merged: max logit diff %.3g; vs base %.3g",
+      err_max, diff_base);
+  g_assert_cmpfloat (err_max, <=, 1e-4);
+  g_assert_cmpfloat (diff_base, >, 1e-2); /* the adapters do something */
+
+  /* An adapter file that fits nothing is refused. */
+  NamedTensor stray = { "nothing.lora_A.weight", 2, 2, lw, NULL };
+  write_tensors (lora_path, &stray, 1);
+  cfg.lora = TRUE;
+  g_assert_null (
+      lm_model_load_lora (src, lora_path, &cfg, MOSHI_WEIGHTS_F32, &err));
+  g_assert_nonnull (strstr (err->message, "no tensor"));
+  g_clear_error (&err);
+
+  lm_gen_free (gw);
+  lm_gen_free (gh);
+  lm_gen_free (gb);
+  lm_model_unref (with);
+  lm_model_unref (hand);
+  lm_model_unref (base);
+  g_free (user);
+  g_unlink (merged_path);
+  g_unlink (lora_path);
+  g_rmdir (dir);
+  g_free (dir);
+  g_free (merged_path);
+  g_free (lora_path);
+  g_free (cp);
+  for (size_t i = 0; i < st_count (f); i++)
+    g_free (owned[i]);
+  g_free (owned);
+  g_free (all);
+  GHashTableIter it;
+  gpointer k, v;
+  g_hash_table_iter_init (&it, merged);
+  while (g_hash_table_iter_next (&it, &k, &v))
+    g_free (v);
+  g_hash_table_unref (merged);
+  for (int i = 0; i < 2 * nt; i++) {
+    g_free ((gchar *) ad[i].name);
+    g_free (ad[i].data);
+  }
+  g_free (ad);
+  st_unref (f);
+  g_free (src);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -306,5 +522,6 @@ main (int argc, char **argv)
       test_quantized);
   g_test_add_func ("/lm/config-errors", test_config_errors);
   g_test_add_func ("/lm/checkpoint-errors", test_checkpoint_errors);
+  g_test_add_func ("/lm/lora", test_lora);
   return g_test_run ();
 }

@@ -206,6 +206,24 @@ axpy_avx512 (float *y, float a, const float *x, int n)
 }
 #endif
 
+/* Exponentiates the valid scores in [lo, hi] against their maximum (the
+ * rest become 0) and returns 1 / their sum: softmax without the final
+ * division, which the callers fold into the value weights. */
+static float
+softmax_valid (float *sc, const guint8 *valid, int lo, int hi)
+{
+  float mx = -INFINITY;
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      mx = MAX (mx, sc[j]);
+  double sum = 0.0;
+  for (int j = lo; j <= hi; j++) {
+    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
+    sum += sc[j];
+  }
+  return (float) (1.0 / sum);
+}
+
 #if defined(__x86_64__)
 __attribute__ ((target ("avx512f"))) static void
 attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
@@ -232,16 +250,7 @@ attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
     for (int b = 0; b < 4; b++)
       _mm512_mask_storeu_ps (sc + j0 + 16 * b, mk[b], acc[b]);
   }
-  float mx = -INFINITY;
-  for (int j = lo; j <= hi; j++)
-    if (valid[j])
-      mx = MAX (mx, sc[j]);
-  double sum = 0.0;
-  for (int j = lo; j <= hi; j++) {
-    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
-    sum += sc[j];
-  }
-  const float inv = (float) (1.0 / sum);
+  const float inv = softmax_valid (sc, valid, lo, hi);
   /* Weighted sum of values, head_dim in registers (up to 128). */
   for (int c0 = 0; c0 < hd; c0 += 128) {
     const int w = MIN (128, hd - c0);
@@ -288,16 +297,7 @@ moshi_attention_head (const float *q, const float *kT, int ctx, const float *v,
     for (int j = lo; j <= hi; j++)
       sc[j] += qc * row[j];
   }
-  float mx = -INFINITY;
-  for (int j = lo; j <= hi; j++)
-    if (valid[j])
-      mx = MAX (mx, sc[j]);
-  double sum = 0.0;
-  for (int j = lo; j <= hi; j++) {
-    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
-    sum += sc[j];
-  }
-  const float inv = (float) (1.0 / sum);
+  const float inv = softmax_valid (sc, valid, lo, hi);
   for (int j = lo; j <= hi; j++)
     if (valid[j])
       for (int c = 0; c < hd; c++)

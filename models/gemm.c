@@ -355,13 +355,266 @@ tile_avx2 (int mr, const float *A, int lda, const float *Bp, int K,
   }
 }
 
+__attribute__ ((target ("avx2,fma"))) static inline void
+store_tile_avx2 (int mr, __m256 acc[][4], const PanelArgs *pa, float *C,
+    int ldc)
+{
+  if (pa->ncols == NR) {
+    __m256 bias[4];
+    for (int j = 0; j < 4; j++)
+      bias[j] =
+          pa->bias ? _mm256_loadu_ps (pa->bias + 8 * j) : _mm256_setzero_ps ();
+    for (int i = 0; i < mr; i++) {
+      float *c = C + (size_t) i * ldc;
+      for (int j = 0; j < 4; j++) {
+        __m256 v = _mm256_add_ps (acc[i][j], bias[j]);
+        if (pa->accumulate)
+          v = _mm256_add_ps (v, _mm256_loadu_ps (c + 8 * j));
+        _mm256_storeu_ps (c + 8 * j, v);
+      }
+    }
+    return;
+  }
+  for (int i = 0; i < mr; i++) {
+    float sum[NR] __attribute__ ((aligned (32)));
+    for (int j = 0; j < 4; j++)
+      _mm256_store_ps (sum + 8 * j, acc[i][j]);
+    store_row (C + (size_t) i * ldc, sum, pa);
+  }
+}
+
+/* 8 bf16 values to f32. */
+__attribute__ ((target ("avx2,fma"))) static inline __m256
+bf16x8_to_ps_avx2 (const uint16_t *p)
+{
+  return _mm256_castsi256_ps (
+      _mm256_slli_epi32 (_mm256_cvtepu16_epi32 (
+                             _mm_loadu_si128 ((const __m128i *) p)),
+          16));
+}
+
+/* BF16 weights: the F32 tile with the weights widened on the fly. */
+__attribute__ ((target ("avx2,fma"), always_inline)) static inline void
+tile_avx2_bf16 (const int MR, const float *A, int lda, const uint16_t *Bp,
+    int K, const PanelArgs *pa, float *C, int ldc)
+{
+  __m256 acc[AVX2_MR][4];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < 4; j++)
+      acc[i][j] = _mm256_setzero_ps ();
+  for (int k = 0; k < K; k++) {
+    const uint16_t *b = Bp + (size_t) k * NR;
+    __m256 a[AVX2_MR];
+    for (int i = 0; i < MR; i++)
+      a[i] = _mm256_broadcast_ss (A + (size_t) i * lda + k);
+    for (int j = 0; j < 4; j++) {
+      __m256 w = bf16x8_to_ps_avx2 (b + 8 * j);
+      for (int i = 0; i < MR; i++)
+        acc[i][j] = _mm256_fmadd_ps (a[i], w, acc[i][j]);
+    }
+  }
+  store_tile_avx2 (MR, acc, pa, C, ldc);
+}
+
+/* Quantized weights on AVX2 (no VNNI): the activations stay float32 and
+ * the stored weights are widened exactly to float, 8 columns x 1 k per
+ * vector, then multiplied in float; each 32-block's sums are scaled once at
+ * its end.  One 32-byte load holds 8 columns x 4 k (the [K/4][32][4]
+ * layout); k = 4g + r is byte r of each 32-bit lane.  vpshufb moves it to
+ * the lane's top byte with zeros below, which converts exactly to q x 2^24
+ * (Q8) or, after isolating a nibble there, q x 2^28 (Q4); the power of two
+ * comes out, exactly, at the end of the block.  This keeps the shuffles off
+ * the ports that the conversions and FMAs compete for. */
+#define Q_FMA(J, W)                                         \
+  do {                                                      \
+    const __m256 w_ = _mm256_cvtepi32_ps (W);               \
+    for (int i = 0; i < MR; i++)                            \
+      part[i][J] = _mm256_fmadd_ps (av[i], w_, part[i][J]); \
+  } while (0)
+
+/* vpshufb control: byte R of each 32-bit lane to its top byte, 0 below. */
+#define TOP_BYTE(R)                                        \
+  _mm256_setr_epi32 ((int) (0x808080u | (0u + (R)) << 24), \
+      (int) (0x808080u | (4u + (R)) << 24),                \
+      (int) (0x808080u | (8u + (R)) << 24),                \
+      (int) (0x808080u | (12u + (R)) << 24),               \
+      (int) (0x808080u | (0u + (R)) << 24),                \
+      (int) (0x808080u | (4u + (R)) << 24),                \
+      (int) (0x808080u | (8u + (R)) << 24),                \
+      (int) (0x808080u | (12u + (R)) << 24))
+
+#define BROADCAST_A(R)         \
+  __m256 av[AVX2_MR];          \
+  for (int i = 0; i < MR; i++) \
+  av[i] = _mm256_broadcast_ss (a + (size_t) i * lda + (R))
+
+/* One group of 4 k (a[i * lda + r], r < 4) against 32 columns of Q8:
+ * 128 bytes, 32 per 8 columns, accumulated as 2^24 x the products.  k
+ * outer, columns inner, so that only MR broadcast activations are live next
+ * to the 4 MR sums. */
+#define Q8_K(R)                                                     \
+  do {                                                              \
+    BROADCAST_A (R);                                                \
+    const __m256i ctl = TOP_BYTE (R);                               \
+    for (int j = 0; j < 4; j++)                                     \
+      Q_FMA (j,                                                     \
+          _mm256_shuffle_epi8 (_mm256_load_si256 (                  \
+                                   (const __m256i *) (b + 32 * j)), \
+              ctl));                                                \
+  } while (0)
+
+__attribute__ ((target ("avx2,fma"), always_inline)) static inline void
+q8_group_avx2 (const int MR, const float *a, size_t lda, const int8_t *b,
+    __m256 part[][4])
+{
+  Q8_K (0);
+  Q8_K (1);
+  Q8_K (2);
+  Q8_K (3);
+}
+#undef Q8_K
+
+/* The same for Q4, as 2^28 x the products: 64 bytes, the first 32 holding
+ * columns 0-7 (low nibbles) and 16-23 (high), the next 32 columns 8-15 and
+ * 24-31.  XOR with 8 turns each nibble q + 8 into q as 4-bit two's
+ * complement; with its byte on top, a shift left by 4 (low nibble) or a
+ * mask (high) leaves q x 2^28. */
+#define Q4_K(R)                                       \
+  do {                                                \
+    BROADCAST_A (R);                                  \
+    const __m256i ctl = TOP_BYTE (R);                 \
+    const __m256i t0 = _mm256_shuffle_epi8 (y0, ctl); \
+    const __m256i t1 = _mm256_shuffle_epi8 (y1, ctl); \
+    Q_FMA (0, _mm256_slli_epi32 (t0, 4));             \
+    Q_FMA (1, _mm256_slli_epi32 (t1, 4));             \
+    Q_FMA (2, _mm256_and_si256 (t0, hi));             \
+    Q_FMA (3, _mm256_and_si256 (t1, hi));             \
+  } while (0)
+
+__attribute__ ((target ("avx2,fma"), always_inline)) static inline void
+q4_group_avx2 (const int MR, const float *a, size_t lda, const uint8_t *b,
+    __m256 part[][4])
+{
+  const __m256i eights = _mm256_set1_epi8 ((char) 0x88);
+  const __m256i hi = _mm256_set1_epi32 ((int) 0xF0000000u);
+  const __m256i y0 =
+      _mm256_xor_si256 (_mm256_load_si256 ((const __m256i *) b), eights);
+  const __m256i y1 =
+      _mm256_xor_si256 (_mm256_load_si256 ((const __m256i *) (b + 32)), eights);
+  Q4_K (0);
+  Q4_K (1);
+  Q4_K (2);
+  Q4_K (3);
+}
+#undef Q4_K
+#undef BROADCAST_A
+#undef TOP_BYTE
+#undef Q_FMA
+
+/* One tile of MR rows x 32 columns for Q8 or Q4 weights. */
+__attribute__ ((target ("avx2,fma"), always_inline)) static inline void
+tile_avx2_quant (const int MR, const gboolean q4, const float *A, int lda,
+    const PanelArgs *pa, float *C, int ldc)
+{
+  const MoshiPackedB *B = pa->B;
+  const int K = B->K, KP = k_padded (B), KB = KP / QB;
+  /* Bytes per group of 4 k and per block. */
+  const size_t gbytes = q4 ? 2 * NR : 4 * NR;
+  const uint8_t *Bp =
+      (const uint8_t *) B->data + (size_t) pa->panel * (KP / 4) * gbytes;
+  __m256 acc[AVX2_MR][4];
+  for (int i = 0; i < MR; i++)
+    for (int j = 0; j < 4; j++)
+      acc[i][j] = _mm256_setzero_ps ();
+  for (int kb = 0; kb < KB; kb++) {
+    __m256 part[AVX2_MR][4];
+    for (int i = 0; i < MR; i++)
+      for (int j = 0; j < 4; j++)
+        part[i][j] = _mm256_setzero_ps ();
+    const int k0 = kb * QB;
+    const int nk = MIN (QB, K - k0);
+    const uint8_t *bb = Bp + (size_t) kb * (QB / 4) * gbytes;
+    int g = 0;
+    for (; 4 * g + 4 <= nk; g++) {
+      const float *a = A + k0 + 4 * g;
+      if (q4)
+        q4_group_avx2 (MR, a, lda, bb + g * gbytes, part);
+      else
+        q8_group_avx2 (MR, a, lda, (const int8_t *) bb + g * gbytes, part);
+    }
+    if (4 * g < nk) {
+      /* Last k of the matrix: A ends there, the padded weights are 0. */
+      float at[AVX2_MR * 4] = { 0 };
+      for (int i = 0; i < MR; i++)
+        for (int r = 0; r < nk - 4 * g; r++)
+          at[i * 4 + r] = A[(size_t) i * lda + k0 + 4 * g + r];
+      if (q4)
+        q4_group_avx2 (MR, at, 4, bb + g * gbytes, part);
+      else
+        q8_group_avx2 (MR, at, 4, (const int8_t *) bb + g * gbytes, part);
+    }
+    for (int j = 0; j < 4; j++) {
+      const size_t sidx = ((size_t) pa->panel * KB + kb) * NR + 8 * j;
+      const __m256 s = q4 ? bf16x8_to_ps_avx2 (B->scales_bf16 + sidx)
+                          : _mm256_loadu_ps (B->scales + sidx);
+      /* Exact: a power of two. */
+      const __m256 unit = _mm256_set1_ps (q4 ? 0x1p-28f : 0x1p-24f);
+      for (int i = 0; i < MR; i++)
+        acc[i][j] =
+            _mm256_fmadd_ps (_mm256_mul_ps (part[i][j], unit), s, acc[i][j]);
+    }
+  }
+  store_tile_avx2 (MR, acc, pa, C, ldc);
+}
+
+#define DEFINE_TILES_AVX2(MR)                                                  \
+  __attribute__ ((                                                             \
+      target ("avx2,fma"))) static void tile_avx2_bf16_##MR (const float *A,   \
+      int lda, const PanelArgs *pa, float *C, int ldc)                         \
+  {                                                                            \
+    const MoshiPackedB *B = pa->B;                                             \
+    tile_avx2_bf16 (MR, A, lda,                                                \
+        (const uint16_t *) B->data + (size_t) pa->panel * B->K * NR, B->K, pa, \
+        C, ldc);                                                               \
+  }                                                                            \
+  __attribute__ ((                                                             \
+      target ("avx2,fma"))) static void tile_avx2_q8_##MR (const float *A,     \
+      int lda, const PanelArgs *pa, float *C, int ldc)                         \
+  {                                                                            \
+    tile_avx2_quant (MR, FALSE, A, lda, pa, C, ldc);                           \
+  }                                                                            \
+  __attribute__ ((                                                             \
+      target ("avx2,fma"))) static void tile_avx2_q4_##MR (const float *A,     \
+      int lda, const PanelArgs *pa, float *C, int ldc)                         \
+  {                                                                            \
+    tile_avx2_quant (MR, TRUE, A, lda, pa, C, ldc);                            \
+  }
+
+DEFINE_TILES_AVX2 (1)
+DEFINE_TILES_AVX2 (2)
+DEFINE_TILES_AVX2 (3)
+
+typedef void (*TileAvx2) (const float *, int, const PanelArgs *, float *, int);
+
+static const TileAvx2 tiles_avx2_bf16[AVX2_MR + 1] = { NULL, tile_avx2_bf16_1,
+  tile_avx2_bf16_2, tile_avx2_bf16_3 };
+static const TileAvx2 tiles_avx2_q8[AVX2_MR + 1] = { NULL, tile_avx2_q8_1,
+  tile_avx2_q8_2, tile_avx2_q8_3 };
+static const TileAvx2 tiles_avx2_q4[AVX2_MR + 1] = { NULL, tile_avx2_q4_1,
+  tile_avx2_q4_2, tile_avx2_q4_3 };
+
 static void
 panel_avx2 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
     int ldc)
 {
   const MoshiPackedB *B = pa->B;
   if (B->type != MOSHI_WEIGHTS_F32) {
-    panel_generic (M, A, lda, pa, C, ldc);
+    const TileAvx2 *tiles = B->type == MOSHI_WEIGHTS_BF16 ? tiles_avx2_bf16
+        : B->type == MOSHI_WEIGHTS_Q8                     ? tiles_avx2_q8
+                                                          : tiles_avx2_q4;
+    for (int m = 0; m < M; m += AVX2_MR)
+      tiles[MIN (AVX2_MR, M - m)](A + (size_t) m * lda, lda, pa,
+          C + (size_t) m * ldc, ldc);
     return;
   }
   const float *Bp = (const float *) B->data + (size_t) pa->panel * B->K * NR;
@@ -625,8 +878,9 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
         break;
       case MOSHI_WEIGHTS_Q8:
       case MOSHI_WEIGHTS_Q4:
-        panel_generic (mr, a, lda, pa, c,
-            ldc); /* no VNNI: see moshi_gemm_packed */
+        /* AVX-512 without VNNI (moshi_gemm_packed sends VNNI CPUs to the
+         * integer path): the AVX2 kernels, float activations. */
+        panel_avx2 (mr, a, lda, pa, c, ldc);
         break;
     }
   }

@@ -7,7 +7,8 @@
  * place (any row stride, so conv windows need no im2col copy).
  *
  * Kernels: AVX-512 (6x32 tile) for every storage type (Q8/Q4 need VNNI),
- * AVX2+FMA (3x32 tile) for F32, portable C for all; chosen at run time
+ * AVX2+FMA (3x32 tile) for every storage type (Q8/Q4 weights widened to
+ * float, activations kept float), portable C for all; chosen at run time
  * through cpu.h. */
 #pragma once
 #include <glib.h>

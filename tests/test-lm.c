@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "lm.h"
 #include "model-error.h"
 #include "safetensors.h"
@@ -508,6 +509,34 @@ test_lora (void)
   g_free (src);
 }
 
+/* Every allocation of an LM load may fail: each failure is an error and
+ * frees everything else (ASan's leak check in CI). */
+static void
+test_alloc_failures (void)
+{
+  gchar *c = case_path ("config.json"), *p = case_path ("model.safetensors");
+  LmConfig cfg;
+  g_assert_true (lm_config_load_json (&cfg, c, NULL));
+  int failures = 0;
+  for (long n = 1; n < 5000; n++) {
+    GError *err = NULL;
+    moshi_alloc_fail_after (n);
+    LmModel *m = lm_model_load (p, &cfg, MOSHI_WEIGHTS_Q8, &err);
+    moshi_alloc_fail_after (0);
+    if (m) {
+      g_assert_no_error (err);
+      lm_model_unref (m);
+      break;
+    }
+    g_assert_nonnull (err);
+    failures++;
+    g_clear_error (&err);
+  }
+  g_assert_cmpint (failures, >, 50);
+  g_free (c);
+  g_free (p);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -523,5 +552,6 @@ main (int argc, char **argv)
   g_test_add_func ("/lm/config-errors", test_config_errors);
   g_test_add_func ("/lm/checkpoint-errors", test_checkpoint_errors);
   g_test_add_func ("/lm/lora", test_lora);
+  g_test_add_func ("/lm/alloc-failures", test_alloc_failures);
   return g_test_run ();
 }

@@ -202,9 +202,53 @@ moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N, int ldb,
       MOSHI_WEIGHTS_F32);
 }
 
+static void
+packed_sizes (const MoshiPackedB *p, size_t bytes[4])
+{
+  const size_t elems = (size_t) p->n_panels * k_padded (p) * NR;
+  const size_t n_scales = elems / QB;
+  bytes[0] = p->type == MOSHI_WEIGHTS_F32 ? 4 * elems
+      : p->type == MOSHI_WEIGHTS_BF16     ? 2 * elems
+      : p->type == MOSHI_WEIGHTS_Q8       ? elems
+                                          : elems / 2;
+  bytes[1] = p->type == MOSHI_WEIGHTS_Q8 ? sizeof (float) * n_scales : 0;
+  bytes[2] = p->type == MOSHI_WEIGHTS_Q8 ? sizeof (int32_t) * n_scales : 0;
+  bytes[3] = p->type == MOSHI_WEIGHTS_Q4 ? sizeof (uint16_t) * n_scales : 0;
+}
+
+void
+moshi_packed_layout (const MoshiPackedB *p, void *ptrs[4], size_t bytes[4])
+{
+  packed_sizes (p, bytes);
+  ptrs[0] = p->data;
+  ptrs[1] = p->scales;
+  ptrs[2] = p->colsum;
+  ptrs[3] = p->scales_bf16;
+}
+
+void
+moshi_packed_borrow (MoshiPackedB *p, int K, int N, MoshiWeightType type,
+    void *const ptrs[4])
+{
+  memset (p, 0, sizeof *p);
+  p->K = K;
+  p->N = N;
+  p->type = type;
+  p->n_panels = (N + NR - 1) / NR;
+  p->borrowed = TRUE;
+  p->data = ptrs[0];
+  p->scales = ptrs[1];
+  p->colsum = ptrs[2];
+  p->scales_bf16 = ptrs[3];
+}
+
 void
 moshi_packed_clear (MoshiPackedB *p)
 {
+  if (p->borrowed) {
+    memset (p, 0, sizeof *p);
+    return;
+  }
   moshi_free (p->data);
   moshi_free (p->scales);
   moshi_free (p->colsum);

@@ -47,7 +47,17 @@ typedef struct {
   float *scales;
   int32_t *colsum;
   uint16_t *scales_bf16;
+  gboolean borrowed; /* arrays point into a mapped cache file: not freed */
 } MoshiPackedB;
+
+/* The arrays of a packed matrix (data, scales, colsum, scales_bf16) and
+ * their byte sizes, for writing them to a cache file; unused ones are 0. */
+void moshi_packed_layout (const MoshiPackedB *p, void *ptrs[4],
+    size_t bytes[4]);
+/* Shapes p as a K x N matrix of `type` whose arrays are the given memory
+ * (64-byte aligned, sizes as moshi_packed_layout says), without copying. */
+void moshi_packed_borrow (MoshiPackedB *p, int K, int N, MoshiWeightType type,
+    void *const ptrs[4]);
 
 /* b(k, n) is element (k, n) of the logical B: from a row-major [K][N]
  * matrix (ldb) or, when `transposed`, from a [N][K] matrix (a PyTorch Linear

@@ -32,11 +32,14 @@ moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,
 
 gboolean
 moshi_linear_load_lora (MoshiLinear *l, const StFile *f, const char *name,
-    int in, int out, MoshiWeightType type, MoshiLora *lora, GError **error)
+    int in, int out, MoshiWeightType type, MoshiLoadCtx *lora, GError **error)
 {
   memset (l, 0, sizeof *l);
   l->in = in;
   l->out = out;
+  MoshiPackCache *cache = lora ? lora->cache : NULL;
+  if (cache && moshi_pack_cache_take (cache, name, in, out, type, &l->w))
+    return TRUE;
   int64_t shape[2] = { out, in };
   float *w = weights_load (f, name, 2, shape, error);
   if (!w)
@@ -45,7 +48,11 @@ moshi_linear_load_lora (MoshiLinear *l, const StFile *f, const char *name,
     moshi_free (w);
     return FALSE;
   }
-  return linear_pack (l, w, type, name, error);
+  if (!linear_pack (l, w, type, name, error))
+    return FALSE;
+  if (cache)
+    moshi_pack_cache_put (cache, name, &l->w);
+  return TRUE;
 }
 
 gboolean

@@ -22,7 +22,7 @@ void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
     MoshiWeightType type);
 /* Same, merging the LoRA adapter of `name` when `lora` has one. */
 gboolean moshi_linear_load_lora (MoshiLinear *l, const StFile *f,
-    const char *name, int in, int out, MoshiWeightType type, MoshiLora *lora,
+    const char *name, int in, int out, MoshiWeightType type, MoshiLoadCtx *lora,
     GError **error);
 /* Packs w ([out][in], PyTorch layout; not taken over) as the layer. */
 gboolean moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,

@@ -3,6 +3,7 @@
 
 #include "kernels.h"
 #include "linear.h"
+#include "packcache.h"
 #include "lm.h"
 #include "transformer.h"
 
@@ -22,6 +23,7 @@ struct LmModel {
   gint refcount;
   LmConfig cfg;
   StFile *file; /* kept mapped: embeddings are read from it */
+  MoshiPackCache *pack_cache; /* lends packed weights, or NULL */
   int ff_hidden, dep_ff_hidden;
   LmEmbedding text_emb; /* text_card + 1 rows */
   LmEmbedding *emb; /* [n_q], card + 1 rows */

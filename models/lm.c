@@ -1,6 +1,8 @@
 /* Moshi LM: weights and one forward step (Kyutai's LMModel). */
 #include "lm-private.h"
 
+#include <glib/gstdio.h>
+
 #include "alloc.h"
 #include "lora.h"
 #include "model-error.h"
@@ -136,6 +138,7 @@ model_free (LmModel *m)
   g_free (m->linears);
   if (m->file)
     st_unref (m->file);
+  moshi_pack_cache_unref (m->pack_cache); /* after the borrowed weights */
   g_free (m);
 }
 
@@ -206,6 +209,48 @@ LmModel *
 lm_model_load_lora (const char *path, const char *lora_path,
     const LmConfig *cfg_in, MoshiWeightType weights, GError **error)
 {
+  return lm_model_load_cached (path, lora_path, cfg_in, weights, NULL, NULL,
+      error);
+}
+
+/* What the packed weights depend on: the files (path, size, mtime), the
+ * configuration and the storage type. */
+static gchar *
+cache_key (const char *path, const char *lora_path, const LmConfig *cfg,
+    MoshiWeightType weights)
+{
+  GString *k = g_string_new ("gst-moshi packed weights v1;");
+  const char *files[2] = { path, lora_path };
+  for (int i = 0; i < 2; i++) {
+    GStatBuf st;
+    if (!files[i])
+      continue;
+    gchar *real = g_canonicalize_filename (files[i], NULL);
+    if (g_stat (files[i], &st) == 0)
+      g_string_append_printf (k,
+          "%s:%" G_GINT64_FORMAT ":%" G_GINT64_FORMAT ";", real,
+          (gint64) st.st_size, (gint64) st.st_mtime);
+    g_free (real);
+  }
+  gchar *sum = g_compute_checksum_for_data (G_CHECKSUM_SHA256,
+      (const guchar *) cfg, sizeof *cfg);
+  g_string_append_printf (k, "config %s;weights %s", sum,
+      moshi_weight_type_name (weights));
+  g_free (sum);
+  return g_string_free (k, FALSE);
+}
+
+gboolean
+lm_model_from_cache (const LmModel *m)
+{
+  return m->pack_cache && moshi_pack_cache_is_reading (m->pack_cache);
+}
+
+LmModel *
+lm_model_load_cached (const char *path, const char *lora_path,
+    const LmConfig *cfg_in, MoshiWeightType weights, const char *cache_path,
+    gchar **cache_warning, GError **error)
+{
   LmConfig defaults;
   if (!cfg_in) {
     lm_config_default (&defaults);
@@ -218,18 +263,27 @@ lm_model_load_lora (const char *path, const char *lora_path,
         path);
     return NULL;
   }
-  MoshiLora lora = { NULL, cfg_in->lora_scaling, 0 };
-  MoshiLora *lp = NULL;
+  MoshiLoadCtx lora = { NULL, cfg_in->lora_scaling, 0, NULL };
+  MoshiLoadCtx *lp = &lora;
   if (lora_path) {
     lora.file = st_open (lora_path, error);
     if (!lora.file)
       return NULL;
-    lp = &lora;
+  }
+  if (cache_path && weights != MOSHI_WEIGHTS_F32) {
+    gchar *key = cache_key (path, lora_path, cfg_in, weights);
+    GError *cerr = NULL;
+    lora.cache = moshi_pack_cache_open (cache_path, key, &cerr);
+    g_free (key);
+    if (!lora.cache && cache_warning)
+      *cache_warning = g_strdup (cerr->message);
+    g_clear_error (&cerr);
   }
   StFile *f = st_open (path, error);
   if (!f) {
     if (lora.file)
       st_unref (lora.file);
+    moshi_pack_cache_unref (lora.cache);
     return NULL;
   }
   LmModel *m = g_new0 (LmModel, 1);
@@ -305,7 +359,9 @@ lm_model_load_lora (const char *path, const char *lora_path,
               weights, lp, error))
         goto out;
   }
-  if (lp && lora.applied == 0) {
+  /* Adapters already merged into cached weights count as applied. */
+  if (lora.file && lora.applied == 0
+      && !(lora.cache && moshi_pack_cache_lent (lora.cache) > 0)) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_MISSING,
         "%s: no tensor of this LoRA file adapts a weight of %s", lora_path,
         path);
@@ -316,6 +372,15 @@ out:
   st_unref (f);
   if (lora.file)
     st_unref (lora.file);
+  if (ok && lora.cache) {
+    GError *cerr = NULL;
+    if (!moshi_pack_cache_finish (lora.cache, &cerr) && cache_warning)
+      *cache_warning = g_strdup (cerr->message);
+    g_clear_error (&cerr);
+    m->pack_cache = lora.cache; /* the model's weights may point into it */
+  } else {
+    moshi_pack_cache_unref (lora.cache);
+  }
   if (!ok) {
     model_free (m);
     return NULL;

@@ -70,6 +70,15 @@ LmModel *lm_model_load (const char *path, const LmConfig *cfg,
  * weight is an error. */
 LmModel *lm_model_load_lora (const char *path, const char *lora_path,
     const LmConfig *cfg, MoshiWeightType weights, GError **error);
+/* Same, with a cache of the packed weights at `cache_path` (NULL: none):
+ * read when it matches this model, LoRA, configuration and storage type,
+ * else written for the next start.  A cache that cannot be written is only
+ * a warning, returned in `cache_warning` (may be NULL). */
+LmModel *lm_model_load_cached (const char *path, const char *lora_path,
+    const LmConfig *cfg, MoshiWeightType weights, const char *cache_path,
+    gchar **cache_warning, GError **error);
+/* TRUE when the model's packed weights came from its cache file. */
+gboolean lm_model_from_cache (const LmModel *m);
 /* Random weights with the shapes of `cfg` (benchmarks): packed layer by
  * layer, so a 7B model needs only its packed size in memory; embedding rows
  * are generated on demand, like the mapped tables of a real checkpoint. */

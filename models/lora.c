@@ -20,7 +20,7 @@ adapter_stem (const char *base, char *stem, size_t len)
 }
 
 gboolean
-moshi_lora_merge (MoshiLora *lora, const char *base_name, float *w, int sets,
+moshi_lora_merge (MoshiLoadCtx *lora, const char *base_name, float *w, int sets,
     int out, int in, GError **error)
 {
   if (!lora || !lora->file)

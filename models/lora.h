@@ -7,20 +7,24 @@
 #pragma once
 #include <glib.h>
 
+#include "packcache.h"
 #include "safetensors.h"
 
 G_BEGIN_DECLS
 
+/* What a model load adds to plain tensor reading: LoRA adapters to merge
+ * and a cache of packed weights to read from or fill. */
 typedef struct {
-  StFile *file;
+  StFile *file; /* LoRA adapters, or NULL */
   float scaling;
   int applied; /* adapters merged so far */
-} MoshiLora;
+  MoshiPackCache *cache; /* or NULL */
+} MoshiLoadCtx;
 
 /* Adds the adapter of base tensor `base_name` (if the file has one) to
  * w [sets * out][in].  No adapter: TRUE, nothing changes.  Bad shapes:
  * FALSE with an error naming the tensors. */
-gboolean moshi_lora_merge (MoshiLora *lora, const char *base_name, float *w,
+gboolean moshi_lora_merge (MoshiLoadCtx *lora, const char *base_name, float *w,
     int sets, int out, int in, GError **error);
 
 G_END_DECLS

@@ -47,7 +47,7 @@ typedef struct {
   int weight_sets;
   int schedule[TRANSFORMER_MAX_SCHEDULE];
   int n_schedule;
-  MoshiLora *lora; /* adapters merged while loading, or NULL */
+  MoshiLoadCtx *lora; /* adapters merged while loading, or NULL */
 } TransformerConfig;
 
 typedef struct {

@@ -537,6 +537,112 @@ test_alloc_failures (void)
   g_free (p);
 }
 
+/* Greedy run; returns all steps' text logits [steps][100] and outputs. */
+static void
+greedy_trace (LmModel *m, const LmConfig *cfg, const int *user, int steps,
+    float *logits, int *out)
+{
+  LmGenParams p;
+  lm_gen_params_default (&p, cfg);
+  p.use_sampling = FALSE;
+  LmGen *g = lm_gen_new (m, &p, NULL);
+  for (int s = 0; s < steps; s++) {
+    LmGenTrace t = { .text_logits = logits + s * 100 };
+    if (lm_gen_step (g, user + s * 8, out + s * 9, &t, NULL) == 0)
+      for (int k = 0; k < 9; k++)
+        out[s * 9 + k] = -1;
+  }
+  lm_gen_free (g);
+}
+
+/* The packed-weights cache: written on the first load, lent on the next
+ * with bit-identical results, rewritten when stale or truncated, and a
+ * cache that cannot be written only warns. */
+static void
+test_pack_cache (void)
+{
+  gchar *c = case_path ("config.json"), *p = case_path ("model.safetensors");
+  LmConfig cfg;
+  g_assert_true (lm_config_load_json (&cfg, c, NULL));
+  gchar *dir = g_dir_make_tmp ("lm-cache-XXXXXX", NULL);
+  gchar *cache = g_build_filename (dir, "model.q8.moshipack", NULL);
+  int steps;
+  int *user = user_codes (&steps);
+  float *l1 = g_new (float, steps * 100), *l2 = g_new (float, steps * 100);
+  int *o1 = g_new (int, steps * 9), *o2 = g_new (int, steps * 9);
+  GError *err = NULL;
+  gchar *warn = NULL;
+
+  LmModel *m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q8, cache,
+      &warn, &err);
+  g_assert_no_error (err);
+  g_assert_null (warn);
+  g_assert_false (lm_model_from_cache (m));
+  g_assert_true (g_file_test (cache, G_FILE_TEST_EXISTS));
+  greedy_trace (m, &cfg, user, steps, l1, o1);
+  lm_model_unref (m);
+
+  m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q8, cache, &warn,
+      &err);
+  g_assert_no_error (err);
+  g_assert_true (lm_model_from_cache (m));
+  greedy_trace (m, &cfg, user, steps, l2, o2);
+  lm_model_unref (m);
+  g_assert_cmpmem (l1, sizeof (float) * steps * 100, l2,
+      sizeof (float) * steps * 100);
+  g_assert_cmpmem (o1, sizeof (int) * steps * 9, o2, sizeof (int) * steps * 9);
+
+  /* Truncated: not used, written again. */
+  gchar *data = NULL;
+  gsize len = 0;
+  g_assert_true (g_file_get_contents (cache, &data, &len, NULL));
+  g_assert_true (g_file_set_contents (cache, data, len / 2, NULL));
+  m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q8, cache, &warn,
+      &err);
+  g_assert_no_error (err);
+  g_assert_false (lm_model_from_cache (m));
+  lm_model_unref (m);
+  gchar *again = NULL;
+  gsize len2 = 0;
+  g_assert_true (g_file_get_contents (cache, &again, &len2, NULL));
+  g_assert_cmpuint (len2, ==, len);
+  g_free (again);
+  g_free (data);
+
+  /* Another storage type is another key: rewritten, not lent. */
+  m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q4, cache, &warn,
+      &err);
+  g_assert_no_error (err);
+  g_assert_false (lm_model_from_cache (m));
+  lm_model_unref (m);
+  m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q4, cache, &warn,
+      &err);
+  g_assert_true (lm_model_from_cache (m));
+  lm_model_unref (m);
+
+  /* Unwritable: the model loads, the reason comes back as a warning. */
+  m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q8,
+      "/nonexistent-dir/x.moshipack", &warn, &err);
+  g_assert_no_error (err);
+  g_assert_nonnull (m);
+  g_assert_nonnull (warn);
+  g_assert_nonnull (strstr (warn, "/nonexistent-dir/x.moshipack"));
+  g_free (warn);
+  lm_model_unref (m);
+
+  g_unlink (cache);
+  g_rmdir (dir);
+  g_free (dir);
+  g_free (cache);
+  g_free (user);
+  g_free (l1);
+  g_free (l2);
+  g_free (o1);
+  g_free (o2);
+  g_free (c);
+  g_free (p);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -553,5 +659,6 @@ main (int argc, char **argv)
   g_test_add_func ("/lm/checkpoint-errors", test_checkpoint_errors);
   g_test_add_func ("/lm/lora", test_lora);
   g_test_add_func ("/lm/alloc-failures", test_alloc_failures);
+  g_test_add_func ("/lm/pack-cache", test_pack_cache);
   return g_test_run ();
 }

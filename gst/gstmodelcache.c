@@ -5,7 +5,9 @@
 
 #include "gstmodelcache.h"
 
+#include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
+#include <unistd.h>
 
 #include <stdlib.h>
 
@@ -248,6 +250,48 @@ typedef struct {
   MoshiWeightType weights;
 } LmLoadArgs;
 
+/* Loads the LM, reading or writing its packed-weights cache (quantized
+ * storage only): beside the weights when that folder is writable (the
+ * Hugging Face cache is), else in the user's cache folder.
+ * GST_MOSHI_NO_WEIGHT_CACHE=1 turns it off. */
+static LmModel *
+load_lm_cached (const gchar *path, const gchar *lora_path, const LmConfig *cfg,
+    MoshiWeightType weights, GError **error)
+{
+  if (weights == MOSHI_WEIGHTS_F32 || g_getenv ("GST_MOSHI_NO_WEIGHT_CACHE"))
+    return lm_model_load_lora (path, lora_path, cfg, weights, error);
+  gchar *beside = g_strdup_printf ("%s.%s.moshipack", path,
+      moshi_weight_type_name (weights));
+  gchar *warning = NULL;
+  gchar *dir = g_path_get_dirname (path);
+  const gchar *cache_path = beside;
+  gchar *user_path = NULL;
+  if (g_access (dir, W_OK) != 0) {
+    gchar *real = g_canonicalize_filename (path, NULL);
+    gchar *sum = g_compute_checksum_for_string (G_CHECKSUM_SHA1, real, -1);
+    gchar *udir = g_build_filename (g_get_user_cache_dir (), "gst-moshi", NULL);
+    g_mkdir_with_parents (udir, 0700);
+    user_path = g_strdup_printf ("%s/%s.%s.moshipack", udir, sum,
+        moshi_weight_type_name (weights));
+    cache_path = user_path;
+    g_free (udir);
+    g_free (sum);
+    g_free (real);
+  }
+  LmModel *m = lm_model_load_cached (path, lora_path, cfg, weights, cache_path,
+      &warning, error);
+  if (m)
+    GST_INFO ("%s: packed weights %s %s", path,
+        lm_model_from_cache (m) ? "mapped from" : "written to", cache_path);
+  if (warning)
+    GST_WARNING ("%s", warning);
+  g_free (warning);
+  g_free (dir);
+  g_free (beside);
+  g_free (user_path);
+  return m;
+}
+
 static gpointer
 load_lm (const gchar *path, gpointer user_data, GError **error)
 {
@@ -261,7 +305,7 @@ load_lm (const gchar *path, gpointer user_data, GError **error)
     lm_config_default (&cfg);
   }
   if (!cfg.lora)
-    return lm_model_load (path, &cfg, args->weights, error);
+    return load_lm_cached (path, NULL, &cfg, args->weights, error);
 
   /* A LoRA fine-tune: Kyutai's repo config names the adapter file
    * (lora_name), which sits beside the config. */
@@ -288,7 +332,7 @@ load_lm (const gchar *path, gpointer user_data, GError **error)
         goto out;
       }
     }
-    model = lm_model_load_lora (path, lora_path, &cfg, args->weights, error);
+    model = load_lm_cached (path, lora_path, &cfg, args->weights, error);
   }
 out:
   g_free (lora_path);

@@ -56,22 +56,44 @@ typedef struct {
   int frames, frame_size, dim, steps, n_q, context;
 } Case;
 
-/* A reference tensor as floats; NULL if absent. numel returned. */
-static float *
-ref_f32 (Case *c, const char *name, size_t *numel)
+/* A reference tensor as float32 or int64: NULL when absent; when present
+ * with the wrong number of values (want > 0) or unreadable, NULL and the
+ * problem reported as a failed check of case `who`. */
+static void *
+ref_read (const char *who, StFile *f, const char *name, size_t want,
+    gboolean as_float, const StTensor **tensor)
 {
-  const StTensor *t = st_find (c->vec, name);
+  const StTensor *t = st_find (f, name);
   if (!t)
     return NULL;
+  if (want && (size_t) t->numel != want) {
+    report (FALSE, who, name, "has %" G_GINT64_FORMAT " values, expected %zu",
+        t->numel, want);
+    return NULL;
+  }
   GError *err = NULL;
-  float *buf = g_new (float, MAX (t->numel, 1));
-  if (!st_read_f32 (c->vec, t, buf, &err)) {
-    report (FALSE, c->name, name, "%s", err->message);
+  void *buf = as_float ? (void *) g_new (float, MAX (t->numel, 1))
+                       : (void *) g_new (int64_t, MAX (t->numel, 1));
+  gboolean ok =
+      as_float ? st_read_f32 (f, t, buf, &err) : st_read_i64 (f, t, buf, &err);
+  if (!ok) {
+    report (FALSE, who, name, "%s", err->message);
     g_error_free (err);
     g_free (buf);
     return NULL;
   }
-  if (numel)
+  if (tensor)
+    *tensor = t;
+  return buf;
+}
+
+/* A reference tensor as floats; NULL if absent. numel returned. */
+static float *
+ref_f32 (Case *c, const char *name, size_t *numel)
+{
+  const StTensor *t = NULL;
+  float *buf = ref_read (c->name, c->vec, name, 0, TRUE, &t);
+  if (buf && numel)
     *numel = t->numel;
   return buf;
 }
@@ -437,45 +459,13 @@ typedef struct {
 static float *
 lm_ref_f32 (LmRef *r, const char *name, size_t want)
 {
-  const StTensor *t = st_find (r->vec, name);
-  if (!t)
-    return NULL;
-  if ((size_t) t->numel != want) {
-    report (FALSE, r->name, name,
-        "has %" G_GINT64_FORMAT " values, expected %zu", t->numel, want);
-    return NULL;
-  }
-  float *buf = g_new (float, want);
-  GError *err = NULL;
-  if (!st_read_f32 (r->vec, t, buf, &err)) {
-    report (FALSE, r->name, name, "%s", err->message);
-    g_error_free (err);
-    g_free (buf);
-    return NULL;
-  }
-  return buf;
+  return ref_read (r->name, r->vec, name, want, TRUE, NULL);
 }
 
 static int64_t *
 lm_ref_i64 (LmRef *r, const char *name, size_t want)
 {
-  const StTensor *t = st_find (r->vec, name);
-  if (!t)
-    return NULL;
-  if ((size_t) t->numel != want) {
-    report (FALSE, r->name, name,
-        "has %" G_GINT64_FORMAT " values, expected %zu", t->numel, want);
-    return NULL;
-  }
-  int64_t *buf = g_new (int64_t, want);
-  GError *err = NULL;
-  if (!st_read_i64 (r->vec, t, buf, &err)) {
-    report (FALSE, r->name, name, "%s", err->message);
-    g_error_free (err);
-    g_free (buf);
-    return NULL;
-  }
-  return buf;
+  return ref_read (r->name, r->vec, name, want, FALSE, NULL);
 }
 
 /* Largest |a - b| over n values, and the reference peak. */
@@ -826,48 +816,15 @@ out:
 }
 
 static guint8 *
-read_u8 (StFile *f, const char *name, size_t want)
+read_u8 (const char *who, StFile *f, const char *name, size_t want)
 {
-  const StTensor *t = st_find (f, name);
-  if (!t || (size_t) t->numel != want)
+  int64_t *tmp = ref_read (who, f, name, want, FALSE, NULL);
+  if (!tmp)
     return NULL;
-  int64_t *tmp = g_new (int64_t, want);
-  guint8 *out = NULL;
-  if (st_read_i64 (f, t, tmp, NULL)) {
-    out = g_new (guint8, want);
-    for (size_t i = 0; i < want; i++)
-      out[i] = tmp[i] != 0;
-  }
+  guint8 *out = g_new (guint8, want);
+  for (size_t i = 0; i < want; i++)
+    out[i] = tmp[i] != 0;
   g_free (tmp);
-  return out;
-}
-
-static float *
-read_f32 (StFile *f, const char *name, size_t want)
-{
-  const StTensor *t = st_find (f, name);
-  if (!t || (size_t) t->numel != want)
-    return NULL;
-  float *out = g_new (float, want);
-  if (!st_read_f32 (f, t, out, NULL)) {
-    g_free (out);
-    return NULL;
-  }
-  return out;
-}
-
-static int64_t *
-read_i64 (StFile *f, const char *name, const StTensor **tt)
-{
-  const StTensor *t = st_find (f, name);
-  if (!t)
-    return NULL;
-  int64_t *out = g_new (int64_t, t->numel);
-  if (!st_read_i64 (f, t, out, NULL)) {
-    g_free (out);
-    return NULL;
-  }
-  *tt = t;
   return out;
 }
 
@@ -881,7 +838,7 @@ run_teacher_checks (const char *name, LmModel *m, StFile *codes_f,
 {
   const LmConfig *c = lm_model_config (m);
   const StTensor *ct = NULL;
-  int64_t *codes = read_i64 (codes_f, codes_name, &ct);
+  int64_t *codes = ref_read (name, codes_f, codes_name, 0, FALSE, &ct);
   if (!codes)
     return;
   if (ct->ndim != 3 || ct->shape[1] != 1 + c->n_q) {
@@ -891,10 +848,12 @@ run_teacher_checks (const char *name, LmModel *m, StFile *codes_f,
     return;
   }
   const int B = (int) ct->shape[0], T = (int) ct->shape[2], dq = c->dep_q;
-  float *lg = read_f32 (out_f, logits_name, (size_t) B * dq * T * c->card);
-  guint8 *mk = read_u8 (out_f, mask_name, (size_t) B * dq * T);
-  float *tl = read_f32 (out_f, text_name, (size_t) B * T * c->text_card);
-  guint8 *tm = read_u8 (out_f, text_mask_name, (size_t) B * T);
+  float *lg = ref_read (name, out_f, logits_name, (size_t) B * dq * T * c->card,
+      TRUE, NULL);
+  guint8 *mk = read_u8 (name, out_f, mask_name, (size_t) B * dq * T);
+  float *tl = ref_read (name, out_f, text_name, (size_t) B * T * c->text_card,
+      TRUE, NULL);
+  guint8 *tm = read_u8 (name, out_f, text_mask_name, (size_t) B * T);
   if (!lg || !mk || !tl || !tm)
     report (FALSE, name, "teacher-forced",
         "reference outputs missing or of the wrong size");

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "lm.h"
+#include "gst-test-util.h"
 #include "safetensors.h"
 #include "sentencepiece.h"
 
@@ -29,20 +30,6 @@
 #define TEXT_PAD 3
 
 #define MIMI8_CAPS "audio/x-mimi, codebooks=(int)8, framerate=(fraction)25/2"
-
-static const gchar *
-test_data_dir (void)
-{
-  const gchar *d = g_getenv ("MOSHI_TEST_DATA");
-
-  if (d && *d)
-    return d;
-#ifdef MOSHI_TEST_DATA_DIR
-  return MOSHI_TEST_DATA_DIR;
-#else
-  return "tests/data";
-#endif
-}
 
 /* ------------------------------------------------------------------ */
 /* Reference */
@@ -196,31 +183,6 @@ text_pieces_free (GArray *a)
 
 /* ------------------------------------------------------------------ */
 /* The plugin module's own functions (the cache the elements use) */
-
-static gpointer
-plugin_symbol (const gchar *name)
-{
-  static GModule *module;
-  gpointer sym = NULL;
-
-  if (!module) {
-    GstPlugin *plugin, *loaded;
-
-    plugin = gst_registry_find_plugin (gst_registry_get (), "moshi");
-    fail_unless (plugin != NULL,
-        "plugin 'moshi' not found: set GST_PLUGIN_PATH to the build dir");
-    loaded = gst_plugin_load (plugin);
-    fail_unless (loaded != NULL);
-    module =
-        g_module_open (gst_plugin_get_filename (loaded), G_MODULE_BIND_LOCAL);
-    fail_unless (module != NULL, "%s", g_module_error ());
-    gst_object_unref (loaded);
-    gst_object_unref (plugin);
-  }
-  fail_unless (g_module_symbol (module, name, &sym) && sym,
-      "symbol %s not exported by the plugin", name);
-  return sym;
-}
 
 typedef guint (*CacheUsersFunc) (const gchar *kind, const gchar *path);
 typedef gboolean (*ResolveLmFunc) (const gchar *model, gchar **weights,

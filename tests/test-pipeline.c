@@ -15,6 +15,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "gst-test-util.h"
 #include "safetensors.h"
 
 #define FRAME 1920
@@ -29,37 +30,6 @@ typedef struct {
   gfloat *decoded;
   gfloat *decoded_q4;
 } RefCase;
-
-static const gchar *
-test_data_dir (void)
-{
-  const gchar *d = g_getenv ("MOSHI_TEST_DATA");
-
-  if (d && *d)
-    return d;
-#ifdef MOSHI_TEST_DATA_DIR
-  return MOSHI_TEST_DATA_DIR;
-#else
-  return "tests/data";
-#endif
-}
-
-static gfloat *
-read_f32 (StFile *f, const gchar *name, gint64 *numel)
-{
-  const StTensor *t = st_find (f, name);
-  GError *err = NULL;
-  gfloat *v;
-
-  if (!t)
-    return NULL;
-  v = g_new (gfloat, t->numel);
-  fail_unless (st_read_f32 (f, t, v, &err), "%s: %s", name,
-      err ? err->message : "?");
-  if (numel)
-    *numel = t->numel;
-  return v;
-}
 
 static RefCase *
 ref_case_load (const gchar *name)

@@ -515,6 +515,28 @@ mjson_parse (const char *text, size_t len, GError **error)
   return v;
 }
 
+MJsonValue *
+mjson_parse_object_file (const char *path, GError **error)
+{
+  gchar *text = NULL;
+  gsize len = 0;
+  if (!g_file_get_contents (path, &text, &len, error))
+    return NULL;
+  MJsonValue *root = mjson_parse (text, len, error);
+  g_free (text); /* the tree holds copies of every string */
+  if (!root) {
+    g_prefix_error (error, "%s: ", path);
+    return NULL;
+  }
+  if (mjson_type (root) != MJSON_OBJECT) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_CONFIG,
+        "%s: not a JSON object", path);
+    mjson_free (root);
+    return NULL;
+  }
+  return root;
+}
+
 void
 mjson_free (MJsonValue *v)
 {

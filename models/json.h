@@ -26,6 +26,10 @@ typedef struct MJsonValue MJsonValue;
  * string, nesting deeper than 64, or trailing garbage. */
 MJsonValue *mjson_parse (const char *text, size_t len, GError **error);
 void mjson_free (MJsonValue *v);
+/* Reads and parses a configuration file whose root must be an object.
+ * Errors name the file: FORMAT for I/O and syntax, CONFIG for a root that
+ * is not an object. */
+MJsonValue *mjson_parse_object_file (const char *path, GError **error);
 
 MJsonType mjson_type (const MJsonValue *v);
 const char *mjson_type_name (MJsonType t);

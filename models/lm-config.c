@@ -279,8 +279,6 @@ lm_config_validate (LmConfig *c, int n_delays, const char *path, GError **error)
 gboolean
 lm_config_load_json (LmConfig *c, const char *path, GError **error)
 {
-  gchar *text = NULL;
-  gsize len = 0;
   gboolean ok = FALSE;
   MJsonValue *root = NULL;
   int n_delays = 1;
@@ -290,17 +288,9 @@ lm_config_load_json (LmConfig *c, const char *path, GError **error)
 
   lm_config_library_defaults (c);
 
-  if (!g_file_get_contents (path, &text, &len, error))
+  root = mjson_parse_object_file (path, error);
+  if (!root)
     return FALSE;
-  root = mjson_parse (text, len, error);
-  if (!root) {
-    g_prefix_error (error, "%s: ", path);
-    goto out;
-  }
-  if (mjson_type (root) != MJSON_OBJECT) {
-    CFG_ERROR ("%s: not a JSON object", path);
-    goto out;
-  }
   /* Kyutai's create_norm_fn: the *_f32 variants use eps 1e-8. */
   static const char *const norm_names[] = { "rms_norm_f32", "rms_norm",
     "layer_norm", "layer_norm_f32", NULL };
@@ -424,6 +414,5 @@ lm_config_load_json (LmConfig *c, const char *path, GError **error)
   ok = lm_config_validate (c, n_delays, path, error);
 out:
   mjson_free (root);
-  g_free (text);
   return ok;
 }

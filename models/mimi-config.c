@@ -284,22 +284,12 @@ mimi_config_validate (const MimiConfig *c, const char *path, GError **error)
 gboolean
 mimi_config_load_json (MimiConfig *c, const char *path, GError **error)
 {
-  gchar *text = NULL;
-  gsize len = 0;
   gboolean ok = FALSE;
   MJsonValue *root = NULL;
 
-  if (!g_file_get_contents (path, &text, &len, error))
+  root = mjson_parse_object_file (path, error);
+  if (!root)
     return FALSE;
-  root = mjson_parse (text, len, error);
-  if (!root) {
-    g_prefix_error (error, "%s: ", path);
-    goto out;
-  }
-  if (mjson_type (root) != MJSON_OBJECT) {
-    CFG_ERROR ("%s: not a JSON object", path);
-    goto out;
-  }
   const MJsonValue *s = mjson_get (root, "seanet");
   const MJsonValue *t = mjson_get (root, "transformer");
   const MJsonValue *q = mjson_get (root, "quantizer");
@@ -330,6 +320,5 @@ mimi_config_load_json (MimiConfig *c, const char *path, GError **error)
   ok = mimi_config_validate (c, path, error);
 out:
   mjson_free (root);
-  g_free (text);
   return ok;
 }

@@ -193,17 +193,6 @@ dot_avx512 (const float *a, const float *b, int n)
   return _mm512_reduce_add_ps (_mm512_add_ps (acc0, acc1));
 }
 
-__attribute__ ((target ("avx512f"))) static void
-axpy_avx512 (float *y, float a, const float *x, int n)
-{
-  __m512 va = _mm512_set1_ps (a);
-  for (int i = 0; i < n; i += 16) {
-    __mmask16 m = n - i >= 16 ? 0xFFFF : (__mmask16) ((1u << (n - i)) - 1);
-    __m512 vy = _mm512_maskz_loadu_ps (m, y + i);
-    vy = _mm512_fmadd_ps (va, _mm512_maskz_loadu_ps (m, x + i), vy);
-    _mm512_mask_storeu_ps (y + i, m, vy);
-  }
-}
 #endif
 
 /* Exponentiates the valid scores in [lo, hi] against their maximum (the
@@ -400,17 +389,4 @@ moshi_dot (const float *a, const float *b, int n)
   for (int i = 0; i < n; i++)
     s += a[i] * b[i];
   return s;
-}
-
-void
-moshi_axpy (float *y, float a, const float *x, int n)
-{
-#if defined(__x86_64__)
-  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
-    axpy_avx512 (y, a, x, n);
-    return;
-  }
-#endif
-  for (int i = 0; i < n; i++)
-    y[i] += a * x[i];
 }

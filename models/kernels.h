@@ -42,7 +42,5 @@ void moshi_attention_head (const float *q, const float *kT, int ctx,
     int hi, float *scores, float *out);
 
 float moshi_dot (const float *a, const float *b, int n);
-/* y += a * x */
-void moshi_axpy (float *y, float a, const float *x, int n);
 
 G_END_DECLS

@@ -94,15 +94,6 @@ weights_load (const StFile *f, const char *name, int ndim, const int64_t *shape,
 }
 
 float *
-weights_load_optional (const StFile *f, const char *name, int ndim,
-    const int64_t *shape, GError **error)
-{
-  if (!st_find (f, name))
-    return NULL;
-  return weights_load (f, name, ndim, shape, error);
-}
-
-float *
 weights_random (uint64_t *seed, size_t n, float scale)
 {
   float *w = moshi_alloc (n * sizeof (float));

@@ -21,9 +21,6 @@ const char *weights_name (char buf[256], const char *fmt, ...)
  * failure.  Free with moshi_free. */
 float *weights_load (const StFile *f, const char *name, int ndim,
     const int64_t *shape, GError **error);
-/* Same, for an optional tensor: returns NULL without error when absent. */
-float *weights_load_optional (const StFile *f, const char *name, int ndim,
-    const int64_t *shape, GError **error);
 
 /* Deterministic pseudo-random weights (xorshift), uniform in [-scale, scale];
  * used to build full-size models for benchmarks without a checkpoint. */

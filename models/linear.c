@@ -92,3 +92,50 @@ moshi_linear_forward (const MoshiLinear *l, MoshiPool *pool, const float *x,
 {
   moshi_gemm_packed (pool, rows, x, l->in, &l->w, NULL, accumulate, y, l->out);
 }
+
+/* Loads a [sets * rows][cols] stacked tensor into `sets` linears. */
+gboolean
+moshi_linear_load_stacked (MoshiLinear *dst, int sets, const StFile *f,
+    const char *name, int cols, int rows, MoshiWeightType type,
+    MoshiLoadCtx *lora, GError **error)
+{
+  MoshiPackCache *cache = lora ? lora->cache : NULL;
+  char set_name[300];
+  int taken = 0;
+  for (int s = 0; s < sets && cache; s++) {
+    g_snprintf (set_name, sizeof set_name, "%s#%d", name, s);
+    if (!moshi_pack_cache_take (cache, set_name, cols, rows, type, &dst[s].w))
+      break;
+    taken++;
+  }
+  for (int s = 0; s < taken; s++) {
+    dst[s].in = cols;
+    dst[s].out = rows;
+  }
+  if (taken == sets)
+    return TRUE;
+  for (int s = 0; s < taken; s++)
+    moshi_linear_clear (&dst[s]);
+  int64_t shape[2] = { (int64_t) sets * rows, cols };
+  float *w = weights_load (f, name, 2, shape, error);
+  if (!w)
+    return FALSE;
+  if (!moshi_lora_merge (lora, name, w, sets, rows, cols, error)) {
+    moshi_free (w);
+    return FALSE;
+  }
+  gboolean ok = TRUE;
+  for (int s = 0; s < sets && ok; s++) {
+    ok = moshi_linear_init (&dst[s], w + (size_t) s * rows * cols, cols, rows,
+        type);
+    if (ok && cache) {
+      g_snprintf (set_name, sizeof set_name, "%s#%d", name, s);
+      moshi_pack_cache_put (cache, set_name, &dst[s].w);
+    }
+  }
+  moshi_free (w);
+  if (!ok)
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "out of memory packing %s", name);
+  return ok;
+}

@@ -24,6 +24,11 @@ void moshi_linear_random (MoshiLinear *l, uint64_t *seed, int in, int out,
 gboolean moshi_linear_load_lora (MoshiLinear *l, const StFile *f,
     const char *name, int in, int out, MoshiWeightType type, MoshiLoadCtx *lora,
     GError **error);
+/* Loads a [sets * out][in] tensor stacked over `sets` (per-step weights,
+ * packed q|k|v projections) as `sets` layers of [out][in] each. */
+gboolean moshi_linear_load_stacked (MoshiLinear *dst, int sets, const StFile *f,
+    const char *name, int in, int out, MoshiWeightType type, MoshiLoadCtx *lora,
+    GError **error);
 /* Packs w ([out][in], PyTorch layout; not taken over) as the layer. */
 gboolean moshi_linear_init (MoshiLinear *l, const float *w, int in, int out,
     MoshiWeightType type);

@@ -102,6 +102,27 @@ embedding_add (const LmEmbedding *e, int token, float *dst, float *tmp)
 
 /* --------------------------------------------------------------- model --- */
 
+/* Tensor names: Kyutai's moshi checkpoints, or MoshiVis's PyTorch ones
+ * (kyuteye_pt: the text side under "llm.", audio tables renamed). */
+typedef struct {
+  const char *text_emb, *emb, *transformer, *out_norm, *text_linear;
+  const char *dep_in, *dep_text_emb, *dep_emb, *depformer, *linears;
+} LmNames;
+
+static const LmNames moshi_names = { "text_emb", "emb.%d", "transformer",
+  "out_norm", "text_linear.weight", "depformer_in.%d.weight",
+  "depformer_text_emb", "depformer_emb.%d", "depformer", "linears.%d.weight" };
+static const LmNames moshivis_names = { "llm.text_emb", "audio_emb.%d",
+  "llm.transformer", "llm.out_norm", "llm.text_linear.weight",
+  "depformer_in.%d.weight", "depformer_text_emb", "depformer_emb.%d",
+  "depformer", "audio_linears.%d.weight" };
+
+static const LmNames *
+names_for (const StFile *f)
+{
+  return st_find (f, "llm.text_emb.weight") ? &moshivis_names : &moshi_names;
+}
+
 /* Kyutai's gated MLPs use 2/3 of dim_feedforward as hidden width. */
 static int
 mlp_hidden (int dim_feedforward, gboolean gating)
@@ -291,40 +312,44 @@ lm_model_load_cached (const char *path, const char *lora_path,
   m->cfg = *cfg_in;
   m->file = st_ref (f);
   const LmConfig *c = &m->cfg;
+  const LmNames *nm = names_for (f);
   char name[256];
   gboolean ok = FALSE;
 
   m->ff_hidden = mlp_hidden ((int) (c->hidden_scale * c->dim), c->gating);
   m->dep_ff_hidden = mlp_hidden (c->dep_dim_feedforward, c->dep_gating);
 
-  if (!embedding_load (&m->text_emb, f, "text_emb", c->text_card + 1, c->dim, 0,
-          weights, error))
+  if (!embedding_load (&m->text_emb, f, nm->text_emb, c->text_card + 1, c->dim,
+          0, weights, error))
     goto out;
   m->emb = g_new0 (LmEmbedding, MAX (c->n_q, 1));
   for (int i = 0; i < c->n_q; i++)
-    if (!embedding_load (&m->emb[i], f, weights_name (name, "emb.%d", i),
+    if (!embedding_load (&m->emb[i], f, weights_name (name, nm->emb, i),
             c->card + 1, c->dim, 0, weights, error))
       goto out;
 
   TransformerConfig tc = main_transformer_config (m, weights);
   tc.lora = lp;
-  if (!transformer_load (&m->transformer, &tc, f, "transformer", error))
+  if (!transformer_load (&m->transformer, &tc, f, nm->transformer, error))
     goto out;
 
   if (c->rms_norm) {
     int64_t shape[3] = { 1, 1, c->dim };
-    m->out_norm_w = weights_load (f, "out_norm.alpha", 3, shape, error);
+    m->out_norm_w = weights_load (f,
+        weights_name (name, "%s.alpha", nm->out_norm), 3, shape, error);
   } else {
     int64_t shape[1] = { c->dim };
-    m->out_norm_w = weights_load (f, "out_norm.weight", 1, shape, error);
+    m->out_norm_w = weights_load (f,
+        weights_name (name, "%s.weight", nm->out_norm), 1, shape, error);
     if (m->out_norm_w)
-      m->out_norm_b = weights_load (f, "out_norm.bias", 1, shape, error);
+      m->out_norm_b = weights_load (f,
+          weights_name (name, "%s.bias", nm->out_norm), 1, shape, error);
     else
       goto out;
   }
   if (!m->out_norm_w || (!c->rms_norm && !m->out_norm_b))
     goto out;
-  if (!moshi_linear_load_lora (&m->text_linear, f, "text_linear.weight", c->dim,
+  if (!moshi_linear_load_lora (&m->text_linear, f, nm->text_linear, c->dim,
           c->text_card, weights, lp, error))
     goto out;
 
@@ -336,29 +361,30 @@ lm_model_load_cached (const char *path, const char *lora_path,
     m->dep_in = g_new0 (MoshiLinear, m->n_dep_in);
     for (int i = 0; i < m->n_dep_in; i++)
       if (!moshi_linear_load_lora (&m->dep_in[i], f,
-              weights_name (name, "depformer_in.%d.weight", i), c->dim,
-              c->dep_dim, weights, lp, error))
+              weights_name (name, nm->dep_in, i), c->dim, c->dep_dim, weights,
+              lp, error))
         goto out;
-    if (!embedding_load (&m->dep_text_emb, f, "depformer_text_emb",
+    if (!embedding_load (&m->dep_text_emb, f, nm->dep_text_emb,
             c->text_card + 1, c->dep_dim, c->dep_low_rank, weights, error))
       goto out;
     m->dep_emb = g_new0 (LmEmbedding, MAX (c->dep_q - 1, 1));
     for (int i = 0; i < c->dep_q - 1; i++)
       if (!embedding_load (&m->dep_emb[i], f,
-              weights_name (name, "depformer_emb.%d", i), c->card + 1,
-              c->dep_dim, c->dep_low_rank, weights, error))
+              weights_name (name, nm->dep_emb, i), c->card + 1, c->dep_dim,
+              c->dep_low_rank, weights, error))
         goto out;
     TransformerConfig dc = depformer_config (m, weights);
     dc.lora = lp;
-    if (!transformer_load (&m->depformer, &dc, f, "depformer", error))
+    if (!transformer_load (&m->depformer, &dc, f, nm->depformer, error))
       goto out;
     m->linears = g_new0 (MoshiLinear, c->dep_q);
     for (int i = 0; i < c->dep_q; i++)
       if (!moshi_linear_load_lora (&m->linears[i], f,
-              weights_name (name, "linears.%d.weight", i), c->dep_dim, c->card,
-              weights, lp, error))
+              weights_name (name, nm->linears, i), c->dep_dim, c->card, weights,
+              lp, error))
         goto out;
   }
+  m->cfg.cross_attention = m->transformer.cfg.cross_attention;
   /* Adapters already merged into cached weights count as applied. */
   if (lora.file && lora.applied == 0
       && !(lora.cache && moshi_pack_cache_lent (lora.cache) > 0)) {
@@ -410,6 +436,7 @@ lm_model_new_random (const LmConfig *cfg, uint64_t seed,
     m->emb[i].random_seed = ++s;
   }
   TransformerConfig tc = main_transformer_config (m, weights);
+  tc.cross_attention = c->cross_attention;
   transformer_random (&m->transformer, &tc, &s);
   m->out_norm_w = weights_random (&s, c->dim, 1.0f);
   if (!c->rms_norm)
@@ -453,6 +480,12 @@ lm_model_unref (LmModel *m)
 {
   if (m && g_atomic_int_dec_and_test (&m->refcount))
     model_free (m);
+}
+
+gboolean
+lm_model_has_cross_attention (const LmModel *m)
+{
+  return m->transformer.cfg.cross_attention;
 }
 
 const LmConfig *

@@ -44,6 +44,9 @@ typedef struct {
    * the repo config's lora_name) */
   gboolean lora;
   float lora_scaling;
+  /* MoshiVis: gated cross-attention to an image in every temporal layer.
+   * Set on load when the checkpoint has it; for random models, asked. */
+  gboolean cross_attention;
   /* lm_gen_config defaults */
   float temp, temp_text;
   int top_k, top_k_text;
@@ -84,11 +87,10 @@ gboolean lm_model_from_cache (const LmModel *m);
  * are generated on demand, like the mapped tables of a real checkpoint. */
 LmModel *lm_model_new_random (const LmConfig *cfg, uint64_t seed,
     MoshiWeightType weights);
-/* Random weights with the shapes of `cfg` (benchmarks): packed layer by
- * layer, so a 7B model needs only its packed size in memory; embedding rows
- * are made up on demand, as a real checkpoint's mapped tables are read. */
-LmModel *lm_model_new_random (const LmConfig *cfg, uint64_t seed,
-    MoshiWeightType weights);
+/* MoshiVis: TRUE when the model can attend to an image (its checkpoint has
+ * the gated cross-attention); the image embeddings then have
+ * lm_model_config (m)->dim values per token. */
+gboolean lm_model_has_cross_attention (const LmModel *m);
 LmModel *lm_model_ref (LmModel *m);
 void lm_model_unref (LmModel *m);
 const LmConfig *lm_model_config (const LmModel *m);
@@ -129,12 +131,30 @@ typedef struct {
   int *audio_tokens; /* [dep_q] sampled at this step */
   const float *text_noise; /* [top_k_text] */
   const float *audio_noise; /* [dep_q][top_k] */
+  float *gate_summary; /* [1] MoshiVis gate summary of the step */
+  float *xa_gates; /* [num_layers][dim] gates g, when cross-attention ran */
+  float *xa_updates; /* [num_layers][dim] updates a * g, likewise */
 } LmGenTrace;
 
 LmGen *lm_gen_new (LmModel *m, const LmGenParams *p, GError **error);
 void lm_gen_free (LmGen *g);
 void lm_gen_reset (LmGen *g);
 void lm_gen_set_threads (LmGen *g, int n_threads);
+/* MoshiVis.  Replaces the image the model attends to, from the next step
+ * on, keeping the conversation: img [tokens][dim] is the image adapter's
+ * output (NULL or tokens 0: no image, exactly the base model).  K and V
+ * are computed here, once per image.  Errors: a model without
+ * cross-attention, a wrong dim, out of memory (the previous image is then
+ * dropped).  The image survives lm_gen_reset. */
+gboolean lm_gen_set_image (LmGen *g, const float *img, int tokens, int dim,
+    GError **error);
+/* Cross-attention is skipped for the steps t < xa_start of a conversation
+ * (Kyutai's "gate delay"; 0 by default). */
+void lm_gen_set_xa_start (LmGen *g, int xa_start);
+/* Mean gate of the last (up to) 10 layers at the last step, in (0, 1); 0
+ * when cross-attention did not run.  Kyutai's UI colours text with it. */
+float lm_gen_gate_summary (const LmGen *g);
+
 /* Number of user codebooks expected per step (n_q - dep_q). */
 int lm_gen_user_codebooks (const LmGen *g);
 

@@ -30,6 +30,7 @@ struct LmGen {
   float *probs; /* [max(card, text_card)] */
   int *order; /* [max(card, text_card)] */
   int *input; /* [1 + n_q] */
+  int xa_start; /* first step that attends to the image */
 };
 
 void
@@ -220,7 +221,14 @@ lm_gen_step (LmGen *g, const int *user_codes, int *out, LmGenTrace *trace,
   if (trace && trace->main_input)
     memcpy (trace->main_input, g->input, sizeof (int) * K);
 
+  TransformerState *ts = &g->state.main;
+  ts->xa_enabled = g->offset >= g->xa_start;
+  ts->xa_trace_gates = trace ? trace->xa_gates : NULL;
+  ts->xa_trace_updates = trace ? trace->xa_updates : NULL;
   lm_forward_main (m, &g->state, g->input, g->transformer_out, g->text_logits);
+  ts->xa_trace_gates = ts->xa_trace_updates = NULL;
+  if (trace && trace->gate_summary)
+    *trace->gate_summary = ts->xa_gate_summary;
   const int text = sample (g, g->text_logits, c->text_card,
       g->params.use_sampling, g->params.temp_text, g->params.top_k_text,
       trace ? trace->text_noise : NULL);
@@ -259,4 +267,42 @@ lm_gen_step (LmGen *g, const int *user_codes, int *out, LmGenTrace *trace,
   for (int k = 0; k <= c->dep_q; k++)
     out[k] = g->cache[k * CT + (g->offset - g->max_delay + c->delays[k]) % CT];
   return 1;
+}
+
+gboolean
+lm_gen_set_image (LmGen *g, const float *img, int tokens, int dim,
+    GError **error)
+{
+  const LmModel *m = g->model;
+  if (!lm_model_has_cross_attention (m)) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "this model has no cross-attention: it cannot look at images (a "
+        "MoshiVis checkpoint is needed)");
+    return FALSE;
+  }
+  if (img && tokens > 0 && dim != m->cfg.dim) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_SHAPE,
+        "image embedding has %d values per token; the model expects %d", dim,
+        m->cfg.dim);
+    return FALSE;
+  }
+  if (!transformer_set_cross_memory (&m->transformer, &g->state.main,
+          g->state.pool, img, tokens)) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "out of memory for the image keys and values of %d tokens", tokens);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+void
+lm_gen_set_xa_start (LmGen *g, int xa_start)
+{
+  g->xa_start = MAX (xa_start, 0);
+}
+
+float
+lm_gen_gate_summary (const LmGen *g)
+{
+  return g->state.main.xa_gate_summary;
 }

@@ -60,53 +60,6 @@ layer_alloc (TransformerLayer *L, int sets)
   L->ff_out = g_new0 (MoshiLinear, sets);
 }
 
-/* Loads a [sets * rows][cols] stacked tensor into `sets` linears. */
-static gboolean
-load_stacked (MoshiLinear *dst, int sets, const StFile *f, const char *name,
-    int cols, int rows, MoshiWeightType type, MoshiLoadCtx *lora,
-    GError **error)
-{
-  MoshiPackCache *cache = lora ? lora->cache : NULL;
-  char set_name[300];
-  int taken = 0;
-  for (int s = 0; s < sets && cache; s++) {
-    g_snprintf (set_name, sizeof set_name, "%s#%d", name, s);
-    if (!moshi_pack_cache_take (cache, set_name, cols, rows, type, &dst[s].w))
-      break;
-    taken++;
-  }
-  for (int s = 0; s < taken; s++) {
-    dst[s].in = cols;
-    dst[s].out = rows;
-  }
-  if (taken == sets)
-    return TRUE;
-  for (int s = 0; s < taken; s++)
-    moshi_linear_clear (&dst[s]);
-  int64_t shape[2] = { (int64_t) sets * rows, cols };
-  float *w = weights_load (f, name, 2, shape, error);
-  if (!w)
-    return FALSE;
-  if (!moshi_lora_merge (lora, name, w, sets, rows, cols, error)) {
-    moshi_free (w);
-    return FALSE;
-  }
-  gboolean ok = TRUE;
-  for (int s = 0; s < sets && ok; s++) {
-    ok = moshi_linear_init (&dst[s], w + (size_t) s * rows * cols, cols, rows,
-        type);
-    if (ok && cache) {
-      g_snprintf (set_name, sizeof set_name, "%s#%d", name, s);
-      moshi_pack_cache_put (cache, set_name, &dst[s].w);
-    }
-  }
-  moshi_free (w);
-  if (!ok)
-    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
-        "out of memory packing %s", name);
-  return ok;
-}
-
 gboolean
 transformer_load (Transformer *tr, const TransformerConfig *cfg,
     const StFile *f, const char *prefix, GError **error)
@@ -142,11 +95,11 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
                 d, FALSE, error)))
         goto fail;
     }
-    if (!load_stacked (L->in_proj, sets, f,
+    if (!moshi_linear_load_stacked (L->in_proj, sets, f,
             weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, wt,
             cfg->lora, error))
       goto fail;
-    if (!load_stacked (L->out_proj, sets, f,
+    if (!moshi_linear_load_stacked (L->out_proj, sets, f,
             weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, wt,
             cfg->lora, error))
       goto fail;
@@ -179,6 +132,22 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
                       d, FALSE, error)))
         goto fail;
     }
+  }
+  /* MoshiVis: the shared cross-attention sits under layer 0 only. */
+  g_snprintf (name, sizeof name, "%s.layers.0", prefix);
+  GError *xa_error = NULL;
+  tr->cfg.cross_attention = cross_attention_load (&tr->xa, f, name, d,
+      cfg->num_heads, wt, cfg->lora, &xa_error);
+  if (xa_error) {
+    g_propagate_error (error, xa_error);
+    goto fail;
+  }
+  for (int i = 0; i < cfg->num_layers && tr->cfg.cross_attention; i++) {
+    char p[200];
+    g_snprintf (p, sizeof p, "%s.layers.%d", prefix, i);
+    if (!cross_attention_gate_load (&tr->layers[i].xa_gate, f, p, d,
+            cfg->norm == TRANSFORMER_NORM_RMS, wt, cfg->lora, error))
+      goto fail;
   }
   return TRUE;
 
@@ -221,7 +190,12 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
       L->ls1 = weights_random (seed, d, 0.1f);
       L->ls2 = weights_random (seed, d, 0.1f);
     }
+    if (cfg->cross_attention)
+      cross_attention_gate_random (&L->xa_gate, seed, d, d / 8,
+          cfg->norm == TRANSFORMER_NORM_RMS, cfg->weights);
   }
+  if (cfg->cross_attention)
+    cross_attention_random (&tr->xa, seed, d, cfg->num_heads, cfg->weights);
 }
 
 void
@@ -251,7 +225,9 @@ transformer_clear (Transformer *tr)
       g_free (L->ff_out);
       moshi_free (L->ls1);
       moshi_free (L->ls2);
+      cross_attention_gate_clear (&L->xa_gate);
     }
+  cross_attention_clear (&tr->xa);
   g_free (tr->layers);
   moshi_free (tr->rope_freqs);
   tr->layers = NULL;
@@ -272,8 +248,9 @@ transformer_bytes (const Transformer *tr)
           + moshi_linear_bytes (&L->ff_in[s])
           + moshi_linear_bytes (&L->ff_out[s]);
     n += sizeof (float) * d * (2 + (L->norm1_b ? 2 : 0) + (L->ls1 ? 2 : 0));
+    n += cross_attention_gate_bytes (&L->xa_gate);
   }
-  return n;
+  return n + cross_attention_bytes (&tr->xa);
 }
 
 gboolean
@@ -315,6 +292,7 @@ transformer_state_clear (TransformerState *s)
   moshi_free (s->ff);
   moshi_free (s->scores);
   moshi_free (s->valid);
+  cross_attention_memory_clear (&s->xa_mem);
   memset (s, 0, sizeof *s);
 }
 
@@ -335,7 +313,17 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
   return sizeof (int64_t) * c->context
       + sizeof (float)
       * (2 * (size_t) c->num_layers * c->context * d
-          + (size_t) s->max_t * (5 * d + ffw) + c->context);
+          + (size_t) s->max_t * (5 * d + ffw) + c->context)
+      + cross_attention_memory_bytes (&s->xa_mem, &tr->xa);
+}
+
+gboolean
+transformer_set_cross_memory (const Transformer *tr, TransformerState *s,
+    MoshiPool *pool, const float *img, int tokens)
+{
+  if (!tr->cfg.cross_attention)
+    return FALSE;
+  return cross_attention_memory_set (&s->xa_mem, &tr->xa, pool, img, tokens);
 }
 
 /* Rotates interleaved pairs (x[2i], x[2i+1]) of each head by angle pos*f_i. */
@@ -395,6 +383,12 @@ transformer_forward (const Transformer *tr, TransformerState *s,
   /* Every layer writes the new steps to the same ring slots. */
   for (int i = 0; i < t; i++)
     s->slot_pos[(s->offset + i) % ctx] = s->offset + i;
+
+  /* The gate summary averages the last (up to) 10 layers' mean gate. */
+  const gboolean xa_on =
+      c->cross_attention && s->xa_enabled && s->xa_mem.tokens > 0;
+  const int summary_layers = MIN (10, c->num_layers);
+  float gate_sum = 0.0f;
 
   for (int l = 0; l < c->num_layers; l++) {
     const TransformerLayer *L = &tr->layers[l];
@@ -457,6 +451,26 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     }
     moshi_add_scaled_rows (x, s->h, L->ls1, t, d);
 
+    /* --- gated cross-attention to the image (MoshiVis) --- */
+    if (xa_on) {
+      norm (tr, s->h, x, L->xa_gate.norm_w, L->xa_gate.norm_b, t);
+      for (int i = 0; i < t; i++) {
+        const gboolean last = i == t - 1;
+        float *gates = last && s->xa_trace_gates
+            ? s->xa_trace_gates + (size_t) l * d
+            : NULL;
+        float *upd = s->attn + (size_t) i * d;
+        float mean = cross_attention_step (&tr->xa, &L->xa_gate, &s->xa_mem,
+            pool, s->h + (size_t) i * d, upd, gates);
+        if (last && s->xa_trace_updates)
+          memcpy (s->xa_trace_updates + (size_t) l * d, upd,
+              sizeof (float) * d);
+        if (last && l >= c->num_layers - summary_layers)
+          gate_sum += mean;
+      }
+      moshi_add_scaled_rows (x, s->attn, NULL, t, d);
+    }
+
     /* --- feed-forward block --- */
     norm (tr, s->h, x, L->norm2_w, L->norm2_b, t);
     const int ff = c->dim_feedforward;
@@ -493,5 +507,6 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     }
     moshi_add_scaled_rows (x, s->h, L->ls2, t, d);
   }
+  s->xa_gate_summary = xa_on ? gate_sum / (float) summary_layers : 0.0f;
   s->offset += t;
 }

@@ -8,6 +8,7 @@
 #include <glib.h>
 #include <stdint.h>
 
+#include "cross-attention.h"
 #include "kernels.h"
 #include "linear.h"
 #include "safetensors.h"
@@ -48,6 +49,9 @@ typedef struct {
   int schedule[TRANSFORMER_MAX_SCHEDULE];
   int n_schedule;
   MoshiLoadCtx *lora; /* adapters merged while loading, or NULL */
+  /* MoshiVis: gated cross-attention to an image after every self-attention
+   * block.  Set by transformer_load when the checkpoint has it. */
+  gboolean cross_attention;
 } TransformerConfig;
 
 typedef struct {
@@ -58,12 +62,14 @@ typedef struct {
   MoshiLinear *ff_in; /* [ff][d] (gated: [2*ff][d]) */
   MoshiLinear *ff_out; /* [d][ff] */
   float *ls1, *ls2; /* LayerScale, [d] */
+  CrossAttentionGate xa_gate; /* norm_cross + gate (cross_attention) */
 } TransformerLayer;
 
 typedef struct {
   TransformerConfig cfg;
   TransformerLayer *layers;
   float *rope_freqs; /* [head_dim / 2] */
+  CrossAttention xa; /* shared by all layers (cross_attention) */
 } Transformer;
 
 typedef struct {
@@ -76,9 +82,18 @@ typedef struct {
   float *v; /* [layers][context][d] */
   float *h, *qkv, *attn, *ff, *scores; /* scratch */
   guint8 *valid; /* [context] slot usable by the current query */
+  /* Cross-attention (models with cross_attention): the image memory, and
+   * whether the next forward applies it (the caller's xa_start rule). */
+  CrossAttentionMemory xa_mem;
+  gboolean xa_enabled;
+  float xa_gate_summary; /* of the last row forwarded; 0 when skipped */
+  float *xa_trace_gates; /* [layers][d] of the last row, or NULL */
+  float *xa_trace_updates; /* [layers][d] of the last row, or NULL */
 } TransformerState;
 
-/* Loads `<prefix>.layers.N.*` with Kyutai's checkpoint names. */
+/* Loads `<prefix>.layers.N.*` with Kyutai's checkpoint names; the gated
+ * cross-attention too when layer 0 has one (cfg->cross_attention is then
+ * set in tr->cfg). */
 gboolean transformer_load (Transformer *tr, const TransformerConfig *cfg,
     const StFile *f, const char *prefix, GError **error);
 void transformer_random (Transformer *tr, const TransformerConfig *cfg,
@@ -92,6 +107,11 @@ void transformer_state_clear (TransformerState *s);
 void transformer_state_reset (TransformerState *s, const Transformer *tr);
 size_t transformer_state_bytes (const TransformerState *s,
     const Transformer *tr);
+
+/* Replaces the image the layers attend to (img [tokens][d_model], NULL:
+ * none).  FALSE when memory runs out or the model has no cross-attention. */
+gboolean transformer_set_cross_memory (const Transformer *tr,
+    TransformerState *s, MoshiPool *pool, const float *img, int tokens);
 
 /* x: [t][d_model], updated in place; t <= max_t and t <= context. */
 void transformer_forward (const Transformer *tr, TransformerState *s,

@@ -13,8 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json.h"
+#include "lm-private.h"
 #include "lm.h"
 #include "mimi.h"
+#include "model-error.h"
 #include "safetensors.h"
 #include "sentencepiece.h"
 
@@ -902,6 +905,242 @@ out:
   g_free (out_path);
 }
 
+/* -------------------------------------------------------- MoshiVis --- */
+
+#define TOL_VIS_LOGITS 1e-4
+#define TOL_VIS_GATES 1e-5
+#define TOL_VIS_UPDATES 1e-4
+
+/* The tiny MoshiVis case describes its LM in its own words ("lm" object of
+ * config.json); the numbers map onto Kyutai's LM configuration. */
+static gboolean
+moshivis_lm_config (const char *path, LmConfig *cfg, GError **error)
+{
+  MJsonValue *root = mjson_parse_object_file (path, error);
+  if (!root)
+    return FALSE;
+  const MJsonValue *lm = mjson_get (root, "lm");
+  const char *keys[] = { "dim", "num_heads", "num_layers", "hidden_scale",
+    "context", "max_period", "text_card", "n_q", "audio_card" };
+  double v[G_N_ELEMENTS (keys)];
+  for (size_t i = 0; i < G_N_ELEMENTS (keys); i++) {
+    const MJsonValue *x = lm ? mjson_get (lm, keys[i]) : NULL;
+    if (!x || mjson_type (x) != MJSON_NUMBER) {
+      g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_CONFIG,
+          "%s: lm.%s missing or not a number", path, keys[i]);
+      mjson_free (root);
+      return FALSE;
+    }
+    v[i] = mjson_number (x);
+  }
+  mjson_free (root);
+  lm_config_default (cfg);
+  cfg->dim = (int) v[0];
+  cfg->num_heads = (int) v[1];
+  cfg->num_layers = (int) v[2];
+  cfg->hidden_scale = v[3];
+  cfg->context = (int) v[4];
+  cfg->max_period = v[5];
+  cfg->text_card = (int) v[6];
+  cfg->n_q = (int) v[7];
+  cfg->card = (int) v[8];
+  cfg->dep_q = 0; /* the case has no depformer */
+  memset (cfg->delays, 0, sizeof cfg->delays);
+  return TRUE;
+}
+
+/* The image keys (stored transposed per head) and values, computed once. */
+static void
+check_xa_kv (const char *name, StFile *vec, const CrossAttentionMemory *mem,
+    int H, int N, int d)
+{
+  const int hd = d / H;
+  float *k = g_new (float, (size_t) N *d);
+  for (int h = 0; h < H; h++)
+    for (int c = 0; c < hd; c++)
+      for (int j = 0; j < N; j++)
+        k[(size_t) j * d + h * hd + c] = mem->kT[((size_t) h * hd + c) * N + j];
+  const char *names[2] = { "xa_k", "xa_v" };
+  const float *ours[2] = { k, mem->v };
+  for (int i = 0; i < 2; i++) {
+    float *ref = ref_read (name, vec, names[i], (size_t) N * d, TRUE, NULL);
+    if (!ref) {
+      report (FALSE, name, names[i], "missing from the vectors");
+      continue;
+    }
+    double peak;
+    double e = max_err_f32 (ours[i], ref, (size_t) N * d, &peak);
+    report (e <= TOL_VIS_UPDATES, name, names[i], "max abs err %.2e (tol %.0e)",
+        e, TOL_VIS_UPDATES);
+    g_free (ref);
+  }
+  g_free (k);
+}
+
+/* Teacher-fed steps (the case's tokens, no delays) with the image memory
+ * from the reference adapter output; compares logits, gates, updates and
+ * gate summaries for: no image, image from step 0, image from xa_start. */
+static void
+run_moshivis_lm (const char *name, LmModel *m, StFile *vec)
+{
+  const LmConfig *cfg = lm_model_config (m);
+  const int K = 1 + cfg->n_q, d = cfg->dim, L = cfg->num_layers;
+  const StTensor *tt = st_find (vec, "tokens");
+  const StTensor *ts = st_find (vec, "xa_src");
+  if (!tt || tt->ndim != 2 || tt->shape[1] != K || !ts || ts->ndim != 3
+      || ts->shape[2] != d) {
+    report (FALSE, name, "vectors",
+        "tokens [T, %d] or xa_src [1, N, %d] "
+        "missing or mis-shaped",
+        K, d);
+    return;
+  }
+  const int T = (int) tt->shape[0], N = (int) ts->shape[1];
+  int64_t *tokens = ref_read (name, vec, "tokens", (size_t) T * K, FALSE, NULL);
+  float *img = ref_read (name, vec, "xa_src", (size_t) N * d, TRUE, NULL);
+  float *logits = g_new (float, (size_t) T * cfg->text_card);
+  float *gates = g_new (float, (size_t) T *L *d);
+  float *updates = g_new (float, (size_t) T *L *d);
+  float *summary = g_new (float, T);
+  float *out = g_new (float, d);
+  int *in = g_new (int, K);
+  LmState s;
+  if (!tokens || !img || !lm_state_init (&s, m)) {
+    report (FALSE, name, "setup", "cannot read the vectors or make a state");
+    goto out;
+  }
+  const struct {
+    const char *label, *logits, *summary, *gates, *updates;
+    gboolean image;
+    int xa_start;
+  } runs[] = {
+    { "no image", "logits_noimg", "gate_summary_noimg", NULL, NULL, FALSE, 0 },
+    { "image", "logits_img", "gate_summary_img", "gates_img", "xa_update_img",
+        TRUE, 0 },
+    { "image, xa_start 3", "logits_img_xastart3", "gate_summary_img_xastart3",
+        NULL, NULL, TRUE, 3 },
+  };
+  for (size_t r = 0; r < G_N_ELEMENTS (runs); r++) {
+    lm_state_reset (&s, m);
+    if (!transformer_set_cross_memory (&m->transformer, &s.main, s.pool,
+            runs[r].image ? img : NULL, runs[r].image ? N : 0)) {
+      report (FALSE, name, runs[r].label, "cannot set the image memory");
+      continue;
+    }
+    if (runs[r].image && runs[r].xa_start == 0)
+      check_xa_kv (name, vec, &s.main.xa_mem, cfg->num_heads, N, d);
+    int argmax_bad = -1;
+    for (int t = 0; t < T; t++) {
+      for (int k = 0; k < K; k++)
+        in[k] = (int) tokens[t * K + k];
+      s.main.xa_enabled = t >= runs[r].xa_start;
+      s.main.xa_trace_gates = gates + (size_t) t * L * d;
+      s.main.xa_trace_updates = updates + (size_t) t * L * d;
+      memset (s.main.xa_trace_gates, 0, sizeof (float) * L * d);
+      memset (s.main.xa_trace_updates, 0, sizeof (float) * L * d);
+      lm_forward_main (m, &s, in, out, logits + (size_t) t * cfg->text_card);
+      summary[t] = s.main.xa_gate_summary;
+    }
+    s.main.xa_trace_gates = s.main.xa_trace_updates = NULL;
+    float *ref = ref_read (name, vec, runs[r].logits,
+        (size_t) T * cfg->text_card, TRUE, NULL);
+    if (ref) {
+      double peak;
+      double e = max_err_f32 (logits, ref, (size_t) T * cfg->text_card, &peak);
+      for (int t = 0; t < T && argmax_bad < 0; t++) {
+        const float *a = logits + (size_t) t * cfg->text_card;
+        const float *b = ref + (size_t) t * cfg->text_card;
+        int ia = 0, ib = 0;
+        for (int j = 1; j < cfg->text_card; j++) {
+          if (a[j] > a[ia])
+            ia = j;
+          if (b[j] > b[ib])
+            ib = j;
+        }
+        if (ia != ib)
+          argmax_bad = t;
+      }
+      gchar *check = g_strdup_printf ("logits (%s)", runs[r].label);
+      report (e <= TOL_VIS_LOGITS && argmax_bad < 0, name, check,
+          "max abs err %.2e (tol %.0e, peak %.2f), argmax %s", e,
+          TOL_VIS_LOGITS, peak, argmax_bad < 0 ? "equal" : "differs");
+      g_free (check);
+      g_free (ref);
+    } else {
+      report (FALSE, name, runs[r].logits, "missing from the vectors");
+    }
+    ref = ref_read (name, vec, runs[r].summary, T, TRUE, NULL);
+    if (ref) {
+      double peak;
+      double e = max_err_f32 (summary, ref, T, &peak);
+      gchar *check = g_strdup_printf ("gate summary (%s)", runs[r].label);
+      report (e <= TOL_VIS_GATES, name, check, "max abs err %.2e (tol %.0e)", e,
+          TOL_VIS_GATES);
+      g_free (check);
+      g_free (ref);
+    }
+    const char *tn[2] = { runs[r].gates, runs[r].updates };
+    const float *ours[2] = { gates, updates };
+    const double tol[2] = { TOL_VIS_GATES, TOL_VIS_UPDATES };
+    for (int i = 0; i < 2; i++) {
+      if (!tn[i])
+        continue;
+      ref = ref_read (name, vec, tn[i], (size_t) T * L * d, TRUE, NULL);
+      if (!ref) {
+        report (FALSE, name, tn[i], "missing from the vectors");
+        continue;
+      }
+      double peak;
+      double e = max_err_f32 (ours[i], ref, (size_t) T * L * d, &peak);
+      report (e <= tol[i], name, tn[i], "max abs err %.2e (tol %.0e)", e,
+          tol[i]);
+      g_free (ref);
+    }
+  }
+  lm_state_clear (&s);
+out:
+  g_free (tokens);
+  g_free (img);
+  g_free (logits);
+  g_free (gates);
+  g_free (updates);
+  g_free (summary);
+  g_free (out);
+  g_free (in);
+}
+
+static void
+run_moshivis_case (const char *dir, const char *name)
+{
+  GError *err = NULL;
+  gchar *cfg_path = g_build_filename (dir, "config.json", NULL);
+  gchar *model_path = g_build_filename (dir, "model.safetensors", NULL);
+  gchar *vec_path = g_build_filename (dir, "vectors.safetensors", NULL);
+  LmConfig cfg;
+  LmModel *m = NULL;
+  StFile *vec = NULL;
+  if (!moshivis_lm_config (cfg_path, &cfg, &err)
+      || !(m = lm_model_load (model_path, &cfg, MOSHI_WEIGHTS_F32, &err))
+      || !(vec = st_open (vec_path, &err))) {
+    report (FALSE, name, "load", "%s", err->message);
+    g_clear_error (&err);
+    goto out;
+  }
+  report (lm_model_has_cross_attention (m), name, "cross-attention",
+      "%s the shared gated cross-attention",
+      lm_model_has_cross_attention (m) ? "loaded" : "did not find");
+  if (lm_model_has_cross_attention (m))
+    run_moshivis_lm (name, m, vec);
+out:
+  if (vec)
+    st_unref (vec);
+  if (m)
+    lm_model_unref (m);
+  g_free (cfg_path);
+  g_free (model_path);
+  g_free (vec_path);
+}
+
 static void
 run_case (const char *dir)
 {
@@ -910,6 +1149,8 @@ run_case (const char *dir)
   gchar *text = NULL;
   if (!g_file_get_contents (cfg_path, &text, NULL, NULL)) {
     report (FALSE, base, "config", "cannot read %s", cfg_path);
+  } else if (strstr (text, "\"vision\"") && strstr (text, "\"adapter\"")) {
+    run_moshivis_case (dir, base);
   } else if (strstr (text, "\"seanet\"")) {
     run_mimi_case (dir, base);
   } else if (strstr (text, "\"dep_q\"")

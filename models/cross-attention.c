@@ -1,0 +1,274 @@
+#include "cross-attention.h"
+
+#include "alloc.h"
+#include "model-error.h"
+#include "weights.h"
+
+#include <math.h>
+#include <string.h>
+
+/* Kyutai's gate: sigmoid shifted left so a fresh gate starts nearly shut. */
+#define GATE_SHIFT 4.0f
+
+gboolean
+cross_attention_load (CrossAttention *xa, const StFile *f, const char *layer0,
+    int dim, int num_heads, MoshiWeightType type, MoshiLoadCtx *ctx,
+    GError **error)
+{
+  char name[256], out_name[256];
+  memset (xa, 0, sizeof *xa);
+  xa->dim = dim;
+  xa->num_heads = num_heads;
+  /* PyTorch keeps the projections in an `mha` submodule; candle drops it. */
+  const char *sub[2] = { ".cross_attention.mha", ".cross_attention" };
+  for (int i = 0; i < 2; i++) {
+    char base[220];
+    g_snprintf (base, sizeof base, "%s%s", layer0, sub[i]);
+    weights_name (out_name, "%s.out_proj.weight", base);
+    if (!st_find (f, out_name))
+      continue;
+    MoshiLinear qkv[3];
+    gboolean ok;
+    if (st_find (f, weights_name (name, "%s.in_proj_weight", base))) {
+      ok = moshi_linear_load_stacked (qkv, 3, f, name, dim, dim, type, ctx,
+          error);
+    } else {
+      ok = moshi_linear_load_stacked (qkv, 1, f,
+          weights_name (name, "%s.in_proj_weight_q", base), dim, dim, type, ctx,
+          error);
+      if (ok) {
+        ok = moshi_linear_load_stacked (qkv + 1, 2, f,
+            weights_name (name, "%s.in_proj_weight_kv", base), dim, dim, type,
+            ctx, error);
+        if (!ok)
+          moshi_linear_clear (&qkv[0]);
+      }
+    }
+    if (!ok)
+      return FALSE;
+    xa->q = qkv[0];
+    xa->k = qkv[1];
+    xa->v = qkv[2];
+    if (!moshi_linear_load_lora (&xa->out, f, out_name, dim, dim, type, ctx,
+            error)) {
+      cross_attention_clear (xa);
+      return FALSE;
+    }
+    return TRUE;
+  }
+  return FALSE;
+}
+
+static float *
+load_norm (const StFile *f, const char *layer, int dim, gboolean rms,
+    const char *what, GError **error)
+{
+  char name[256];
+  weights_name (name, "%s.norm_cross.%s", layer, what);
+  if (rms) {
+    /* PyTorch stores alpha as [1, 1, d], MLX as [d]. */
+    const StTensor *t = st_find (f, name);
+    if (t && t->ndim == 1) {
+      int64_t shape[1] = { dim };
+      return weights_load (f, name, 1, shape, error);
+    }
+    int64_t shape[3] = { 1, 1, dim };
+    return weights_load (f, name, 3, shape, error);
+  }
+  int64_t shape[1] = { dim };
+  return weights_load (f, name, 1, shape, error);
+}
+
+gboolean
+cross_attention_gate_load (CrossAttentionGate *gate, const StFile *f,
+    const char *layer, int dim, gboolean rms_norm, MoshiWeightType type,
+    MoshiLoadCtx *ctx, GError **error)
+{
+  char name[256];
+  memset (gate, 0, sizeof *gate);
+  gate->norm_w =
+      load_norm (f, layer, dim, rms_norm, rms_norm ? "alpha" : "weight", error);
+  if (!gate->norm_w)
+    goto fail;
+  if (!rms_norm
+      && !(gate->norm_b = load_norm (f, layer, dim, FALSE, "bias", error)))
+    goto fail;
+  /* The hidden width is the checkpoint's (Kyutai: dim / 8). */
+  weights_name (name, "%s.cross_attention.gate.alpha.0.weight", layer);
+  const StTensor *t = st_find (f, name);
+  if (!t || t->ndim != 2 || t->shape[1] != dim || t->shape[0] < 1
+      || t->shape[0] > dim) {
+    int64_t shape[2] = { dim / 8, dim };
+    if (!st_require (f, name, 2, shape, error))
+      goto fail;
+  }
+  const int hidden = t ? (int) t->shape[0] : dim / 8;
+  if (!moshi_linear_load_lora (&gate->gate_in, f, name, dim, hidden, type, ctx,
+          error))
+    goto fail;
+  if (!moshi_linear_load_lora (&gate->gate_out, f,
+          weights_name (name, "%s.cross_attention.gate.alpha.2.weight", layer),
+          hidden, dim, type, ctx, error))
+    goto fail;
+  return TRUE;
+fail:
+  cross_attention_gate_clear (gate);
+  return FALSE;
+}
+
+void
+cross_attention_random (CrossAttention *xa, uint64_t *seed, int dim,
+    int num_heads, MoshiWeightType type)
+{
+  memset (xa, 0, sizeof *xa);
+  xa->dim = dim;
+  xa->num_heads = num_heads;
+  moshi_linear_random (&xa->q, seed, dim, dim, type);
+  moshi_linear_random (&xa->k, seed, dim, dim, type);
+  moshi_linear_random (&xa->v, seed, dim, dim, type);
+  moshi_linear_random (&xa->out, seed, dim, dim, type);
+}
+
+void
+cross_attention_gate_random (CrossAttentionGate *gate, uint64_t *seed, int dim,
+    int hidden, gboolean rms_norm, MoshiWeightType type)
+{
+  memset (gate, 0, sizeof *gate);
+  gate->norm_w = weights_random (seed, dim, 1.0f);
+  if (!rms_norm)
+    gate->norm_b = weights_random (seed, dim, 0.1f);
+  moshi_linear_random (&gate->gate_in, seed, dim, hidden, type);
+  moshi_linear_random (&gate->gate_out, seed, hidden, dim, type);
+}
+
+void
+cross_attention_clear (CrossAttention *xa)
+{
+  moshi_linear_clear (&xa->q);
+  moshi_linear_clear (&xa->k);
+  moshi_linear_clear (&xa->v);
+  moshi_linear_clear (&xa->out);
+}
+
+void
+cross_attention_gate_clear (CrossAttentionGate *gate)
+{
+  moshi_free (gate->norm_w);
+  moshi_free (gate->norm_b);
+  moshi_linear_clear (&gate->gate_in);
+  moshi_linear_clear (&gate->gate_out);
+  memset (gate, 0, sizeof *gate);
+}
+
+size_t
+cross_attention_bytes (const CrossAttention *xa)
+{
+  return moshi_linear_bytes (&xa->q) + moshi_linear_bytes (&xa->k)
+      + moshi_linear_bytes (&xa->v) + moshi_linear_bytes (&xa->out);
+}
+
+size_t
+cross_attention_gate_bytes (const CrossAttentionGate *gate)
+{
+  return moshi_linear_bytes (&gate->gate_in)
+      + moshi_linear_bytes (&gate->gate_out)
+      + sizeof (float) * gate->gate_out.out * (gate->norm_b ? 2 : 1);
+}
+
+void
+cross_attention_memory_clear (CrossAttentionMemory *mem)
+{
+  moshi_free (mem->kT);
+  moshi_free (mem->v);
+  moshi_free (mem->q);
+  moshi_free (mem->attn);
+  moshi_free (mem->a);
+  moshi_free (mem->z);
+  moshi_free (mem->g);
+  moshi_free (mem->scores);
+  moshi_free (mem->valid);
+  memset (mem, 0, sizeof *mem);
+}
+
+gboolean
+cross_attention_memory_set (CrossAttentionMemory *mem, const CrossAttention *xa,
+    MoshiPool *pool, const float *img, int tokens)
+{
+  const int d = xa->dim, H = xa->num_heads, hd = d / H;
+  if (!img || tokens <= 0) {
+    mem->tokens = 0;
+    return TRUE;
+  }
+  if (tokens > mem->capacity) {
+    cross_attention_memory_clear (mem);
+    const size_t n = tokens;
+    mem->kT = moshi_alloc (sizeof (float) * n * d);
+    mem->v = moshi_alloc (sizeof (float) * n * d);
+    mem->q = moshi_alloc (sizeof (float) * d);
+    mem->attn = moshi_alloc (sizeof (float) * d);
+    mem->a = moshi_alloc (sizeof (float) * d);
+    mem->z = moshi_alloc (sizeof (float) * d); /* gate width <= dim */
+    mem->g = moshi_alloc (sizeof (float) * d);
+    mem->scores = moshi_alloc (sizeof (float) * n);
+    mem->valid = moshi_alloc (n);
+    if (!(mem->kT && mem->v && mem->q && mem->attn && mem->a && mem->z && mem->g
+            && mem->scores && mem->valid)) {
+      cross_attention_memory_clear (mem);
+      return FALSE;
+    }
+    mem->capacity = tokens;
+  }
+  mem->tokens = tokens;
+  memset (mem->valid, 1, tokens);
+  /* K lands in v first, then is transposed per head into kT: the attention
+   * kernel scores all keys of a head with contiguous loads. */
+  moshi_linear_forward (&xa->k, pool, img, tokens, FALSE, mem->v);
+  for (int h = 0; h < H; h++)
+    for (int c = 0; c < hd; c++) {
+      float *dst = mem->kT + ((size_t) h * hd + c) * tokens;
+      const float *src = mem->v + h * hd + c;
+      for (int j = 0; j < tokens; j++)
+        dst[j] = src[(size_t) j * d];
+    }
+  moshi_linear_forward (&xa->v, pool, img, tokens, FALSE, mem->v);
+  return TRUE;
+}
+
+size_t
+cross_attention_memory_bytes (const CrossAttentionMemory *mem,
+    const CrossAttention *xa)
+{
+  return (size_t) mem->capacity * (2 * sizeof (float) * xa->dim + 5)
+      + sizeof (float) * 6 * xa->dim;
+}
+
+float
+cross_attention_step (const CrossAttention *xa, const CrossAttentionGate *gate,
+    CrossAttentionMemory *mem, MoshiPool *pool, const float *u, float *update,
+    float *gate_values)
+{
+  const int d = xa->dim, H = xa->num_heads, hd = d / H, n = mem->tokens;
+  const int hidden = gate->gate_in.out;
+  const float scale = 1.0f / sqrtf ((float) hd);
+  moshi_linear_forward (&xa->q, pool, u, 1, FALSE, mem->q);
+  memset (mem->attn, 0, sizeof (float) * d);
+  for (int h = 0; h < H; h++)
+    moshi_attention_head (mem->q + h * hd, mem->kT + (size_t) h * hd * n, n,
+        mem->v + h * hd, d, hd, scale, mem->valid, 0, n - 1, mem->scores,
+        mem->attn + h * hd);
+  moshi_linear_forward (&xa->out, pool, mem->attn, 1, FALSE, mem->a);
+  moshi_linear_forward (&gate->gate_in, pool, mem->a, 1, FALSE, mem->z);
+  for (int j = 0; j < hidden; j++)
+    mem->z[j] = MAX (mem->z[j], 0.0f);
+  moshi_linear_forward (&gate->gate_out, pool, mem->z, 1, FALSE, mem->g);
+  double sum = 0.0;
+  for (int j = 0; j < d; j++) {
+    const float g = 1.0f / (1.0f + expf (-(mem->g[j] - GATE_SHIFT)));
+    mem->g[j] = g;
+    update[j] = mem->a[j] * g;
+    sum += g;
+  }
+  if (gate_values)
+    memcpy (gate_values, mem->g, sizeof (float) * d);
+  return (float) (sum / d);
+}

@@ -175,51 +175,22 @@ cross_attention_gate_bytes (const CrossAttentionGate *gate)
       + sizeof (float) * gate->gate_out.out * (gate->norm_b ? 2 : 1);
 }
 
-void
-cross_attention_memory_clear (CrossAttentionMemory *mem)
-{
-  moshi_free (mem->kT);
-  moshi_free (mem->v);
-  moshi_free (mem->q);
-  moshi_free (mem->attn);
-  moshi_free (mem->a);
-  moshi_free (mem->z);
-  moshi_free (mem->g);
-  moshi_free (mem->scores);
-  moshi_free (mem->valid);
-  memset (mem, 0, sizeof *mem);
-}
-
-gboolean
-cross_attention_memory_set (CrossAttentionMemory *mem, const CrossAttention *xa,
-    MoshiPool *pool, const float *img, int tokens)
+CrossAttentionMemory *
+cross_attention_memory_new (const CrossAttention *xa, MoshiPool *pool,
+    const float *img, int tokens)
 {
   const int d = xa->dim, H = xa->num_heads, hd = d / H;
-  if (!img || tokens <= 0) {
-    mem->tokens = 0;
-    return TRUE;
-  }
-  if (tokens > mem->capacity) {
-    cross_attention_memory_clear (mem);
-    const size_t n = tokens;
-    mem->kT = moshi_alloc (sizeof (float) * n * d);
-    mem->v = moshi_alloc (sizeof (float) * n * d);
-    mem->q = moshi_alloc (sizeof (float) * d);
-    mem->attn = moshi_alloc (sizeof (float) * d);
-    mem->a = moshi_alloc (sizeof (float) * d);
-    mem->z = moshi_alloc (sizeof (float) * d); /* gate width <= dim */
-    mem->g = moshi_alloc (sizeof (float) * d);
-    mem->scores = moshi_alloc (sizeof (float) * n);
-    mem->valid = moshi_alloc (n);
-    if (!(mem->kT && mem->v && mem->q && mem->attn && mem->a && mem->z && mem->g
-            && mem->scores && mem->valid)) {
-      cross_attention_memory_clear (mem);
-      return FALSE;
-    }
-    mem->capacity = tokens;
-  }
+  CrossAttentionMemory *mem = g_new0 (CrossAttentionMemory, 1);
+  mem->refcount = 1;
   mem->tokens = tokens;
-  memset (mem->valid, 1, tokens);
+  mem->dim = d;
+  mem->num_heads = H;
+  mem->kT = moshi_alloc (sizeof (float) * tokens * d);
+  mem->v = moshi_alloc (sizeof (float) * tokens * d);
+  if (!mem->kT || !mem->v) {
+    cross_attention_memory_unref (mem);
+    return NULL;
+  }
   /* K lands in v first, then is transposed per head into kT: the attention
    * kernel scores all keys of a head with contiguous loads. */
   moshi_linear_forward (&xa->k, pool, img, tokens, FALSE, mem->v);
@@ -231,44 +202,95 @@ cross_attention_memory_set (CrossAttentionMemory *mem, const CrossAttention *xa,
         dst[j] = src[(size_t) j * d];
     }
   moshi_linear_forward (&xa->v, pool, img, tokens, FALSE, mem->v);
-  return TRUE;
+  return mem;
+}
+
+CrossAttentionMemory *
+cross_attention_memory_ref (CrossAttentionMemory *mem)
+{
+  g_atomic_int_inc (&mem->refcount);
+  return mem;
+}
+
+void
+cross_attention_memory_unref (CrossAttentionMemory *mem)
+{
+  if (!mem || !g_atomic_int_dec_and_test (&mem->refcount))
+    return;
+  moshi_free (mem->kT);
+  moshi_free (mem->v);
+  g_free (mem);
 }
 
 size_t
-cross_attention_memory_bytes (const CrossAttentionMemory *mem,
-    const CrossAttention *xa)
+cross_attention_memory_bytes (const CrossAttentionMemory *mem)
 {
-  return (size_t) mem->capacity * (2 * sizeof (float) * xa->dim + 5)
-      + sizeof (float) * 6 * xa->dim;
+  return mem ? 2 * sizeof (float) * mem->tokens * mem->dim : 0;
+}
+
+void
+cross_attention_scratch_clear (CrossAttentionScratch *s)
+{
+  moshi_free (s->q);
+  moshi_free (s->attn);
+  moshi_free (s->a);
+  moshi_free (s->z);
+  moshi_free (s->g);
+  moshi_free (s->scores);
+  moshi_free (s->valid);
+  memset (s, 0, sizeof *s);
+}
+
+gboolean
+cross_attention_scratch_reserve (CrossAttentionScratch *s, int tokens, int dim)
+{
+  if (tokens <= s->capacity && s->q)
+    return TRUE;
+  cross_attention_scratch_clear (s);
+  s->q = moshi_alloc (sizeof (float) * dim);
+  s->attn = moshi_alloc (sizeof (float) * dim);
+  s->a = moshi_alloc (sizeof (float) * dim);
+  s->z = moshi_alloc (sizeof (float) * dim); /* gate width <= dim */
+  s->g = moshi_alloc (sizeof (float) * dim);
+  s->scores = moshi_alloc (sizeof (float) * MAX (tokens, 1));
+  s->valid = moshi_alloc (MAX (tokens, 1));
+  if (!(s->q && s->attn && s->a && s->z && s->g && s->scores && s->valid)) {
+    cross_attention_scratch_clear (s);
+    return FALSE;
+  }
+  memset (s->valid, 1, MAX (tokens, 1));
+  s->capacity = tokens;
+  return TRUE;
 }
 
 float
 cross_attention_step (const CrossAttention *xa, const CrossAttentionGate *gate,
-    CrossAttentionMemory *mem, MoshiPool *pool, const float *u, float *update,
-    float *gate_values)
+    const CrossAttentionMemory *mem, CrossAttentionScratch *s, MoshiPool *pool,
+    const float *u, float *update, float *gate_values)
 {
   const int d = xa->dim, H = xa->num_heads, hd = d / H, n = mem->tokens;
   const int hidden = gate->gate_in.out;
   const float scale = 1.0f / sqrtf ((float) hd);
-  moshi_linear_forward (&xa->q, pool, u, 1, FALSE, mem->q);
-  memset (mem->attn, 0, sizeof (float) * d);
+  g_assert (n <= s->capacity);
+  moshi_linear_forward (&xa->q, pool, u, 1, FALSE, s->q);
+  memset (s->attn, 0, sizeof (float) * d);
   for (int h = 0; h < H; h++)
-    moshi_attention_head (mem->q + h * hd, mem->kT + (size_t) h * hd * n, n,
-        mem->v + h * hd, d, hd, scale, mem->valid, 0, n - 1, mem->scores,
-        mem->attn + h * hd);
-  moshi_linear_forward (&xa->out, pool, mem->attn, 1, FALSE, mem->a);
-  moshi_linear_forward (&gate->gate_in, pool, mem->a, 1, FALSE, mem->z);
+    moshi_attention_head (s->q + h * hd, mem->kT + (size_t) h * hd * n, n,
+        mem->v + h * hd, d, hd, scale, s->valid, 0, n - 1, s->scores,
+        s->attn + h * hd);
+  moshi_linear_forward (&xa->out, pool, s->attn, 1, FALSE, s->a);
+  moshi_linear_forward (&gate->gate_in, pool, s->a, 1, FALSE, s->z);
   for (int j = 0; j < hidden; j++)
-    mem->z[j] = MAX (mem->z[j], 0.0f);
-  moshi_linear_forward (&gate->gate_out, pool, mem->z, 1, FALSE, mem->g);
+    s->z[j] = MAX (s->z[j], 0.0f);
+  moshi_linear_forward (&gate->gate_out, pool, s->z, 1, FALSE, s->g);
   double sum = 0.0;
   for (int j = 0; j < d; j++) {
-    const float g = 1.0f / (1.0f + expf (-(mem->g[j] - GATE_SHIFT)));
-    mem->g[j] = g;
-    update[j] = mem->a[j] * g;
+    const float g = 1.0f / (1.0f + expf (-(s->g[j] - GATE_SHIFT)));
+    s->g[j] = g;
+    update[j] = s->a[j] * g;
     sum += g;
   }
   if (gate_values)
-    memcpy (gate_values, mem->g, sizeof (float) * d);
+    memcpy (gate_values, s->g, sizeof (float) * d);
   return (float) (sum / d);
 }

@@ -30,14 +30,21 @@ typedef struct {
   MoshiLinear gate_out; /* alpha.2: [dim][hidden] */
 } CrossAttentionGate;
 
-/* The image memory of one stream, and scratch for one step. */
+/* The keys and values of one image, immutable once made: shared by every
+ * layer and step, and by any number of streams (reference counted). */
 typedef struct {
-  int tokens, capacity;
-  float *kT; /* [heads][head_dim][capacity], keys transposed per head */
-  float *v; /* [capacity][dim] */
-  float *q, *attn, *a, *z, *g, *scores; /* per-step scratch */
-  guint8 *valid; /* [capacity], all set: the image is not causal */
+  gint refcount;
+  int tokens, dim, num_heads;
+  float *kT; /* [heads][head_dim][tokens], keys transposed per head */
+  float *v; /* [tokens][dim] */
 } CrossAttentionMemory;
+
+/* Per-stream scratch for one step. */
+typedef struct {
+  int capacity; /* tokens */
+  float *q, *attn, *a, *z, *g, *scores;
+  guint8 *valid; /* all set: the image is not causal */
+} CrossAttentionScratch;
 
 /* Looks for the shared weights under `layer0` (e.g. "llm.transformer.layers.0"
  * + ".cross_attention"): PyTorch's packed mha.in_proj_weight [3d][d] (rows
@@ -61,19 +68,24 @@ void cross_attention_gate_clear (CrossAttentionGate *gate);
 size_t cross_attention_bytes (const CrossAttention *xa);
 size_t cross_attention_gate_bytes (const CrossAttentionGate *gate);
 
-/* Replaces the memory with the image `img` [tokens][dim] (the adapter
- * output): K and V computed here, once.  img NULL or tokens 0 empties it.
- * FALSE when memory runs out (the memory is then empty). */
-gboolean cross_attention_memory_set (CrossAttentionMemory *mem,
-    const CrossAttention *xa, MoshiPool *pool, const float *img, int tokens);
-void cross_attention_memory_clear (CrossAttentionMemory *mem);
-size_t cross_attention_memory_bytes (const CrossAttentionMemory *mem,
-    const CrossAttention *xa);
+/* K = img Wk^T and V = img Wv^T for the image `img` [tokens][dim] (the
+ * adapter output), computed once.  NULL when memory runs out. */
+CrossAttentionMemory *cross_attention_memory_new (const CrossAttention *xa,
+    MoshiPool *pool, const float *img, int tokens);
+CrossAttentionMemory *cross_attention_memory_ref (CrossAttentionMemory *mem);
+void cross_attention_memory_unref (CrossAttentionMemory *mem);
+size_t cross_attention_memory_bytes (const CrossAttentionMemory *mem);
+
+/* Makes room for `tokens` image tokens; FALSE when memory runs out. */
+gboolean cross_attention_scratch_reserve (CrossAttentionScratch *s, int tokens,
+    int dim);
+void cross_attention_scratch_clear (CrossAttentionScratch *s);
 
 /* One row: u is norm_cross(x) [dim]; writes the update a*g into `update`
  * [dim] and, when not NULL, the gate g into `gate` [dim].  Returns mean(g). */
 float cross_attention_step (const CrossAttention *xa,
-    const CrossAttentionGate *gate, CrossAttentionMemory *mem, MoshiPool *pool,
-    const float *u, float *update, float *gate_out);
+    const CrossAttentionGate *gate, const CrossAttentionMemory *mem,
+    CrossAttentionScratch *scratch, MoshiPool *pool, const float *u,
+    float *update, float *gate_out);
 
 G_END_DECLS

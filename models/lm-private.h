@@ -59,3 +59,6 @@ void lm_depformer_begin (const LmModel *m, LmState *s);
  * k - 1; writes logits [card]. */
 void lm_depformer_step (const LmModel *m, LmState *s, int k,
     const float *transformer_out, int prev_token, float *logits);
+
+/* The keys and values of an LmImage (for conformance checks). */
+CrossAttentionMemory *lm_image_memory (const LmImage *image);

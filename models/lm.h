@@ -140,14 +140,25 @@ LmGen *lm_gen_new (LmModel *m, const LmGenParams *p, GError **error);
 void lm_gen_free (LmGen *g);
 void lm_gen_reset (LmGen *g);
 void lm_gen_set_threads (LmGen *g, int n_threads);
-/* MoshiVis.  Replaces the image the model attends to, from the next step
- * on, keeping the conversation: img [tokens][dim] is the image adapter's
- * output (NULL or tokens 0: no image, exactly the base model).  K and V
- * are computed here, once per image.  Errors: a model without
- * cross-attention, a wrong dim, out of memory (the previous image is then
- * dropped).  The image survives lm_gen_reset. */
-gboolean lm_gen_set_image (LmGen *g, const float *img, int tokens, int dim,
-    GError **error);
+/* MoshiVis: an image made ready for the model's cross-attention, i.e. the
+ * keys and values of the image adapter's output img [tokens][dim] through
+ * the shared Wk, Wv (computed once here: the expensive part, ~2*tokens*dim^2
+ * multiply-adds, so callers may run it on another thread than the steps).
+ * Immutable and reference counted; several generators may share one.
+ * Errors: a model without cross-attention, a wrong dim, no tokens, out of
+ * memory. */
+typedef struct LmImage LmImage;
+LmImage *lm_image_new (LmModel *m, const float *img, int tokens, int dim,
+    int n_threads, GError **error);
+LmImage *lm_image_ref (LmImage *image);
+void lm_image_unref (LmImage *image);
+int lm_image_tokens (const LmImage *image);
+
+/* Replaces the image the generator attends to from its next step on,
+ * keeping the conversation (NULL: no image, exactly the base model).  Cheap.
+ * The image survives lm_gen_reset.  FALSE with error when the image belongs
+ * to a model of other dims or memory runs out (there is then no image). */
+gboolean lm_gen_set_image (LmGen *g, LmImage *image, GError **error);
 /* Cross-attention is skipped for the steps t < xa_start of a conversation
  * (Kyutai's "gate delay"; 0 by default). */
 void lm_gen_set_xa_start (LmGen *g, int xa_start);

@@ -269,27 +269,90 @@ lm_gen_step (LmGen *g, const int *user_codes, int *out, LmGenTrace *trace,
   return 1;
 }
 
-gboolean
-lm_gen_set_image (LmGen *g, const float *img, int tokens, int dim,
+struct LmImage {
+  gint refcount;
+  CrossAttentionMemory *mem; /* K and V through the model's Wk, Wv */
+  LmModel *model;
+};
+
+LmImage *
+lm_image_new (LmModel *m, const float *img, int tokens, int dim, int n_threads,
     GError **error)
 {
-  const LmModel *m = g->model;
   if (!lm_model_has_cross_attention (m)) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
         "this model has no cross-attention: it cannot look at images (a "
         "MoshiVis checkpoint is needed)");
-    return FALSE;
+    return NULL;
   }
-  if (img && tokens > 0 && dim != m->cfg.dim) {
+  if (!img || tokens <= 0 || dim != m->cfg.dim) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_SHAPE,
-        "image embedding has %d values per token; the model expects %d", dim,
-        m->cfg.dim);
+        "image embedding of %d tokens x %d values; the model expects at least "
+        "one token of %d values",
+        tokens, dim, m->cfg.dim);
+    return NULL;
+  }
+  MoshiPool *pool = moshi_pool_new (MAX (n_threads, 1));
+  CrossAttentionMemory *mem =
+      cross_attention_memory_new (&m->transformer.xa, pool, img, tokens);
+  moshi_pool_free (pool);
+  if (!mem) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "out of memory for the image keys and values of %d tokens", tokens);
+    return NULL;
+  }
+  LmImage *image = g_new0 (LmImage, 1);
+  image->refcount = 1;
+  image->mem = mem;
+  image->model = lm_model_ref (m);
+  return image;
+}
+
+LmImage *
+lm_image_ref (LmImage *image)
+{
+  g_atomic_int_inc (&image->refcount);
+  return image;
+}
+
+void
+lm_image_unref (LmImage *image)
+{
+  if (!image || !g_atomic_int_dec_and_test (&image->refcount))
+    return;
+  cross_attention_memory_unref (image->mem);
+  lm_model_unref (image->model);
+  g_free (image);
+}
+
+CrossAttentionMemory *
+lm_image_memory (const LmImage *image)
+{
+  return image->mem;
+}
+
+int
+lm_image_tokens (const LmImage *image)
+{
+  return image->mem->tokens;
+}
+
+gboolean
+lm_gen_set_image (LmGen *g, LmImage *image, GError **error)
+{
+  const LmModel *m = g->model;
+  if (image && image->model != m) {
+    /* K and V went through another model's projections. */
+    transformer_set_cross_memory (&m->transformer, &g->state.main, NULL);
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "the image was prepared for another model than this generator's");
     return FALSE;
   }
   if (!transformer_set_cross_memory (&m->transformer, &g->state.main,
-          g->state.pool, img, tokens)) {
+          image ? image->mem : NULL)) {
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
-        "out of memory for the image keys and values of %d tokens", tokens);
+        "out of memory for the cross-attention of an image of %d tokens",
+        image->mem->tokens);
     return FALSE;
   }
   return TRUE;

@@ -292,7 +292,8 @@ transformer_state_clear (TransformerState *s)
   moshi_free (s->ff);
   moshi_free (s->scores);
   moshi_free (s->valid);
-  cross_attention_memory_clear (&s->xa_mem);
+  cross_attention_memory_unref (s->xa_mem);
+  cross_attention_scratch_clear (&s->xa_scratch);
   memset (s, 0, sizeof *s);
 }
 
@@ -314,16 +315,23 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
       + sizeof (float)
       * (2 * (size_t) c->num_layers * c->context * d
           + (size_t) s->max_t * (5 * d + ffw) + c->context)
-      + cross_attention_memory_bytes (&s->xa_mem, &tr->xa);
+      + sizeof (float) * 5 * s->xa_scratch.capacity;
 }
 
 gboolean
 transformer_set_cross_memory (const Transformer *tr, TransformerState *s,
-    MoshiPool *pool, const float *img, int tokens)
+    CrossAttentionMemory *mem)
 {
-  if (!tr->cfg.cross_attention)
+  cross_attention_memory_unref (s->xa_mem);
+  s->xa_mem = NULL;
+  if (!mem)
+    return TRUE;
+  if (!tr->cfg.cross_attention || mem->dim != tr->cfg.d_model
+      || !cross_attention_scratch_reserve (&s->xa_scratch, mem->tokens,
+          tr->cfg.d_model))
     return FALSE;
-  return cross_attention_memory_set (&s->xa_mem, &tr->xa, pool, img, tokens);
+  s->xa_mem = cross_attention_memory_ref (mem);
+  return TRUE;
 }
 
 /* Rotates interleaved pairs (x[2i], x[2i+1]) of each head by angle pos*f_i. */
@@ -385,8 +393,7 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     s->slot_pos[(s->offset + i) % ctx] = s->offset + i;
 
   /* The gate summary averages the last (up to) 10 layers' mean gate. */
-  const gboolean xa_on =
-      c->cross_attention && s->xa_enabled && s->xa_mem.tokens > 0;
+  const gboolean xa_on = c->cross_attention && s->xa_enabled && s->xa_mem;
   const int summary_layers = MIN (10, c->num_layers);
   float gate_sum = 0.0f;
 
@@ -460,8 +467,8 @@ transformer_forward (const Transformer *tr, TransformerState *s,
             ? s->xa_trace_gates + (size_t) l * d
             : NULL;
         float *upd = s->attn + (size_t) i * d;
-        float mean = cross_attention_step (&tr->xa, &L->xa_gate, &s->xa_mem,
-            pool, s->h + (size_t) i * d, upd, gates);
+        float mean = cross_attention_step (&tr->xa, &L->xa_gate, s->xa_mem,
+            &s->xa_scratch, pool, s->h + (size_t) i * d, upd, gates);
         if (last && s->xa_trace_updates)
           memcpy (s->xa_trace_updates + (size_t) l * d, upd,
               sizeof (float) * d);

@@ -84,7 +84,8 @@ typedef struct {
   guint8 *valid; /* [context] slot usable by the current query */
   /* Cross-attention (models with cross_attention): the image memory, and
    * whether the next forward applies it (the caller's xa_start rule). */
-  CrossAttentionMemory xa_mem;
+  CrossAttentionMemory *xa_mem; /* NULL: no image */
+  CrossAttentionScratch xa_scratch;
   gboolean xa_enabled;
   float xa_gate_summary; /* of the last row forwarded; 0 when skipped */
   float *xa_trace_gates; /* [layers][d] of the last row, or NULL */
@@ -108,10 +109,11 @@ void transformer_state_reset (TransformerState *s, const Transformer *tr);
 size_t transformer_state_bytes (const TransformerState *s,
     const Transformer *tr);
 
-/* Replaces the image the layers attend to (img [tokens][d_model], NULL:
- * none).  FALSE when memory runs out or the model has no cross-attention. */
+/* Replaces the image the layers attend to (NULL: none; a reference is
+ * taken).  FALSE when scratch memory runs out or the model has no
+ * cross-attention (the state is then without image). */
 gboolean transformer_set_cross_memory (const Transformer *tr,
-    TransformerState *s, MoshiPool *pool, const float *img, int tokens);
+    TransformerState *s, CrossAttentionMemory *mem);
 
 /* x: [t][d_model], updated in place; t <= max_t and t <= context. */
 void transformer_forward (const Transformer *tr, TransformerState *s,

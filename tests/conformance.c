@@ -1022,13 +1022,18 @@ run_moshivis_lm (const char *name, LmModel *m, StFile *vec)
   };
   for (size_t r = 0; r < G_N_ELEMENTS (runs); r++) {
     lm_state_reset (&s, m);
-    if (!transformer_set_cross_memory (&m->transformer, &s.main, s.pool,
-            runs[r].image ? img : NULL, runs[r].image ? N : 0)) {
+    LmImage *image =
+        runs[r].image ? lm_image_new (m, img, N, d, 1, NULL) : NULL;
+    if ((runs[r].image && !image)
+        || !transformer_set_cross_memory (&m->transformer, &s.main,
+            image ? lm_image_memory (image) : NULL)) {
       report (FALSE, name, runs[r].label, "cannot set the image memory");
+      lm_image_unref (image);
       continue;
     }
+    lm_image_unref (image);
     if (runs[r].image && runs[r].xa_start == 0)
-      check_xa_kv (name, vec, &s.main.xa_mem, cfg->num_heads, N, d);
+      check_xa_kv (name, vec, s.main.xa_mem, cfg->num_heads, N, d);
     int argmax_bad = -1;
     for (int t = 0; t < T; t++) {
       for (int k = 0; k < K; k++)

@@ -143,6 +143,9 @@ static const char *const ignored_keys[] = {
   "depformer_causal",
   "causal",
   "_oracle",
+  /* MoshiVis's image side (read by moshivis_image_config_load_json) */
+  "vision",
+  "adapter",
   "depformer_context",
   "dtype",
   "existing_text_end_padding_id",

@@ -1,0 +1,502 @@
+/* SigLIP vision tower: weights and forward pass (see siglip.h). */
+#include "siglip.h"
+
+#include "alloc.h"
+#include "kernels.h"
+#include "model-error.h"
+#include "vec-math.h"
+#include "weights.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+typedef struct {
+  float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+  /* q, k and v stacked as one [3D][D] weight so one GEMM makes all three. */
+  float *qkv_w, *qkv_b;
+  float *out_w, *out_b;
+  float *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+} SiglipLayer;
+
+struct SiglipModel {
+  SiglipConfig cfg;
+  int grid; /* the learned position grid is grid x grid */
+  float *patch_w; /* [D][3 * P * P], the conv weight [D][3][P][P] flattened */
+  float *patch_b;
+  float *pos; /* [grid * grid][D] */
+  SiglipLayer *layers;
+  float *post_w, *post_b;
+};
+
+static void
+layer_clear (SiglipLayer *l)
+{
+  float **p[] = { &l->ln1_w, &l->ln1_b, &l->ln2_w, &l->ln2_b, &l->qkv_w,
+    &l->qkv_b, &l->out_w, &l->out_b, &l->fc1_w, &l->fc1_b, &l->fc2_w,
+    &l->fc2_b };
+  for (size_t i = 0; i < G_N_ELEMENTS (p); i++) {
+    moshi_free (*p[i]);
+    *p[i] = NULL;
+  }
+}
+
+void
+siglip_model_free (SiglipModel *m)
+{
+  if (!m)
+    return;
+  if (m->layers)
+    for (int i = 0; i < m->cfg.num_layers; i++)
+      layer_clear (&m->layers[i]);
+  g_free (m->layers);
+  moshi_free (m->patch_w);
+  moshi_free (m->patch_b);
+  moshi_free (m->pos);
+  moshi_free (m->post_w);
+  moshi_free (m->post_b);
+  g_free (m);
+}
+
+const SiglipConfig *
+siglip_model_config (const SiglipModel *m)
+{
+  return &m->cfg;
+}
+
+void
+siglip_set_threads (int n_threads)
+{
+  openblas_set_num_threads (MAX (n_threads, 1));
+}
+
+static SiglipModel *
+model_alloc (const SiglipConfig *cfg, GError **error)
+{
+  if (!siglip_config_validate (cfg, error))
+    return NULL;
+  SiglipModel *m = g_new0 (SiglipModel, 1);
+  m->cfg = *cfg;
+  m->grid = cfg->image_size / cfg->patch_size;
+  m->layers = g_new0 (SiglipLayer, MAX (cfg->num_layers, 1));
+  return m;
+}
+
+static gboolean
+oom (GError **error, const char *what, size_t bytes)
+{
+  g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+      "SigLIP: out of memory allocating %zu bytes for %s", bytes, what);
+  return FALSE;
+}
+
+/* ------------------------------------------------------------ loading --- */
+
+typedef struct {
+  const StFile *f;
+  const char *prefix;
+  GError **error;
+} Loader;
+
+static float *
+load (Loader *ld, const char *suffix, int ndim, int64_t d0, int64_t d1,
+    int64_t d2, int64_t d3)
+{
+  char name[256];
+  const int64_t shape[4] = { d0, d1, d2, d3 };
+  weights_name (name, "%s%s", ld->prefix, suffix);
+  return weights_load (ld->f, name, ndim, shape, ld->error);
+}
+
+/* q, k, v weights (or biases, `cols` = 1 and ndim 1) into one stacked
+ * buffer. */
+static float *
+load_qkv (Loader *ld, int layer, const char *what, int D, int ndim)
+{
+  size_t part = (size_t) D * (ndim == 2 ? D : 1);
+  float *all = moshi_alloc (3 * part * sizeof (float));
+  if (!all) {
+    oom (ld->error, "the q/k/v projections", 3 * part * sizeof (float));
+    return NULL;
+  }
+  static const char *const names[3] = { "q", "k", "v" };
+  for (int i = 0; i < 3; i++) {
+    char suffix[128];
+    g_snprintf (suffix, sizeof suffix, "encoder.layers.%d.self_attn.%s_proj.%s",
+        layer, names[i], what);
+    float *w = load (ld, suffix, ndim, D, D, 0, 0);
+    if (!w) {
+      moshi_free (all);
+      return NULL;
+    }
+    memcpy (all + i * part, w, part * sizeof (float));
+    moshi_free (w);
+  }
+  return all;
+}
+
+static gboolean
+load_layer (Loader *ld, int i, const SiglipConfig *c, SiglipLayer *l)
+{
+  const int D = c->hidden_size, F = c->intermediate_size;
+  char s[128];
+#define LOAD(dst, sub, nd, a, b)                              \
+  do {                                                        \
+    g_snprintf (s, sizeof s, "encoder.layers.%d.%s", i, sub); \
+    if (!(dst = load (ld, s, nd, a, b, 0, 0)))                \
+      return FALSE;                                           \
+  } while (0)
+  LOAD (l->ln1_w, "layer_norm1.weight", 1, D, 0);
+  LOAD (l->ln1_b, "layer_norm1.bias", 1, D, 0);
+  if (!(l->qkv_w = load_qkv (ld, i, "weight", D, 2)))
+    return FALSE;
+  if (!(l->qkv_b = load_qkv (ld, i, "bias", D, 1)))
+    return FALSE;
+  LOAD (l->out_w, "self_attn.out_proj.weight", 2, D, D);
+  LOAD (l->out_b, "self_attn.out_proj.bias", 1, D, 0);
+  LOAD (l->ln2_w, "layer_norm2.weight", 1, D, 0);
+  LOAD (l->ln2_b, "layer_norm2.bias", 1, D, 0);
+  LOAD (l->fc1_w, "mlp.fc1.weight", 2, F, D);
+  LOAD (l->fc1_b, "mlp.fc1.bias", 1, F, 0);
+  LOAD (l->fc2_w, "mlp.fc2.weight", 2, D, F);
+  LOAD (l->fc2_b, "mlp.fc2.bias", 1, D, 0);
+#undef LOAD
+  return TRUE;
+}
+
+SiglipModel *
+siglip_model_load (const StFile *f, const char *prefix, const SiglipConfig *cfg,
+    GError **error)
+{
+  g_return_val_if_fail (f && cfg, NULL);
+  SiglipModel *m = model_alloc (cfg, error);
+  if (!m)
+    return NULL;
+  Loader ld = { f, prefix ? prefix : "", error };
+  const int D = cfg->hidden_size, P = cfg->patch_size;
+  if (!(m->patch_w =
+              load (&ld, "embeddings.patch_embedding.weight", 4, D, 3, P, P))
+      || !(m->patch_b =
+               load (&ld, "embeddings.patch_embedding.bias", 1, D, 0, 0, 0))
+      || !(m->pos = load (&ld, "embeddings.position_embedding.weight", 2,
+               (int64_t) m->grid * m->grid, D, 0, 0)))
+    goto fail;
+  for (int i = 0; i < cfg->num_layers; i++)
+    if (!load_layer (&ld, i, cfg, &m->layers[i]))
+      goto fail;
+  if (!(m->post_w = load (&ld, "post_layernorm.weight", 1, D, 0, 0, 0))
+      || !(m->post_b = load (&ld, "post_layernorm.bias", 1, D, 0, 0, 0)))
+    goto fail;
+  return m;
+fail:
+  siglip_model_free (m);
+  return NULL;
+}
+
+/* ------------------------------------------------------ random weights --- */
+
+static float *
+rnd (uint64_t *seed, size_t n, float scale, float offset, GError **error)
+{
+  float *w = weights_random (seed, n, scale);
+  if (!w) {
+    oom (error, "random weights", n * sizeof (float));
+    return NULL;
+  }
+  for (size_t i = 0; offset != 0.0f && i < n; i++)
+    w[i] += offset;
+  return w;
+}
+
+SiglipModel *
+siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed, GError **error)
+{
+  SiglipModel *m = model_alloc (cfg, error);
+  if (!m)
+    return NULL;
+  const size_t D = cfg->hidden_size, F = cfg->intermediate_size;
+  const size_t K = 3 * (size_t) cfg->patch_size * cfg->patch_size;
+  /* Linear weights ~ 1/sqrt(fan_in) keep activations O(1) through the
+   * layers, so the timing is that of ordinary numbers. */
+  const float sd = 1.0f / sqrtf ((float) D), sf = 1.0f / sqrtf ((float) F);
+  uint64_t s = seed;
+  if (!(m->patch_w = rnd (&s, D * K, 1.0f / sqrtf ((float) K), 0, error))
+      || !(m->patch_b = rnd (&s, D, 0.1f, 0, error))
+      || !(m->pos = rnd (&s, (size_t) m->grid * m->grid * D, 0.1f, 0, error))
+      || !(m->post_w = rnd (&s, D, 0.1f, 1.0f, error))
+      || !(m->post_b = rnd (&s, D, 0.1f, 0, error)))
+    goto fail;
+  for (int i = 0; i < cfg->num_layers; i++) {
+    SiglipLayer *l = &m->layers[i];
+    if (!(l->ln1_w = rnd (&s, D, 0.1f, 1.0f, error))
+        || !(l->ln1_b = rnd (&s, D, 0.1f, 0, error))
+        || !(l->qkv_w = rnd (&s, 3 * D * D, sd, 0, error))
+        || !(l->qkv_b = rnd (&s, 3 * D, 0.1f, 0, error))
+        || !(l->out_w = rnd (&s, D * D, sd, 0, error))
+        || !(l->out_b = rnd (&s, D, 0.1f, 0, error))
+        || !(l->ln2_w = rnd (&s, D, 0.1f, 1.0f, error))
+        || !(l->ln2_b = rnd (&s, D, 0.1f, 0, error))
+        || !(l->fc1_w = rnd (&s, F * D, sd, 0, error))
+        || !(l->fc1_b = rnd (&s, F, 0.1f, 0, error))
+        || !(l->fc2_w = rnd (&s, D * F, sf, 0, error))
+        || !(l->fc2_b = rnd (&s, D, 0.1f, 0, error)))
+      goto fail;
+  }
+  return m;
+fail:
+  siglip_model_free (m);
+  return NULL;
+}
+
+/* ---------------------------------------------------------- forward --- */
+
+/* PyTorch's cubic convolution kernel with A = -0.75 (upsample_bicubic2d):
+ * weights of the 4 taps around a source position with fraction t. */
+static void
+cubic_weights (double t, double w[4])
+{
+  const double A = -0.75;
+  double x;
+  x = t + 1.0;
+  w[0] = ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+  x = t;
+  w[1] = ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+  x = 1.0 - t;
+  w[2] = ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+  x = 2.0 - t;
+  w[3] = ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+}
+
+/* Source taps (clamped to the border, as PyTorch does) and weights of
+ * output index i when resizing `in` samples to `out`, align_corners=False:
+ * src = (i + 0.5) * in / out - 0.5, not clamped at 0 for cubic. */
+static void
+cubic_taps (int i, int in, int out, int idx[4], double w[4])
+{
+  double src = (i + 0.5) * ((double) in / out) - 0.5;
+  double fl = floor (src);
+  cubic_weights (src - fl, w);
+  for (int k = 0; k < 4; k++)
+    idx[k] = CLAMP ((int) fl - 1 + k, 0, in - 1);
+}
+
+void
+siglip_resize_table (const float *src, int gh, int gw, int C, float *dst,
+    int oh, int ow)
+{
+  for (int y = 0; y < oh; y++) {
+    int iy[4];
+    double wy[4];
+    cubic_taps (y, gh, oh, iy, wy);
+    for (int x = 0; x < ow; x++) {
+      int ix[4];
+      double wx[4];
+      cubic_taps (x, gw, ow, ix, wx);
+      float *d = dst + ((size_t) y * ow + x) * C;
+      for (int c = 0; c < C; c++) {
+        double acc = 0.0;
+        for (int a = 0; a < 4; a++) {
+          const float *row = src + (size_t) iy[a] * gw * C;
+          double r = 0.0;
+          for (int b = 0; b < 4; b++)
+            r += wx[b] * row[(size_t) ix[b] * C + c];
+          acc += wy[a] * r;
+        }
+        d[c] = (float) acc;
+      }
+    }
+  }
+}
+
+gboolean
+siglip_preprocess (const SiglipConfig *c, const uint8_t *rgb, int width,
+    int height, int stride, float *out, GError **error)
+{
+  if (!rgb || !out || width <= 0 || height <= 0 || stride < 3 * width) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "SigLIP: bad image (pixels %p, output %p, %dx%d, stride %d bytes; "
+        "need a non-empty RGB image with stride >= 3 * width)",
+        (const void *) rgb, (void *) out, width, height, stride);
+    return FALSE;
+  }
+  const size_t plane = (size_t) width * height;
+  for (int y = 0; y < height; y++) {
+    const uint8_t *row = rgb + (size_t) y * stride;
+    for (int x = 0; x < width; x++)
+      for (int ch = 0; ch < 3; ch++) {
+        /* The reference's float32 steps: u8 / 255, then (x - mean) / std. */
+        float v = (float) row[3 * x + ch] / 255.0f;
+        out[ch * plane + (size_t) y * width + x] =
+            (v - c->image_mean[ch]) / c->image_std[ch];
+      }
+  }
+  return TRUE;
+}
+
+/* C[M][N] (+)= alpha * A[M][K] * B^T, B stored [N][K] (a Linear weight). */
+static void
+gemm_nt (int M, int N, int K, float alpha, const float *A, int lda,
+    const float *B, int ldb, float beta, float *C, int ldc)
+{
+  cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda,
+      B, ldb, beta, C, ldc);
+}
+
+static void
+fill_rows (float *dst, const float *bias, int rows, int C)
+{
+  for (int r = 0; r < rows; r++)
+    memcpy (dst + (size_t) r * C, bias, C * sizeof (float));
+}
+
+static void
+add_rows (float *dst, const float *bias, int rows, int C)
+{
+  for (int r = 0; r < rows; r++) {
+    float *d = dst + (size_t) r * C;
+    for (int i = 0; i < C; i++)
+      d[i] += bias[i];
+  }
+}
+
+/* Largest image side accepted: keeps every size computation far from
+ * overflow and the attention scratch (tokens^2 floats) bounded. */
+#define SIGLIP_MAX_SIDE 4096
+
+gboolean
+siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
+    int height, float *out, float *pre_postln, GError **error)
+{
+  const SiglipConfig *c = &m->cfg;
+  if (!pixels || !out || width <= 0 || height <= 0 || width > SIGLIP_MAX_SIDE
+      || height > SIGLIP_MAX_SIDE) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "SigLIP: bad input (pixels %p, output %p, %dx%d; sides must be in "
+        "[1, %d])",
+        (const void *) pixels, (void *) out, width, height, SIGLIP_MAX_SIDE);
+    return FALSE;
+  }
+  const int P = c->patch_size, D = c->hidden_size, F = c->intermediate_size;
+  const int H = c->num_heads, hd = D / H;
+  const int gh = height / P, gw = width / P, N = gh * gw;
+  if (N == 0) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "SigLIP: a %dx%d image is smaller than one %dx%d patch", width, height,
+        P, P);
+    return FALSE;
+  }
+  const int K = 3 * P * P;
+  const size_t nd = (size_t) N * D;
+  /* Scratch: x (residual stream), y (normed / attention output), qkv, the
+   * MLP hidden (also im2col patches and the resized position table), one
+   * head's scores. */
+  size_t hid = MAX ((size_t) N * F, (size_t) N * K);
+  if (gh != m->grid || gw != m->grid)
+    hid = MAX (hid, nd);
+  const size_t bytes =
+      (nd * 2 + nd * 3 + hid + (size_t) N * N) * sizeof (float);
+  float *buf = moshi_alloc (bytes);
+  if (!buf)
+    return oom (error, "the activations", bytes);
+  float *x = buf, *y = x + nd, *qkv = y + nd, *h = qkv + 3 * nd;
+  float *scores = h + hid;
+
+  /* Patch embedding as a GEMM over im2col rows [N][3][P][P], the conv
+   * weight's layout. */
+  const size_t plane = (size_t) width * height;
+  for (int py = 0; py < gh; py++)
+    for (int px = 0; px < gw; px++) {
+      float *row = h + ((size_t) py * gw + px) * K;
+      for (int ch = 0; ch < 3; ch++)
+        for (int i = 0; i < P; i++)
+          memcpy (row + (ch * P + i) * P,
+              pixels + ch * plane + (size_t) (py * P + i) * width
+                  + (size_t) px * P,
+              P * sizeof (float));
+    }
+  fill_rows (x, m->patch_b, N, D);
+  gemm_nt (N, D, K, 1.0f, h, K, m->patch_w, K, 1.0f, x, D);
+  if (gh == m->grid && gw == m->grid)
+    moshi_add_scaled_rows (x, m->pos, NULL, N, D);
+  else {
+    siglip_resize_table (m->pos, m->grid, m->grid, D, h, gh, gw);
+    moshi_add_scaled_rows (x, h, NULL, N, D);
+  }
+
+  const float scale = 1.0f / sqrtf ((float) hd);
+  for (int li = 0; li < c->num_layers; li++) {
+    const SiglipLayer *l = &m->layers[li];
+    /* Attention: x += out(softmax(q k^T / sqrt(hd)) v), one head at a time
+     * so the scores stay [N][N]. */
+    moshi_layer_norm (y, x, l->ln1_w, l->ln1_b, N, D, c->layer_norm_eps);
+    fill_rows (qkv, l->qkv_b, N, 3 * D);
+    gemm_nt (N, 3 * D, D, 1.0f, y, D, l->qkv_w, D, 1.0f, qkv, 3 * D);
+    for (int hh = 0; hh < H; hh++) {
+      const float *q = qkv + hh * hd, *k = q + D, *v = q + 2 * D;
+      gemm_nt (N, N, hd, scale, q, 3 * D, k, 3 * D, 0.0f, scores, N);
+      moshi_softmax_rows (scores, N, N, N);
+      cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f,
+          scores, N, v, 3 * D, 0.0f, y + hh * hd, D);
+    }
+    add_rows (x, l->out_b, N, D);
+    gemm_nt (N, D, D, 1.0f, y, D, l->out_w, D, 1.0f, x, D);
+    /* MLP: x += fc2(gelu(fc1(LN2(x)))). */
+    moshi_layer_norm (y, x, l->ln2_w, l->ln2_b, N, D, c->layer_norm_eps);
+    fill_rows (h, l->fc1_b, N, F);
+    gemm_nt (N, F, D, 1.0f, y, D, l->fc1_w, D, 1.0f, h, F);
+    if (c->act == SIGLIP_GELU_TANH)
+      moshi_gelu_tanh (h, h, (size_t) N * F);
+    else
+      moshi_gelu (h, h, (size_t) N * F);
+    add_rows (x, l->fc2_b, N, D);
+    gemm_nt (N, D, F, 1.0f, h, F, l->fc2_w, F, 1.0f, x, D);
+  }
+  if (pre_postln)
+    memcpy (pre_postln, x, nd * sizeof (float));
+  moshi_layer_norm (out, x, m->post_w, m->post_b, N, D, c->layer_norm_eps);
+  moshi_free (buf);
+  return TRUE;
+}
+
+gboolean
+siglip_check_image (const SiglipConfig *c, const uint8_t *rgb, int width,
+    int height, int stride, GError **error)
+{
+  if (!rgb || width <= 0 || height <= 0 || width > SIGLIP_MAX_SIDE
+      || height > SIGLIP_MAX_SIDE || stride < 3 * width) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "SigLIP: bad image (pixels %p, %dx%d, stride %d bytes; need an RGB "
+        "image with sides in [1, %d] and stride >= 3 * width)",
+        (const void *) rgb, width, height, stride, SIGLIP_MAX_SIDE);
+    return FALSE;
+  }
+  if (siglip_tokens_for_size (c, width, height) == 0) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "SigLIP: a %dx%d image is smaller than one %dx%d patch", width, height,
+        c->patch_size, c->patch_size);
+    return FALSE;
+  }
+  return TRUE;
+}
+
+gboolean
+siglip_forward (const SiglipModel *m, const uint8_t *rgb, int width, int height,
+    int stride, float *out, float *pre_postln, GError **error)
+{
+  if (!siglip_check_image (&m->cfg, rgb, width, height, stride, error))
+    return FALSE;
+  if (!out) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "SigLIP: no output buffer");
+    return FALSE;
+  }
+  const size_t bytes = (size_t) 3 * width * height * sizeof (float);
+  float *pix = moshi_alloc (bytes);
+  if (!pix)
+    return oom (error, "the pixel planes", bytes);
+  gboolean ok =
+      siglip_preprocess (&m->cfg, rgb, width, height, stride, pix, error)
+      && siglip_forward_pixels (m, pix, width, height, out, pre_postln, error);
+  moshi_free (pix);
+  return ok;
+}

@@ -1,0 +1,104 @@
+/* SigLIP vision tower (HF SiglipVisionTransformer, no pooling head), as used
+ * by MoshiVis: So400m/14 from PaliGemma 2 at 448x448 by default.
+ *
+ *   RGB u8 -> (u8/255 - mean)/std -> patch conv (valid, stride = patch)
+ *   -> + position table (bicubically resized when the grid differs)
+ *   -> N pre-LN encoder layers -> post_layernorm -> [tokens][hidden]
+ *
+ * Weights are float32 in memory; the matrix products go through OpenBLAS
+ * (the tower runs ~1000 tokens at once, so it is compute bound and BLAS's
+ * packing pays off).  A loaded model is read-only: several threads may run
+ * siglip_forward() on it at once, each call allocates its own scratch.
+ * See docs/moshivis-spec.md sections 1-2. */
+#pragma once
+#include <glib.h>
+#include <stdint.h>
+
+#include "json.h"
+#include "safetensors.h"
+
+G_BEGIN_DECLS
+
+typedef enum {
+  SIGLIP_GELU_TANH, /* "gelu_pytorch_tanh", "gelu_new": the reference */
+  SIGLIP_GELU_ERF, /* "gelu" */
+} SiglipAct;
+
+typedef struct {
+  int image_size; /* side of the trained square grid, in pixels */
+  int patch_size;
+  int num_channels; /* must be 3 (RGB) */
+  int hidden_size;
+  int num_layers;
+  int num_heads;
+  int intermediate_size;
+  SiglipAct act;
+  float layer_norm_eps;
+  float image_mean[3], image_std[3];
+} SiglipConfig;
+
+/* So400m/14 at 448 (PaliGemma 2 448), the MoshiVis tower. */
+void siglip_config_default (SiglipConfig *c);
+/* Reads an HF SiglipVisionConfig object (e.g. the "vision" object of a
+ * MoshiVis test config.json) over the defaults.  Unknown keys, an
+ * unsupported hidden_act, a pooling head or values out of range are
+ * MOSHI_MODEL_ERROR_CONFIG errors naming `where` and the key. */
+gboolean siglip_config_parse (SiglipConfig *c, const MJsonValue *obj,
+    const char *where, GError **error);
+/* Checks the values a hand-built config could get wrong. */
+gboolean siglip_config_validate (const SiglipConfig *c, GError **error);
+
+/* Grid and token count for an input of width x height pixels: the patch conv
+ * drops the trailing (size mod patch) rows and columns.  0 tokens when the
+ * image is smaller than one patch. */
+int siglip_tokens_for_size (const SiglipConfig *c, int width, int height);
+/* Multiply-adds x 2 of one forward pass (patch conv, projections,
+ * attention, MLP), for benchmarks. */
+double siglip_flops (const SiglipConfig *c, int width, int height);
+
+typedef struct SiglipModel SiglipModel;
+
+/* Loads the tower from tensors named `prefix` + HF SigLIP names
+ * (e.g. "image_prefix.enc.model." in Kyutai's checkpoints).  F32, BF16 and
+ * F16 tensors are accepted; every shape is checked against cfg and errors
+ * name the tensor with expected vs found shape. */
+SiglipModel *siglip_model_load (const StFile *f, const char *prefix,
+    const SiglipConfig *cfg, GError **error);
+/* Random weights of cfg's shapes (deterministic in seed), for benchmarks. */
+SiglipModel *siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed,
+    GError **error);
+void siglip_model_free (SiglipModel *m);
+const SiglipConfig *siglip_model_config (const SiglipModel *m);
+
+/* Sets the thread count of the BLAS library used by the matrix products.
+ * OpenBLAS's setting is process-wide. */
+void siglip_set_threads (int n_threads);
+
+/* Checks an RGB u8 input: non-NULL, sides in [1, 4096], stride >= 3 * width,
+ * at least one patch.  ARGUMENT errors say which. */
+gboolean siglip_check_image (const SiglipConfig *c, const uint8_t *rgb,
+    int width, int height, int stride, GError **error);
+
+/* RGB u8 (rows of `stride` bytes, 3 bytes per pixel) to float planes
+ * out[3][height][width]: (u8/255 - mean)/std, the reference pixel_values. */
+gboolean siglip_preprocess (const SiglipConfig *c, const uint8_t *rgb,
+    int width, int height, int stride, float *out, GError **error);
+
+/* Runs the tower on an RGB u8 image of any size with at least one patch:
+ * out[tokens][hidden], token n = patch (n / grid_w, n % grid_w).
+ * pre_postln (may be NULL) receives the encoder output before
+ * post_layernorm, same shape.  Allocation failure and bad arguments are
+ * GErrors. */
+gboolean siglip_forward (const SiglipModel *m, const uint8_t *rgb, int width,
+    int height, int stride, float *out, float *pre_postln, GError **error);
+/* The same from preprocessed planes pixels[3][height][width]. */
+gboolean siglip_forward_pixels (const SiglipModel *m, const float *pixels,
+    int width, int height, float *out, float *pre_postln, GError **error);
+
+/* Bicubic resize (PyTorch interpolate, A = -0.75, align_corners = False, no
+ * antialias) of a [gh][gw][C] table to [oh][ow][C]: the HF position-table
+ * interpolation. Exposed for tests. */
+void siglip_resize_table (const float *src, int gh, int gw, int C, float *dst,
+    int oh, int ow);
+
+G_END_DECLS

@@ -1,0 +1,199 @@
+#include "vec-math.h"
+
+#include <glib.h>
+
+#include "cpu.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* exp(x) on [-87, 88] (clamped, so no inf/denormal): x = n ln2 + r with
+ * |r| <= ln2/2, exp(r) by Cephes' expf polynomial, 2^n through the exponent
+ * bits.  n is rounded with the 1.5 * 2^23 trick so both versions compute
+ * the same thing. */
+#define EXP_HI 88.0f
+#define EXP_LO -87.0f
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f
+#define LN2_LO -2.12194440e-4f
+#define ROUND_MAGIC 12582912.0f /* 1.5 * 2^23 */
+#define P0 1.9875691500e-4f
+#define P1 1.3981999507e-3f
+#define P2 8.3334519073e-3f
+#define P3 4.1665795894e-2f
+#define P4 1.6666665459e-1f
+#define P5 5.0000001201e-1f
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+
+static inline float
+exp_scalar (float x)
+{
+  x = x < EXP_LO ? EXP_LO : (x > EXP_HI ? EXP_HI : x);
+  float t = x * LOG2E + ROUND_MAGIC;
+  float n = t - ROUND_MAGIC;
+  int32_t ti;
+  memcpy (&ti, &t, 4);
+  int32_t ni = ti - 0x4B400000;
+  float r = x - n * LN2_HI - n * LN2_LO;
+  float p = P0;
+  p = p * r + P1;
+  p = p * r + P2;
+  p = p * r + P3;
+  p = p * r + P4;
+  p = p * r + P5;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = (ni + 127) << 23;
+  float s;
+  memcpy (&s, &bits, 4);
+  return y * s;
+}
+
+static void
+gelu_tanh_generic (float *dst, const float *src, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    float x = src[i];
+    float u = GELU_K * (x + GELU_C * x * x * x);
+    dst[i] = x / (1.0f + exp_scalar (-2.0f * u));
+  }
+}
+
+static void
+softmax_row_generic (float *x, int n)
+{
+  float m = -INFINITY;
+  for (int i = 0; i < n; i++)
+    m = x[i] > m ? x[i] : m;
+  float s = 0.0f;
+  for (int i = 0; i < n; i++) {
+    x[i] = exp_scalar (x[i] - m);
+    s += x[i];
+  }
+  float inv = 1.0f / s;
+  for (int i = 0; i < n; i++)
+    x[i] *= inv;
+}
+
+#if defined(__x86_64__)
+#define AVX2 __attribute__ ((target ("avx2,fma")))
+
+AVX2 static inline __m256
+exp_avx2 (__m256 x)
+{
+  x = _mm256_min_ps (_mm256_max_ps (x, _mm256_set1_ps (EXP_LO)),
+      _mm256_set1_ps (EXP_HI));
+  __m256 t =
+      _mm256_fmadd_ps (x, _mm256_set1_ps (LOG2E), _mm256_set1_ps (ROUND_MAGIC));
+  __m256 n = _mm256_sub_ps (t, _mm256_set1_ps (ROUND_MAGIC));
+  __m256i ni = _mm256_sub_epi32 (_mm256_castps_si256 (t),
+      _mm256_set1_epi32 (0x4B400000));
+  __m256 r = _mm256_fnmadd_ps (n, _mm256_set1_ps (LN2_HI), x);
+  r = _mm256_fnmadd_ps (n, _mm256_set1_ps (LN2_LO), r);
+  __m256 p = _mm256_set1_ps (P0);
+  p = _mm256_fmadd_ps (p, r, _mm256_set1_ps (P1));
+  p = _mm256_fmadd_ps (p, r, _mm256_set1_ps (P2));
+  p = _mm256_fmadd_ps (p, r, _mm256_set1_ps (P3));
+  p = _mm256_fmadd_ps (p, r, _mm256_set1_ps (P4));
+  p = _mm256_fmadd_ps (p, r, _mm256_set1_ps (P5));
+  __m256 y = _mm256_fmadd_ps (_mm256_mul_ps (p, r), r,
+      _mm256_add_ps (r, _mm256_set1_ps (1.0f)));
+  __m256i bits =
+      _mm256_slli_epi32 (_mm256_add_epi32 (ni, _mm256_set1_epi32 (127)), 23);
+  return _mm256_mul_ps (y, _mm256_castsi256_ps (bits));
+}
+
+AVX2 static void
+gelu_tanh_avx2 (float *dst, const float *src, size_t n)
+{
+  size_t i = 0;
+  const __m256 k = _mm256_set1_ps (-2.0f * GELU_K);
+  const __m256 c = _mm256_set1_ps (GELU_C), one = _mm256_set1_ps (1.0f);
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps (src + i);
+    __m256 x2 = _mm256_mul_ps (x, x);
+    __m256 u = _mm256_mul_ps (k, _mm256_fmadd_ps (_mm256_mul_ps (c, x2), x, x));
+    __m256 d = _mm256_add_ps (one, exp_avx2 (u));
+    _mm256_storeu_ps (dst + i, _mm256_div_ps (x, d));
+  }
+  gelu_tanh_generic (dst + i, src + i, n - i);
+}
+
+AVX2 static float
+hmax_avx2 (__m256 v)
+{
+  __m128 m =
+      _mm_max_ps (_mm256_castps256_ps128 (v), _mm256_extractf128_ps (v, 1));
+  m = _mm_max_ps (m, _mm_movehl_ps (m, m));
+  m = _mm_max_ss (m, _mm_shuffle_ps (m, m, 1));
+  return _mm_cvtss_f32 (m);
+}
+
+AVX2 static float
+hsum_avx2 (__m256 v)
+{
+  __m128 s =
+      _mm_add_ps (_mm256_castps256_ps128 (v), _mm256_extractf128_ps (v, 1));
+  s = _mm_add_ps (s, _mm_movehl_ps (s, s));
+  s = _mm_add_ss (s, _mm_shuffle_ps (s, s, 1));
+  return _mm_cvtss_f32 (s);
+}
+
+AVX2 static void
+softmax_row_avx2 (float *x, int n)
+{
+  int i = 0;
+  __m256 vm = _mm256_set1_ps (-INFINITY);
+  for (; i + 8 <= n; i += 8)
+    vm = _mm256_max_ps (vm, _mm256_loadu_ps (x + i));
+  float m = hmax_avx2 (vm);
+  for (; i < n; i++)
+    m = x[i] > m ? x[i] : m;
+  __m256 mm = _mm256_set1_ps (m), vs = _mm256_setzero_ps ();
+  for (i = 0; i + 8 <= n; i += 8) {
+    __m256 e = exp_avx2 (_mm256_sub_ps (_mm256_loadu_ps (x + i), mm));
+    _mm256_storeu_ps (x + i, e);
+    vs = _mm256_add_ps (vs, e);
+  }
+  float s = hsum_avx2 (vs);
+  for (; i < n; i++) {
+    x[i] = exp_scalar (x[i] - m);
+    s += x[i];
+  }
+  __m256 inv = _mm256_set1_ps (1.0f / s);
+  for (i = 0; i + 8 <= n; i += 8)
+    _mm256_storeu_ps (x + i, _mm256_mul_ps (_mm256_loadu_ps (x + i), inv));
+  for (; i < n; i++)
+    x[i] *= 1.0f / s;
+}
+#endif
+
+void
+moshi_gelu_tanh (float *dst, const float *src, size_t n)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX2) {
+    gelu_tanh_avx2 (dst, src, n);
+    return;
+  }
+#endif
+  gelu_tanh_generic (dst, src, n);
+}
+
+void
+moshi_softmax_rows (float *x, int rows, int n, size_t ld)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX2) {
+    for (int r = 0; r < rows; r++)
+      softmax_row_avx2 (x + (size_t) r * ld, n);
+    return;
+  }
+#endif
+  for (int r = 0; r < rows; r++)
+    softmax_row_generic (x + (size_t) r * ld, n);
+}

@@ -1,0 +1,15 @@
+/* Elementwise kernels of the vision tower, where a library expf/tanhf per
+ * element would cost as much as a good share of the matrix products (one
+ * 448 image: ~120 M GELUs and ~450 M softmax exponentials).  AVX2+FMA
+ * versions are chosen at run time (cpu.h; also used on AVX-512 machines),
+ * with a portable C fallback.  Both use the same exp approximation
+ * (Cody-Waite reduction + degree-6 polynomial, ~2 ulp). */
+#pragma once
+#include <stddef.h>
+
+/* y = x * sigmoid(2u) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715x^3):
+ * PyTorch's gelu(approximate="tanh"). In place allowed. */
+void moshi_gelu_tanh (float *dst, const float *src, size_t n);
+
+/* Row-wise softmax in place over `rows` rows of n values (row stride ld). */
+void moshi_softmax_rows (float *x, int rows, int n, size_t ld);

@@ -18,6 +18,7 @@
 #include "lm.h"
 #include "mimi.h"
 #include "model-error.h"
+#include "moshivis-image.h"
 #include "safetensors.h"
 #include "sentencepiece.h"
 
@@ -977,11 +978,106 @@ check_xa_kv (const char *name, StFile *vec, const CrossAttentionMemory *mem,
   g_free (k);
 }
 
+#define TOL_VIS_TOWER 1e-4
+#define TOL_VIS_TOWER_INTERP 2e-4
+
+static void
+compare_vis (const char *name, StFile *vec, const char *ref_name,
+    const float *ours, size_t n, double tol)
+{
+  float *ref = ref_read (name, vec, ref_name, n, TRUE, NULL);
+  if (!ref) {
+    report (FALSE, name, ref_name, "missing from the vectors or mis-sized");
+    return;
+  }
+  double peak;
+  double e = max_err_f32 (ours, ref, n, &peak);
+  report (e <= tol, name, ref_name, "max abs err %.2e (tol %.0e, peak %.2f)", e,
+      tol, peak);
+  g_free (ref);
+}
+
+/* The image side from the case's uint8 image: pixel values, the SigLIP
+ * tower (before and after post_layernorm; the 84x84 input exercises the
+ * position-table interpolation) and the adapter.  Returns our adapter
+ * output [tokens][dim] (NULL on failure) for the LM checks. */
+static float *
+run_moshivis_image (const char *name, const char *cfg_path,
+    const char *model_path, StFile *vec, int *tokens_out)
+{
+  GError *err = NULL;
+  MoshiVisImageConfig icfg;
+  moshivis_image_config_default (&icfg);
+  MoshiVisImageEncoder *enc = NULL;
+  float *xa = NULL;
+  if (!moshivis_image_config_load_json (&icfg, cfg_path, &err)
+      || !(enc = moshivis_image_encoder_load (model_path, &icfg, &err))) {
+    report (FALSE, name, "image encoder", "%s", err->message);
+    g_clear_error (&err);
+    return NULL;
+  }
+  const SiglipModel *tower = moshivis_image_encoder_tower (enc);
+  const int hidden = icfg.vision.hidden_size;
+  const int D = moshivis_image_encoder_dim (enc);
+  const struct {
+    const char *image, *pixels, *out, *pre;
+    double tol;
+  } sizes[] = {
+    { "image_u8", "pixel_values", "vision_out", "vision_pre_postln",
+        TOL_VIS_TOWER },
+    { "image_u8_84", "pixel_values_84", "vision_out_84", NULL,
+        TOL_VIS_TOWER_INTERP },
+  };
+  for (size_t i = 0; i < G_N_ELEMENTS (sizes); i++) {
+    const StTensor *ti = st_find (vec, sizes[i].image);
+    if (!ti || ti->dtype != ST_U8 || ti->ndim != 3 || ti->shape[2] != 3) {
+      if (i == 0)
+        report (FALSE, name, sizes[i].image, "missing or not U8 [H, W, 3]");
+      continue;
+    }
+    const int H = (int) ti->shape[0], W = (int) ti->shape[1];
+    const uint8_t *rgb = ti->data;
+    const int n = moshivis_image_encoder_tokens (enc, W, H);
+    float *pix = g_new (float, (size_t) 3 * H * W);
+    float *out = g_new (float, (size_t) n *hidden);
+    float *pre = g_new (float, (size_t) n *hidden);
+    if (siglip_preprocess (&icfg.vision, rgb, W, H, 3 * W, pix, &err)
+        && siglip_forward (tower, rgb, W, H, 3 * W, out, pre, &err)) {
+      compare_vis (name, vec, sizes[i].pixels, pix, (size_t) 3 * H * W, 1e-6);
+      compare_vis (name, vec, sizes[i].out, out, (size_t) n * hidden,
+          sizes[i].tol);
+      if (sizes[i].pre)
+        compare_vis (name, vec, sizes[i].pre, pre, (size_t) n * hidden,
+            sizes[i].tol);
+    } else {
+      report (FALSE, name, sizes[i].out, "%s", err->message);
+      g_clear_error (&err);
+    }
+    if (i == 0) {
+      xa = g_new (float, (size_t) n *D);
+      if (moshivis_image_encoder_encode (enc, rgb, W, H, 3 * W, xa, &err)) {
+        compare_vis (name, vec, "xa_src", xa, (size_t) n * D, TOL_VIS_TOWER);
+        *tokens_out = n;
+      } else {
+        report (FALSE, name, "xa_src", "%s", err->message);
+        g_clear_error (&err);
+        g_clear_pointer (&xa, g_free);
+      }
+    }
+    g_free (pix);
+    g_free (out);
+    g_free (pre);
+  }
+  moshivis_image_encoder_unref (enc);
+  return xa;
+}
+
 /* Teacher-fed steps (the case's tokens, no delays) with the image memory
  * from the reference adapter output; compares logits, gates, updates and
  * gate summaries for: no image, image from step 0, image from xa_start. */
 static void
-run_moshivis_lm (const char *name, LmModel *m, StFile *vec)
+run_moshivis_lm (const char *name, LmModel *m, StFile *vec,
+    const float *our_img, int our_tokens)
 {
   const LmConfig *cfg = lm_model_config (m);
   const int K = 1 + cfg->n_q, d = cfg->dim, L = cfg->num_layers;
@@ -997,7 +1093,11 @@ run_moshivis_lm (const char *name, LmModel *m, StFile *vec)
   }
   const int T = (int) tt->shape[0], N = (int) ts->shape[1];
   int64_t *tokens = ref_read (name, vec, "tokens", (size_t) T * K, FALSE, NULL);
+  /* End to end: the image memory is our own encoder's output when it
+   * worked (checked against xa_src above), else the reference's. */
   float *img = ref_read (name, vec, "xa_src", (size_t) N * d, TRUE, NULL);
+  if (img && our_img && our_tokens == N)
+    memcpy (img, our_img, sizeof (float) * N * d);
   float *logits = g_new (float, (size_t) T * cfg->text_card);
   float *gates = g_new (float, (size_t) T *L *d);
   float *updates = g_new (float, (size_t) T *L *d);
@@ -1134,8 +1234,12 @@ run_moshivis_case (const char *dir, const char *name)
   report (lm_model_has_cross_attention (m), name, "cross-attention",
       "%s the shared gated cross-attention",
       lm_model_has_cross_attention (m) ? "loaded" : "did not find");
+  int tokens = 0;
+  float *our_img =
+      run_moshivis_image (name, cfg_path, model_path, vec, &tokens);
   if (lm_model_has_cross_attention (m))
-    run_moshivis_lm (name, m, vec);
+    run_moshivis_lm (name, m, vec, our_img, tokens);
+  g_free (our_img);
 out:
   if (vec)
     st_unref (vec);

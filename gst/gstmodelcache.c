@@ -375,6 +375,32 @@ load_tokenizer (const gchar *path, gpointer user_data, GError **error)
   return sp_model_load (path, error);
 }
 
+static gpointer
+load_vision (const gchar *path, gpointer user_data, GError **error)
+{
+  const gchar *config = user_data;
+  MoshiVisImageConfig cfg;
+  moshivis_image_config_default (&cfg);
+  if (config && !moshivis_image_config_load_json (&cfg, config, error))
+    return NULL;
+  return moshivis_image_encoder_load (path, &cfg, error);
+}
+
+MoshiVisImageEncoder *
+gst_moshi_model_cache_acquire_vision (const gchar *path, const gchar *config,
+    GError **error)
+{
+  return gst_moshi_model_cache_acquire (GST_MOSHI_MODEL_KIND_VISION, path,
+      load_vision, (gpointer) config,
+      (GDestroyNotify) moshivis_image_encoder_unref, error);
+}
+
+void
+gst_moshi_model_cache_release_vision (MoshiVisImageEncoder *model)
+{
+  gst_moshi_model_cache_release (model);
+}
+
 SpModel *
 gst_moshi_model_cache_acquire_tokenizer (const gchar *path, GError **error)
 {

@@ -13,6 +13,7 @@
 
 #include "lm.h"
 #include "mimi.h"
+#include "moshivis-image.h"
 #include "sentencepiece.h"
 
 G_BEGIN_DECLS
@@ -57,6 +58,13 @@ void gst_moshi_model_cache_release_mimi (MimiModel *model);
 LmModel *gst_moshi_model_cache_acquire_lm (const gchar *path,
     const gchar *config, MoshiWeightType weights, GError **error);
 void gst_moshi_model_cache_release_lm (LmModel *model);
+
+/* MoshiVis image encoders (tower + adapter): kind "moshivis-image".
+ * `config` is the config.json beside the weights or NULL (defaults). */
+#define GST_MOSHI_MODEL_KIND_VISION "moshivis-image"
+MoshiVisImageEncoder *gst_moshi_model_cache_acquire_vision (const gchar *path,
+    const gchar *config, GError **error);
+void gst_moshi_model_cache_release_vision (MoshiVisImageEncoder *model);
 
 /* SentencePiece tokenizers: kind "sentencepiece". */
 #define GST_MOSHI_MODEL_KIND_TOKENIZER "sentencepiece"

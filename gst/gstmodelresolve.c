@@ -38,6 +38,18 @@ const GstMoshiModelSpec gst_moshi_lm_model_spec = {
   .default_repo = "kyutai/moshiko-pytorch-bf16",
 };
 
+static const gchar *const vision_default_names[] = { "model.safetensors",
+  NULL };
+
+const GstMoshiModelSpec gst_moshi_vision_model_spec = {
+  .what = "MoshiVis image encoder",
+  .config_key = "moshi_name",
+  .own_config_key = "vision",
+  .own_file = "model.safetensors",
+  .default_names = vision_default_names,
+  .default_repo = "kyutai/moshika-vis-pytorch-bf16",
+};
+
 static const gchar *const tokenizer_default_names[] = {
   "tokenizer_spm_32k_3.model", "tokenizer.model", NULL
 };
@@ -476,6 +488,25 @@ gst_moshi_resolve_lm (const gchar *model, gchar **weights, gchar **config,
   *weights = w;
   *config = c;
   *tokenizer = t;
+  return TRUE;
+}
+
+gboolean
+gst_moshi_resolve_vision (const gchar *model, gchar **weights, gchar **config,
+    GError **error)
+{
+  g_return_val_if_fail (weights && config, FALSE);
+  gchar *w =
+      gst_moshi_resolve_model_file (model, &gst_moshi_vision_model_spec, error);
+  if (!w)
+    return FALSE;
+  gchar *folder = g_path_get_dirname (w);
+  gchar *c = g_build_filename (folder, "config.json", NULL);
+  g_free (folder);
+  if (!g_file_test (c, G_FILE_TEST_IS_REGULAR))
+    g_clear_pointer (&c, g_free);
+  *weights = w;
+  *config = c;
   return TRUE;
 }
 

@@ -59,10 +59,22 @@ extern const GstMoshiModelSpec gst_moshi_lm_model_spec;
  * tokenizer_spm_32k_3.model, tokenizer.model / kyutai/moshiko-pytorch-bf16. */
 extern const GstMoshiModelSpec gst_moshi_tokenizer_model_spec;
 
+/* MoshiVis image side (tower + adapter, the image_prefix.* tensors of a
+ * MoshiVis checkpoint): moshi_name / vision (a config.json with the image
+ * side's "vision" object, as the tests' tiny MoshiVis) / model.safetensors /
+ * kyutai/moshika-vis-pytorch-bf16. */
+extern const GstMoshiModelSpec gst_moshi_vision_model_spec;
+
 /* Returns the path (newly allocated) of the weights file described by
  * `model` (may be NULL), or NULL with `error` set. */
 G_MODULE_EXPORT gchar *gst_moshi_resolve_model_file (const gchar *model,
     const GstMoshiModelSpec *spec, GError **error);
+
+/* The MoshiVis checkpoint for `model` (gst_moshi_vision_model_spec) and
+ * the config.json beside it (NULL when there is none: Kyutai's repos ship
+ * none, the real architecture is then the default). */
+G_MODULE_EXPORT gboolean gst_moshi_resolve_vision (const gchar *model,
+    gchar **weights, gchar **config, GError **error);
 
 /* gst_moshi_resolve_model_file() with gst_moshi_mimi_model_spec. */
 G_MODULE_EXPORT gchar *gst_moshi_resolve_mimi (const gchar *model,

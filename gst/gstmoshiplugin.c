@@ -11,6 +11,7 @@
 #include "gstmimienc.h"
 #include "gstmimidec.h"
 #include "gstmoshilm.h"
+#include "gstmoshivis.h"
 
 static gboolean
 plugin_init (GstPlugin *plugin)
@@ -25,6 +26,8 @@ plugin_init (GstPlugin *plugin)
       GST_TYPE_MIMI_DEC);
   ok &= gst_element_register (plugin, "moshilm", GST_RANK_NONE,
       GST_TYPE_MOSHI_LM);
+  ok &= gst_element_register (plugin, "moshivis", GST_RANK_NONE,
+      GST_TYPE_MOSHI_VIS);
 
   return ok;
 }

@@ -1,13 +1,21 @@
 /* bench-lm: streaming speed and memory of a Moshi-7B-shaped LM.
  *
  *   bench-lm [--quant q4|q8|bf16|f32] [--threads N] [--steps S] [--small]
+ *            [--vision TOKENS]
  *
  * Builds Kyutai's moshi_7b_202409.json shapes (or, with --small, a 1/8-width
  * model for quick checks) with random weights in memory, runs S greedy
  * streaming steps (temporal transformer, then the depformer's 8 codebooks)
  * and prints ms per step split temporal / depformer, the effective GB/s of
  * weights read, the machine's read bandwidth measured in the same run, the
- * bandwidth bound (weight bytes / bandwidth) and peak RSS. */
+ * bandwidth bound (weight bytes / bandwidth) and peak RSS.
+ *
+ * --vision TOKENS adds MoshiVis's gated cross-attention (shared Wq/Wk/Wv/Wo,
+ * per-layer gates) and times the same steps again while attending to an
+ * image of TOKENS tokens (1024 for 448x448): the extra cost per step, the
+ * bytes it reads (gates and the shared projections once per layer, the
+ * image keys and values once per layer) against its own bandwidth bound,
+ * and the one-off cost of preparing the image's keys and values. */
 #include <glib.h>
 #include <math.h>
 #include <stdio.h>
@@ -79,10 +87,46 @@ argmax (const float *x, int n)
   return b;
 }
 
+/* Greedy steps (one warm-up not timed); mean ms per step of each half. */
+static void
+run_steps (LmModel *m, LmState *st, int steps, double *t_main, double *t_dep)
+{
+  const LmConfig *c = lm_model_config (m);
+  float *out = g_new (float, c->dim), *tl = g_new (float, c->text_card);
+  float *dl = g_new (float, c->card);
+  int *tokens = g_new0 (int, 1 + c->n_q);
+  const int warm = 1;
+  *t_main = *t_dep = 0;
+  for (int s = 0; s < steps + warm; s++) {
+    gint64 a = g_get_monotonic_time ();
+    lm_forward_main (m, st, tokens, out, tl);
+    gint64 b = g_get_monotonic_time ();
+    lm_depformer_begin (m, st);
+    int prev = argmax (tl, c->text_card);
+    tokens[0] = prev;
+    for (int k = 0; k < c->dep_q; k++) {
+      lm_depformer_step (m, st, k, out, prev, dl);
+      prev = argmax (dl, c->card);
+      tokens[1 + k] = prev;
+    }
+    gint64 e = g_get_monotonic_time ();
+    if (s >= warm) {
+      *t_main += (b - a) / 1e3;
+      *t_dep += (e - b) / 1e3;
+    }
+  }
+  *t_main /= steps;
+  *t_dep /= steps;
+  g_free (out);
+  g_free (tl);
+  g_free (dl);
+  g_free (tokens);
+}
+
 int
 main (int argc, char **argv)
 {
-  int threads = 1, steps = 8;
+  int threads = 1, steps = 8, vision = 0;
   gboolean small = FALSE;
   gchar *quant = NULL;
   GOptionEntry entries[] = { { "quant", 'q', 0, G_OPTION_ARG_STRING, &quant,
@@ -93,6 +137,9 @@ main (int argc, char **argv)
         "S" },
     { "small", 0, 0, G_OPTION_ARG_NONE, &small, "1/8-width model (quick check)",
         NULL },
+    { "vision", 0, 0, G_OPTION_ARG_INT, &vision,
+        "Add MoshiVis cross-attention and time it on an image of N tokens",
+        "N" },
     { NULL } };
   GError *err = NULL;
   GOptionContext *ctx = g_option_context_new ("- Moshi LM streaming benchmark");
@@ -118,6 +165,7 @@ main (int argc, char **argv)
     cfg.dep_num_heads /= 8;
     cfg.text_card /= 8;
   }
+  cfg.cross_attention = vision > 0;
   gint64 t0 = g_get_monotonic_time ();
   LmModel *m = lm_model_new_random (&cfg, 7, wt);
   double t_build = (g_get_monotonic_time () - t0) / 1e6;
@@ -132,39 +180,28 @@ main (int argc, char **argv)
     st.pool = moshi_pool_new (threads);
   }
   /* Bytes streamed per step: every packed weight once (both halves). */
-  size_t main_bytes = transformer_bytes (&m->transformer)
-      + moshi_linear_bytes (&m->text_linear);
+  const Transformer *tr = &m->transformer;
+  size_t xa_bytes = 0; /* read per step by the cross-attention */
+  if (vision > 0) {
+    for (int l = 0; l < c->num_layers; l++)
+      xa_bytes += cross_attention_gate_bytes (&tr->layers[l].xa_gate)
+          + moshi_linear_bytes (&tr->xa.q) + moshi_linear_bytes (&tr->xa.out)
+          + 2 * sizeof (float) * (size_t) vision * c->dim;
+  }
+  size_t main_bytes =
+      transformer_bytes (tr) + moshi_linear_bytes (&m->text_linear);
+  if (vision > 0) /* Wk, Wv and the gates are not read by a plain step */
+    main_bytes -= cross_attention_bytes (&tr->xa);
+  for (int l = 0; vision > 0 && l < c->num_layers; l++)
+    main_bytes -= cross_attention_gate_bytes (&tr->layers[l].xa_gate);
   size_t dep_bytes = transformer_bytes (&m->depformer);
   for (int i = 0; i < m->n_dep_in; i++)
     dep_bytes += moshi_linear_bytes (&m->dep_in[i]);
   for (int i = 0; i < c->dep_q; i++)
     dep_bytes += moshi_linear_bytes (&m->linears[i]);
 
-  float *out = g_new (float, c->dim), *tl = g_new (float, c->text_card);
-  float *dl = g_new (float, c->card);
-  int *tokens = g_new0 (int, 1 + c->n_q);
   double t_main = 0, t_dep = 0;
-  const int warm = 1;
-  for (int s = 0; s < steps + warm; s++) {
-    gint64 a = g_get_monotonic_time ();
-    lm_forward_main (m, &st, tokens, out, tl);
-    gint64 b = g_get_monotonic_time ();
-    lm_depformer_begin (m, &st);
-    int prev = argmax (tl, c->text_card);
-    tokens[0] = prev;
-    for (int k = 0; k < c->dep_q; k++) {
-      lm_depformer_step (m, &st, k, out, prev, dl);
-      prev = argmax (dl, c->card);
-      tokens[1 + k] = prev;
-    }
-    gint64 e = g_get_monotonic_time ();
-    if (s >= warm) {
-      t_main += (b - a) / 1e3;
-      t_dep += (e - b) / 1e3;
-    }
-  }
-  t_main /= steps;
-  t_dep /= steps;
+  run_steps (m, &st, steps, &t_main, &t_dep);
   /* After the peak RSS of the model itself has been reached. */
   double rss_gb = peak_rss_kb () / 1048576.0;
   double bw = measure_bandwidth_gbs ((size_t) 1 << 30, st.pool);
@@ -192,12 +229,39 @@ main (int argc, char **argv)
   printf ("bandwidth bound  %.1f ms per step; this run is %.2fx the bound\n",
       bound_ms, total / bound_ms);
   printf ("peak RSS         %.2f GB (model + state)\n", rss_gb);
+  if (vision > 0) {
+    float *img = g_new (float, (size_t) vision * c->dim);
+    for (size_t i = 0; i < (size_t) vision * c->dim; i++)
+      img[i] = (float) ((i * 2654435761u) % 2001) / 1000.0f - 1.0f;
+    gint64 a = g_get_monotonic_time ();
+    LmImage *image = lm_image_new (m, img, vision, c->dim, threads, &err);
+    double t_kv = (g_get_monotonic_time () - a) / 1e3;
+    if (!image
+        || !transformer_set_cross_memory (tr, &st.main,
+            lm_image_memory (image))) {
+      fprintf (stderr, "image: %s\n", err ? err->message : "out of memory");
+      return 1;
+    }
+    st.main.xa_enabled = TRUE;
+    double v_main, v_dep;
+    run_steps (m, &st, steps, &v_main, &v_dep);
+    const double extra = v_main - t_main;
+    const double xa_bound = xa_bytes / 1e9 / bw * 1e3;
+    printf ("vision           image of %d tokens: keys/values in %.0f ms "
+            "(once per image)\n",
+        vision, t_kv);
+    printf ("  with image     temporal %.1f ms per step (+%.1f ms, %+.0f%%)\n",
+        v_main, extra, 100.0 * extra / t_main);
+    printf ("  cross-attn     %.2f GB read per step (gates, Wq, Wo and the "
+            "image K/V once per layer)\n",
+        xa_bytes / 1e9);
+    printf ("  its bound      %.1f ms; this run is %.2fx the bound\n", xa_bound,
+        extra / xa_bound);
+    lm_image_unref (image);
+    g_free (img);
+  }
   lm_state_clear (&st);
   lm_model_unref (m);
-  g_free (out);
-  g_free (tl);
-  g_free (dl);
-  g_free (tokens);
   g_free (quant);
   return 0;
 }

@@ -22,8 +22,19 @@
  *   existing_text_padding_id and 0) and control pieces produce no buffer
  *   but a GAP event for the frame, so that sinks and muxers never wait for
  *   text.  May stay unlinked.
- * - `vision_sink` (request, `application/x-moshivis-embedding`): reserved
- *   for MoshiVis; requesting it fails with a warning for now.
+ * - `vision_sink` (request, `application/x-moshivis-embedding, tokens,
+ *   dim`): MoshiVis image embeddings, as made by `moshivis`.  Each buffer is
+ *   one image (tokens x dim float32, the image adapter's output).  Its keys
+ *   and values are computed on the vision_sink's own streaming thread, so
+ *   the audio does not wait, and the model looks at it from the next step
+ *   on, keeping the conversation (a camera can show something new at any
+ *   time).  Cross-attention starts at step `xa-start` of a conversation.
+ *   EOS on vision_sink keeps the last image; releasing the pad removes it
+ *   (the model is then exactly base Moshi again).  Needs a MoshiVis model:
+ *   with another one a linked vision_sink is an error.  Once vision_sink
+ *   has been requested, for each output frame moshilm posts an element message `moshilm-gate` (pts, gate in
+ *   (0, 1), intensity 0..10 as Kyutai's UI colours text) and text buffers
+ *   carry the same values in a `GstMoshiGateMeta` custom meta.
  *
  * moshilm pushes both source pads from its input's streaming thread, like
  * a demuxer: when both branches end in sinks, start each with a `queue`,
@@ -108,6 +119,7 @@ enum {
   PROP_TOP_K_TEXT,
   PROP_SEED,
   PROP_GREEDY,
+  PROP_XA_START,
 };
 
 #define DEFAULT_MODEL NULL
@@ -117,9 +129,14 @@ enum {
 #define DEFAULT_TOP_K (-1)
 #define DEFAULT_SEED 42
 #define DEFAULT_GREEDY FALSE
+/* Kyutai's web client's "gate delay": 16 steps (1.28 s). */
+#define DEFAULT_XA_START 16
+#define GATE_META "GstMoshiGateMeta"
 
 #define TEXT_CAPS "text/x-raw, format = (string) utf8"
-#define VISION_CAPS "application/x-moshivis-embedding"
+#define VISION_CAPS                    \
+  "application/x-moshivis-embedding, " \
+  "tokens = (int) [ 1, MAX ], dim = (int) [ 1, MAX ]"
 
 /* Kyutai's "end of padding" text id (its tokenizers' <unk>). */
 #define TEXT_END_OF_PADDING_ID 0
@@ -149,6 +166,7 @@ static void gst_moshi_lm_get_property (GObject *object, guint prop_id,
 static void gst_moshi_lm_finalize (GObject *object);
 static GstStateChangeReturn gst_moshi_lm_change_state (GstElement *element,
     GstStateChange transition);
+static void gst_moshi_lm_release_pad (GstElement *element, GstPad *pad);
 static GstPad *gst_moshi_lm_request_new_pad (GstElement *element,
     GstPadTemplate *templ, const gchar *name, const GstCaps *caps);
 
@@ -239,6 +257,14 @@ gst_moshi_lm_class_init (GstMoshiLmClass *klass)
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
               | GST_PARAM_MUTABLE_READY));
 
+  g_object_class_install_property (gobject_class, PROP_XA_START,
+      g_param_spec_int ("xa-start", "Cross-attention start",
+          "MoshiVis: the model looks at the image from this step of a "
+          "conversation on (80 ms steps; Kyutai's default 16 = 1.28 s)",
+          0, G_MAXINT, DEFAULT_XA_START,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_READY));
+
   g_object_class_install_property (gobject_class, PROP_GREEDY,
       g_param_spec_boolean ("greedy", "Greedy",
           "Always take the most probable text token and audio code (no "
@@ -262,6 +288,11 @@ gst_moshi_lm_class_init (GstMoshiLmClass *klass)
   element_class->change_state = GST_DEBUG_FUNCPTR (gst_moshi_lm_change_state);
   element_class->request_new_pad =
       GST_DEBUG_FUNCPTR (gst_moshi_lm_request_new_pad);
+  element_class->release_pad = GST_DEBUG_FUNCPTR (gst_moshi_lm_release_pad);
+  {
+    static const gchar *tags[] = { NULL };
+    gst_meta_register_custom (GATE_META, tags, NULL, NULL, NULL);
+  }
 
   GST_DEBUG_CATEGORY_INIT (gst_moshi_lm_debug, "moshilm", 0,
       "Moshi speech-text language model");
@@ -305,6 +336,8 @@ gst_moshi_lm_init (GstMoshiLm *self)
   self->top_k_text = DEFAULT_TOP_K;
   self->seed = DEFAULT_SEED;
   self->greedy = DEFAULT_GREEDY;
+  self->xa_start = DEFAULT_XA_START;
+  g_mutex_init (&self->vision_lock);
 
   self->text = g_string_new (NULL);
   self->next_pts = GST_CLOCK_TIME_NONE;
@@ -348,6 +381,9 @@ gst_moshi_lm_set_property (GObject *object, guint prop_id, const GValue *value,
     case PROP_GREEDY:
       self->greedy = g_value_get_boolean (value);
       break;
+    case PROP_XA_START:
+      self->xa_start = g_value_get_int (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -390,6 +426,9 @@ gst_moshi_lm_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_GREEDY:
       g_value_set_boolean (value, self->greedy);
       break;
+    case PROP_XA_START:
+      g_value_set_int (value, self->xa_start);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -401,6 +440,12 @@ static void
 gst_moshi_lm_release (GstMoshiLm *self)
 {
   g_clear_pointer (&self->gen, lm_gen_free);
+  g_mutex_lock (&self->vision_lock);
+  g_clear_pointer (&self->next_image, lm_image_unref);
+  self->image_changed = FALSE;
+  g_mutex_unlock (&self->vision_lock);
+  self->image_active = FALSE;
+  self->has_xa = FALSE;
   g_clear_pointer (&self->lm, gst_moshi_model_cache_release_lm);
   g_clear_pointer (&self->sp, gst_moshi_model_cache_release_tokenizer);
   g_clear_pointer (&self->user_codes, g_free);
@@ -424,6 +469,7 @@ gst_moshi_lm_finalize (GObject *object)
   gst_flow_combiner_free (self->combiner);
   g_string_free (self->text, TRUE);
   g_free (self->model);
+  g_mutex_clear (&self->vision_lock);
 
   G_OBJECT_CLASS (gst_moshi_lm_parent_class)->finalize (object);
 }
@@ -460,6 +506,7 @@ slot_push (GstMoshiLm *self, GstClockTime pts, gboolean discont)
   s = &self->slots[(self->slot_head + self->n_slots) % cap];
   s->pts = pts;
   s->discont = discont;
+  s->gate = 0.0f;
   self->n_slots++;
 }
 
@@ -497,6 +544,7 @@ gst_moshi_lm_start (GstMoshiLm *self)
 {
   GError *err = NULL;
   gchar *model, *config = NULL, *msg;
+  gboolean vision_linked;
   const LmConfig *cfg;
   LmGenParams params;
   MoshiWeightType quantize;
@@ -584,6 +632,20 @@ gst_moshi_lm_start (GstMoshiLm *self)
   if (!self->gen)
     goto model_error;
   lm_gen_set_threads (self->gen, threads);
+  self->has_xa = lm_model_has_cross_attention (self->lm);
+  GST_OBJECT_LOCK (self);
+  lm_gen_set_xa_start (self->gen, self->xa_start);
+  vision_linked = self->visionpad && gst_pad_is_linked (self->visionpad);
+  GST_OBJECT_UNLOCK (self);
+  if (vision_linked && !self->has_xa) {
+    GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
+        ("The model %s cannot look at images: vision_sink is linked but the "
+         "model has no cross-attention. Use a MoshiVis model (e.g. "
+         "kyutai/moshika-vis-pytorch-bf16) or unlink vision_sink.",
+            self->model_path),
+        (NULL));
+    goto failed;
+  }
 
   self->user_codes = g_new0 (int, self->n_user);
   self->last_codes = g_new0 (int, self->n_user);
@@ -665,20 +727,204 @@ gst_moshi_lm_change_state (GstElement *element, GstStateChange transition)
   return ret;
 }
 
+static GstFlowReturn gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent,
+    GstBuffer *buffer);
+static gboolean gst_moshi_lm_vision_event (GstPad *pad, GstObject *parent,
+    GstEvent *event);
+
 static GstPad *
 gst_moshi_lm_request_new_pad (GstElement *element, GstPadTemplate *templ,
     const gchar *name, const GstCaps *caps)
 {
-  GST_ELEMENT_WARNING (element, CORE, NOT_IMPLEMENTED,
-      ("MoshiVis is not implemented yet: moshilm cannot take image "
-       "embeddings on vision_sink. Leave vision_sink unlinked; the "
-       "conversation works without images."),
-      ("request for pad %s refused", name ? name : templ->name_template));
-  return NULL;
+  GstMoshiLm *self = GST_MOSHI_LM (element);
+  GstPad *pad;
+
+  GST_OBJECT_LOCK (self);
+  if (self->visionpad) {
+    GST_OBJECT_UNLOCK (self);
+    GST_WARNING_OBJECT (self, "there is already a vision_sink pad");
+    return NULL;
+  }
+  GST_OBJECT_UNLOCK (self);
+  pad = gst_pad_new_from_template (templ, "vision_sink");
+  gst_pad_set_chain_function (pad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_vision_chain));
+  gst_pad_set_event_function (pad,
+      GST_DEBUG_FUNCPTR (gst_moshi_lm_vision_event));
+  GST_OBJECT_LOCK (self);
+  self->visionpad = pad;
+  self->vision_requested = TRUE;
+  GST_OBJECT_UNLOCK (self);
+  if (GST_STATE (self) > GST_STATE_READY)
+    gst_pad_set_active (pad, TRUE);
+  gst_element_add_pad (element, pad);
+  return pad;
+}
+
+/* Releasing vision_sink removes the image: base Moshi from the next step. */
+static void
+gst_moshi_lm_release_pad (GstElement *element, GstPad *pad)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (element);
+
+  GST_OBJECT_LOCK (self);
+  if (pad != self->visionpad) {
+    GST_OBJECT_UNLOCK (self);
+    return;
+  }
+  self->visionpad = NULL;
+  GST_OBJECT_UNLOCK (self);
+  g_mutex_lock (&self->vision_lock);
+  g_clear_pointer (&self->next_image, lm_image_unref);
+  self->image_changed = TRUE;
+  g_mutex_unlock (&self->vision_lock);
+  gst_pad_set_active (pad, FALSE);
+  gst_element_remove_pad (element, pad);
+}
+
+static gboolean
+gst_moshi_lm_vision_event (GstPad *pad, GstObject *parent, GstEvent *event)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (parent);
+  gboolean ok = TRUE;
+
+  if (GST_EVENT_TYPE (event) == GST_EVENT_CAPS) {
+    GstCaps *caps;
+    GstStructure *s;
+    gint tokens = 0, dim = 0;
+
+    gst_event_parse_caps (event, &caps);
+    s = gst_caps_get_structure (caps, 0);
+    ok = gst_structure_get_int (s, "tokens", &tokens)
+        && gst_structure_get_int (s, "dim", &dim) && tokens > 0;
+    if (ok && self->lm && dim != lm_model_config (self->lm)->dim) {
+      GST_ELEMENT_ERROR (self, CORE, NEGOTIATION,
+          ("The image embeddings have %d values per token; this model "
+           "needs %d (the image encoder and the LM must come from the same "
+           "MoshiVis checkpoint).",
+              dim, lm_model_config (self->lm)->dim),
+          (NULL));
+      ok = FALSE;
+    }
+    if (ok) {
+      self->vision_tokens = tokens;
+      self->vision_dim = dim;
+    }
+  }
+  /* The image stream's own events stay here: its EOS keeps the last image
+   * (the conversation goes on), its segments do not time the audio. */
+  gst_event_unref (event);
+  return ok;
+}
+
+static GstFlowReturn
+gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
+{
+  GstMoshiLm *self = GST_MOSHI_LM (parent);
+  GError *err = NULL;
+  GstMapInfo map;
+  LmImage *image;
+  gsize want;
+  gint threads;
+
+  if (!self->lm || self->vision_tokens == 0) {
+    gst_buffer_unref (buffer);
+    GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, (NULL),
+        ("an image embedding arrived before its caps"));
+    return GST_FLOW_NOT_NEGOTIATED;
+  }
+  want = (gsize) self->vision_tokens * self->vision_dim * sizeof (float);
+  if (gst_buffer_get_size (buffer) != want
+      || !gst_buffer_map (buffer, &map, GST_MAP_READ)) {
+    GST_ELEMENT_ERROR (self, STREAM, FORMAT,
+        ("An image embedding of %" G_GSIZE_FORMAT " bytes does not match its "
+         "caps (%d tokens x %d floats = %" G_GSIZE_FORMAT " bytes).",
+            gst_buffer_get_size (buffer), self->vision_tokens, self->vision_dim,
+            want),
+        (NULL));
+    gst_buffer_unref (buffer);
+    return GST_FLOW_ERROR;
+  }
+  GST_OBJECT_LOCK (self);
+  threads = self->threads;
+  GST_OBJECT_UNLOCK (self);
+  {
+    /* The buffer's floats may not be aligned for the kernels. */
+    float *copy = g_memdup2 (map.data, want);
+    gint64 t0 = g_get_monotonic_time ();
+    image = lm_image_new (self->lm, copy, self->vision_tokens, self->vision_dim,
+        threads, &err);
+    GST_DEBUG_OBJECT (self, "image of %d tokens prepared in %.0f ms",
+        self->vision_tokens, (g_get_monotonic_time () - t0) / 1e3);
+    g_free (copy);
+  }
+  gst_buffer_unmap (buffer, &map);
+  gst_buffer_unref (buffer);
+  if (!image) {
+    GST_ELEMENT_ERROR (self, STREAM, FORMAT,
+        ("Cannot use the image: %s", err->message), (NULL));
+    g_clear_error (&err);
+    return GST_FLOW_ERROR;
+  }
+  g_mutex_lock (&self->vision_lock);
+  g_clear_pointer (&self->next_image, lm_image_unref);
+  self->next_image = image;
+  self->image_changed = TRUE;
+  g_mutex_unlock (&self->vision_lock);
+  return GST_FLOW_OK;
+}
+
+/* At a step boundary: the newest image (or none) becomes the model's. */
+static void
+gst_moshi_lm_apply_image (GstMoshiLm *self)
+{
+  GError *err = NULL;
+  LmImage *image;
+
+  g_mutex_lock (&self->vision_lock);
+  if (!self->image_changed) {
+    g_mutex_unlock (&self->vision_lock);
+    return;
+  }
+  image = self->next_image;
+  self->next_image = NULL;
+  self->image_changed = FALSE;
+  g_mutex_unlock (&self->vision_lock);
+  if (!lm_gen_set_image (self->gen, image, &err)) {
+    GST_ELEMENT_WARNING (self, STREAM, FORMAT,
+        ("The image could not be used; going on without it: %s", err->message),
+        (NULL));
+    g_clear_error (&err);
+    self->image_active = FALSE;
+  } else {
+    self->image_active = image != NULL;
+  }
+  GST_DEBUG_OBJECT (self, "%s at step %" G_GUINT64_FORMAT,
+      image ? "new image" : "image removed", self->steps);
+  if (image)
+    lm_image_unref (image);
 }
 
 /* ------------------------------------------------------------------ */
 /* Streaming */
+
+/* Kyutai's UI colour of a gate summary: 0..10. */
+static gint
+gate_intensity (gfloat gate)
+{
+  gdouble x = CLAMP ((gate - 0.005) / 0.016, 0.0, 1.0);
+  return (gint) (x * 10.0 + 0.5);
+}
+
+static void
+post_gate (GstMoshiLm *self, const GstMoshiLmSlot *slot)
+{
+  GstStructure *s = gst_structure_new ("moshilm-gate", "pts", G_TYPE_UINT64,
+      slot->pts, "gate", G_TYPE_DOUBLE, (gdouble) slot->gate, "intensity",
+      G_TYPE_INT, gate_intensity (slot->gate), NULL);
+  gst_element_post_message (GST_ELEMENT (self),
+      gst_message_new_element (GST_OBJECT (self), s));
+}
 
 /* Output of one step for the oldest pending slot. */
 static GstFlowReturn
@@ -702,6 +948,8 @@ gst_moshi_lm_push_output (GstMoshiLm *self, GstMoshiLmSlot slot)
 
   ret = gst_flow_combiner_update_pad_flow (self->combiner, self->srcpad,
       gst_pad_push (self->srcpad, buf));
+  if (self->has_xa && self->vision_requested)
+    post_gate (self, &slot);
 
   tok = self->out_codes[0];
   g_string_truncate (self->text, 0);
@@ -723,6 +971,12 @@ gst_moshi_lm_push_output (GstMoshiLm *self, GstMoshiLmSlot slot)
     GST_BUFFER_DURATION (buf) = GST_MOSHI_FRAME_DURATION;
     if (slot.discont)
       GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+    if (self->has_xa && self->vision_requested) {
+      GstCustomMeta *meta = gst_buffer_add_custom_meta (buf, GATE_META);
+      gst_structure_set (gst_custom_meta_get_structure (meta), "gate",
+          G_TYPE_DOUBLE, (gdouble) slot.gate, "intensity", G_TYPE_INT,
+          gate_intensity (slot.gate), NULL);
+    }
     ret = gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
         gst_pad_push (self->textpad, buf));
   }
@@ -780,6 +1034,8 @@ gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
   if (!drain)
     slot_push (self, pts, self->discont);
 
+  if (self->has_xa)
+    gst_moshi_lm_apply_image (self);
   t0 = g_get_monotonic_time ();
   r = lm_gen_step (self->gen, self->user_codes, self->out_codes, NULL, &err);
   dt = g_get_monotonic_time () - t0;
@@ -795,8 +1051,12 @@ gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
     return GST_FLOW_ERROR;
   }
   self->steps++;
-  if (!drain)
+  if (!drain) {
     self->discont = FALSE;
+    /* This step made the text of the slot it was given. */
+    self->slots[(self->slot_head + self->n_slots - 1) % (self->max_delay + 1)]
+        .gate = lm_gen_gate_summary (self->gen);
+  }
   memcpy (self->last_codes, self->user_codes, sizeof (int) * self->n_user);
   self->have_last = TRUE;
   if (!drain)

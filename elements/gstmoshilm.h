@@ -18,6 +18,7 @@ G_DECLARE_FINAL_TYPE (GstMoshiLm, gst_moshi_lm, GST, MOSHI_LM, GstElement)
 typedef struct {
   GstClockTime pts;
   gboolean discont;
+  gfloat gate; /* MoshiVis gate summary of the step that made its text */
 } GstMoshiLmSlot;
 
 struct _GstMoshiLm {
@@ -64,6 +65,18 @@ struct _GstMoshiLm {
    * accumulated; monotonic time of the last report */
   gint64 lag_us, last_lag_report_us;
   guint64 steps, late_steps;
+
+  /* MoshiVis: images arrive on vision_sink (any thread), are prepared
+   * there (keys and values) and applied at the next step */
+  GstPad *visionpad; /* requested, or NULL */
+  gint xa_start; /* property */
+  gboolean has_xa; /* the model can look at images */
+  gboolean vision_requested; /* a vision_sink was asked for: report gates */
+  gint vision_tokens, vision_dim; /* from the vision_sink caps */
+  GMutex vision_lock;
+  LmImage *next_image; /* under vision_lock */
+  gboolean image_changed; /* under vision_lock: apply next_image */
+  gboolean image_active; /* the generator has an image (streaming thread) */
 };
 
 G_END_DECLS

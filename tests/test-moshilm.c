@@ -862,20 +862,6 @@ GST_START_TEST (test_text_gaps)
 
 GST_END_TEST;
 
-GST_START_TEST (test_vision_refused)
-{
-  Ref *r = ref_load ();
-  Lm *lm = lm_new (r);
-  GstPad *pad = gst_element_request_pad_simple (lm->e, "vision_sink");
-
-  fail_unless (pad == NULL);
-  assert_message (lm->bus, GST_MESSAGE_WARNING, "MoshiVis is not implemented");
-  lm_free (lm);
-  ref_free (r);
-}
-
-GST_END_TEST;
-
 static void
 check_missing (const gchar *model, const gchar *m1, const gchar *m2)
 {
@@ -1065,7 +1051,6 @@ moshilm_suite (void)
   tcase_add_test (tc, test_sampling_seed);
   tcase_add_test (tc, test_eos_short);
   tcase_add_test (tc, test_text_gaps);
-  tcase_add_test (tc, test_vision_refused);
   tcase_add_test (tc, test_missing_model);
   tcase_add_test (tc, test_resolve_lm);
   return s;

@@ -167,6 +167,8 @@ static void gst_moshi_lm_finalize (GObject *object);
 static GstStateChangeReturn gst_moshi_lm_change_state (GstElement *element,
     GstStateChange transition);
 static void gst_moshi_lm_release_pad (GstElement *element, GstPad *pad);
+static void images_clear (GstMoshiLm *self);
+static void vision_unblock (GstMoshiLm *self, gboolean unblock);
 static GstPad *gst_moshi_lm_request_new_pad (GstElement *element,
     GstPadTemplate *templ, const gchar *name, const GstCaps *caps);
 
@@ -338,6 +340,8 @@ gst_moshi_lm_init (GstMoshiLm *self)
   self->greedy = DEFAULT_GREEDY;
   self->xa_start = DEFAULT_XA_START;
   g_mutex_init (&self->vision_lock);
+  g_cond_init (&self->vision_cond);
+  g_queue_init (&self->images);
 
   self->text = g_string_new (NULL);
   self->next_pts = GST_CLOCK_TIME_NONE;
@@ -441,8 +445,7 @@ gst_moshi_lm_release (GstMoshiLm *self)
 {
   g_clear_pointer (&self->gen, lm_gen_free);
   g_mutex_lock (&self->vision_lock);
-  g_clear_pointer (&self->next_image, lm_image_unref);
-  self->image_changed = FALSE;
+  images_clear (self);
   g_mutex_unlock (&self->vision_lock);
   self->image_active = FALSE;
   self->has_xa = FALSE;
@@ -470,6 +473,7 @@ gst_moshi_lm_finalize (GObject *object)
   g_string_free (self->text, TRUE);
   g_free (self->model);
   g_mutex_clear (&self->vision_lock);
+  g_cond_clear (&self->vision_cond);
 
   G_OBJECT_CLASS (gst_moshi_lm_parent_class)->finalize (object);
 }
@@ -702,7 +706,12 @@ gst_moshi_lm_change_state (GstElement *element, GstStateChange transition)
     case GST_STATE_CHANGE_READY_TO_PAUSED:
       if (!gst_moshi_lm_start (self))
         return GST_STATE_CHANGE_FAILURE;
+      vision_unblock (self, FALSE);
       gst_flow_combiner_reset (self->combiner);
+      break;
+    case GST_STATE_CHANGE_PAUSED_TO_READY:
+      /* A vision_sink waiting for the audio must not block deactivation. */
+      vision_unblock (self, TRUE);
       break;
     default:
       break;
@@ -727,8 +736,46 @@ gst_moshi_lm_change_state (GstElement *element, GstStateChange transition)
   return ret;
 }
 
+/* Images waiting for the audio (file pipelines): two are enough to keep
+ * the vision branch one image ahead. */
+#define MAX_QUEUED_IMAGES 2
+
+/* Called with vision_lock. */
+static void
+images_clear (GstMoshiLm *self)
+{
+  GstMoshiLmImage *e;
+  while ((e = g_queue_pop_head (&self->images))) {
+    if (e->image)
+      lm_image_unref (e->image);
+    g_free (e);
+  }
+  g_cond_broadcast (&self->vision_cond);
+}
+
+/* Called with vision_lock; takes `image` (NULL: remove the image). */
+static void
+images_push (GstMoshiLm *self, LmImage *image, GstClockTime pts)
+{
+  GstMoshiLmImage *e = g_new0 (GstMoshiLmImage, 1);
+  e->image = image;
+  e->pts = pts;
+  g_queue_push_tail (&self->images, e);
+}
+
+/* Lets a vision_sink waiting for the audio go (EOS, stop) or not. */
+static void
+vision_unblock (GstMoshiLm *self, gboolean unblock)
+{
+  g_mutex_lock (&self->vision_lock);
+  self->vision_unblock = unblock;
+  g_cond_broadcast (&self->vision_cond);
+  g_mutex_unlock (&self->vision_lock);
+}
+
 static GstFlowReturn gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent,
     GstBuffer *buffer);
+
 static gboolean gst_moshi_lm_vision_event (GstPad *pad, GstObject *parent,
     GstEvent *event);
 
@@ -775,8 +822,8 @@ gst_moshi_lm_release_pad (GstElement *element, GstPad *pad)
   self->visionpad = NULL;
   GST_OBJECT_UNLOCK (self);
   g_mutex_lock (&self->vision_lock);
-  g_clear_pointer (&self->next_image, lm_image_unref);
-  self->image_changed = TRUE;
+  images_clear (self);
+  images_push (self, NULL, GST_CLOCK_TIME_NONE);
   g_mutex_unlock (&self->vision_lock);
   gst_pad_set_active (pad, FALSE);
   gst_element_remove_pad (element, pad);
@@ -824,6 +871,7 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
   GError *err = NULL;
   GstMapInfo map;
   LmImage *image;
+  GstClockTime pts;
   gsize want;
   gint threads;
 
@@ -833,6 +881,7 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
         ("an image embedding arrived before its caps"));
     return GST_FLOW_NOT_NEGOTIATED;
   }
+  pts = GST_BUFFER_PTS (buffer);
   want = (gsize) self->vision_tokens * self->vision_dim * sizeof (float);
   if (gst_buffer_get_size (buffer) != want
       || !gst_buffer_map (buffer, &map, GST_MAP_READ)) {
@@ -867,46 +916,60 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
     return GST_FLOW_ERROR;
   }
   g_mutex_lock (&self->vision_lock);
-  g_clear_pointer (&self->next_image, lm_image_unref);
-  self->next_image = image;
-  self->image_changed = TRUE;
+  if (self->live) {
+    /* Live: the newest view replaces whatever has not been used yet. */
+    images_clear (self);
+  } else {
+    /* From files, images wait for the audio to reach their time; the
+     * vision branch waits too rather than piling images up. */
+    while (g_queue_get_length (&self->images) >= MAX_QUEUED_IMAGES
+        && !self->vision_unblock)
+      g_cond_wait (&self->vision_cond, &self->vision_lock);
+  }
+  images_push (self, image, pts);
   g_mutex_unlock (&self->vision_lock);
   return GST_FLOW_OK;
 }
 
-/* At a step boundary: the newest image (or none) becomes the model's. */
+/* At the step of the audio frame at `pts`: the newest image due by then
+ * (or none) becomes the model's.  Images without time, removals, and all
+ * images in a live pipeline are due at once. */
 static void
-gst_moshi_lm_apply_image (GstMoshiLm *self)
+gst_moshi_lm_apply_image (GstMoshiLm *self, GstClockTime pts)
 {
   GError *err = NULL;
-  LmImage *image;
+  GstMoshiLmImage *due = NULL, *head;
 
   g_mutex_lock (&self->vision_lock);
-  if (!self->image_changed) {
-    g_mutex_unlock (&self->vision_lock);
-    return;
+  while ((head = g_queue_peek_head (&self->images))
+      && (!head->image || self->live || !GST_CLOCK_TIME_IS_VALID (head->pts)
+          || !GST_CLOCK_TIME_IS_VALID (pts) || head->pts <= pts)) {
+    g_queue_pop_head (&self->images);
+    if (due && due->image)
+      lm_image_unref (due->image);
+    g_free (due);
+    due = head;
   }
-  image = self->next_image;
-  self->next_image = NULL;
-  self->image_changed = FALSE;
+  if (due)
+    g_cond_broadcast (&self->vision_cond);
   g_mutex_unlock (&self->vision_lock);
-  if (!lm_gen_set_image (self->gen, image, &err)) {
+  if (!due)
+    return;
+  if (!lm_gen_set_image (self->gen, due->image, &err)) {
     GST_ELEMENT_WARNING (self, STREAM, FORMAT,
         ("The image could not be used; going on without it: %s", err->message),
         (NULL));
     g_clear_error (&err);
     self->image_active = FALSE;
   } else {
-    self->image_active = image != NULL;
+    self->image_active = due->image != NULL;
   }
   GST_DEBUG_OBJECT (self, "%s at step %" G_GUINT64_FORMAT,
-      image ? "new image" : "image removed", self->steps);
-  if (image)
-    lm_image_unref (image);
+      due->image ? "new image" : "image removed", self->steps);
+  if (due->image)
+    lm_image_unref (due->image);
+  g_free (due);
 }
-
-/* ------------------------------------------------------------------ */
-/* Streaming */
 
 /* Kyutai's UI colour of a gate summary: 0..10. */
 static gint
@@ -1035,7 +1098,7 @@ gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
     slot_push (self, pts, self->discont);
 
   if (self->has_xa)
-    gst_moshi_lm_apply_image (self);
+    gst_moshi_lm_apply_image (self, pts);
   t0 = g_get_monotonic_time ();
   r = lm_gen_step (self->gen, self->user_codes, self->out_codes, NULL, &err);
   dt = g_get_monotonic_time () - t0;
@@ -1281,14 +1344,20 @@ gst_moshi_lm_sink_event (GstPad *pad, GstObject *parent, GstEvent *event)
         return FALSE;
       }
       break;
+    case GST_EVENT_FLUSH_START:
+      vision_unblock (self, TRUE);
+      break;
     case GST_EVENT_FLUSH_STOP:
       /* A flushing seek: the conversation starts over. */
+      vision_unblock (self, FALSE);
       gst_moshi_lm_reset_stream (self);
       gst_flow_combiner_reset (self->combiner);
       gst_segment_init (&self->segment, GST_FORMAT_TIME);
       break;
     case GST_EVENT_EOS:
       gst_moshi_lm_drain (self);
+      /* No more steps: images from files must not wait for them. */
+      vision_unblock (self, TRUE);
       break;
     default:
       break;

@@ -15,6 +15,12 @@ G_DECLARE_FINAL_TYPE (GstMoshiLm, gst_moshi_lm, GST, MOSHI_LM, GstElement)
 
 /* One step whose output has not come out yet (the delays): the timestamp of
  * its input frame and whether that frame followed a discontinuity. */
+/* An image waiting for the audio to reach its time (NULL: remove). */
+typedef struct {
+  LmImage *image;
+  GstClockTime pts;
+} GstMoshiLmImage;
+
 typedef struct {
   GstClockTime pts;
   gboolean discont;
@@ -74,8 +80,9 @@ struct _GstMoshiLm {
   gboolean vision_requested; /* a vision_sink was asked for: report gates */
   gint vision_tokens, vision_dim; /* from the vision_sink caps */
   GMutex vision_lock;
-  LmImage *next_image; /* under vision_lock */
-  gboolean image_changed; /* under vision_lock: apply next_image */
+  GCond vision_cond;
+  GQueue images; /* under vision_lock: GstMoshiLmImage, oldest first */
+  gboolean vision_unblock; /* under vision_lock: never wait for the audio */
   gboolean image_active; /* the generator has an image (streaming thread) */
 };
 

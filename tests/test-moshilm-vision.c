@@ -215,6 +215,30 @@ GST_START_TEST (test_image_mid_stream)
 
 GST_END_TEST;
 
+/* From files, an image waits for the audio to reach its timestamp. */
+GST_START_TEST (test_timed_image)
+{
+  const gchar *model = g_getenv ("MOSHIVIS_TINY");
+  Lm *vis = lm_new (model, TRUE);
+  gst_harness_set_live (vis->h, FALSE); /* a file, not a microphone */
+  GstBuffer *img = image_embedding ();
+  GST_BUFFER_PTS (img) = IMG_STEP * FRAME_NS;
+  fail_unless_equals_int (gst_harness_push (vis->hv, img), GST_FLOW_OK);
+  for (gint t = 0; t < 12; t++) {
+    fail_unless_equals_int (gst_harness_push (vis->h, user_frame (t)),
+        GST_FLOW_OK);
+    g_free (pull_codes (vis->h));
+  }
+  gdouble gate[12];
+  collect_gates (vis->bus, gate, 12);
+  for (gint s = 0; s < 11; s++)
+    fail_unless (s < IMG_STEP ? gate[s] == 0.0 : gate[s] > 0.0,
+        "frame %d: gate %g", s, gate[s]);
+  lm_free (vis);
+}
+
+GST_END_TEST;
+
 GST_START_TEST (test_bad_embeddings)
 {
   const gchar *model = g_getenv ("MOSHIVIS_TINY");
@@ -295,6 +319,7 @@ moshilm_vision_suite (void)
   tcase_set_timeout (tc, 300);
   suite_add_tcase (s, tc);
   tcase_add_test (tc, test_image_mid_stream);
+  tcase_add_test (tc, test_timed_image);
   tcase_add_test (tc, test_bad_embeddings);
   tcase_add_test (tc, test_model_cannot_look);
   return s;

@@ -2,6 +2,7 @@
 #include "siglip.h"
 
 #include "alloc.h"
+#include "blas.h"
 #include "kernels.h"
 #include "model-error.h"
 #include "vec-math.h"
@@ -412,7 +413,8 @@ attn_part (void *ctx, int index, int count)
   }
 }
 
-/* Process-wide like OpenBLAS's own setting. */
+/* Process-wide, like OpenBLAS's own setting; applied by each forward pass
+ * under the BLAS lock (blas.h). */
 static gint siglip_threads = 1;
 
 void
@@ -420,7 +422,6 @@ siglip_set_threads (int n_threads)
 {
   n_threads = CLAMP (n_threads, 1, 256);
   g_atomic_int_set (&siglip_threads, n_threads);
-  openblas_set_num_threads (n_threads);
 }
 
 /* Largest image side accepted: keeps every size computation far from
@@ -465,6 +466,8 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     return oom (error, "the activations", bytes);
   float *x = buf, *y = x + nd, *qkv = y + nd, *h = qkv + 3 * nd;
   float *scores = h + hid;
+  moshi_blas_lock ();
+  moshi_blas_set_threads (threads);
   MoshiPool *pool = threads > 1 ? moshi_pool_new (threads) : NULL;
 
   /* Patch embedding as a GEMM over im2col rows [N][3][P][P], the conv
@@ -498,10 +501,10 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     gemm_nt (N, 3 * D, D, 1.0f, y, D, l->qkv_w, D, 0.0f, qkv, 3 * D);
     run_rows (pool, ROWS_ADD_BIAS, qkv, NULL, NULL, l->qkv_b, N, 3 * D, 0, 0);
     if (pool)
-      openblas_set_num_threads (1);
+      moshi_blas_set_threads (1);
     moshi_pool_run (pool, attn_part, &attn);
     if (pool)
-      openblas_set_num_threads (threads);
+      moshi_blas_set_threads (threads);
     gemm_nt (N, D, D, 1.0f, y, D, l->out_w, D, 1.0f, x, D);
     run_rows (pool, ROWS_ADD_BIAS, x, NULL, NULL, l->out_b, N, D, 0, 0);
     /* x += fc2(gelu(fc1(LN2(x)))) */
@@ -515,6 +518,7 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     memcpy (pre_postln, x, nd * sizeof (float));
   run_rows (pool, ROWS_LAYER_NORM, out, x, m->post_w, m->post_b, N, D, eps, 0);
   moshi_pool_free (pool);
+  moshi_blas_unlock ();
   moshi_free (buf);
   return TRUE;
 }

@@ -235,6 +235,56 @@ test_encode (void)
   st_unref (v);
 }
 
+typedef struct {
+  MoshiVisImageEncoder *e;
+  const uint8_t *img;
+  int S;
+  float *out;
+  gboolean ok;
+} EncodeJob;
+
+static gpointer
+encode_thread (gpointer data)
+{
+  EncodeJob *j = data;
+  j->ok = TRUE;
+  for (int r = 0; r < 5 && j->ok; r++)
+    j->ok = moshivis_image_encoder_encode (j->e, j->img, j->S, j->S, 3 * j->S,
+        j->out, NULL);
+  return NULL;
+}
+
+/* One loaded encoder serving two callers at once (two elements sharing the
+ * model), with different thread counts. */
+static void
+test_concurrent (void)
+{
+  MoshiVisImageEncoder *e = load_tiny ();
+  MoshiVisImageEncoder *e2 = moshivis_image_encoder_ref (e);
+  moshivis_image_encoder_set_threads (e, 2);
+  StFile *v = open_vectors ();
+  int S;
+  uint8_t *img = ref_image (v, "image_u8", &S);
+  const size_t n = (size_t) 16 * 64;
+  float *ref = ref_f32 (v, "xa_src", n);
+  EncodeJob jobs[2] = { { e, img, S, g_new (float, n), FALSE },
+    { e2, img, S, g_new (float, n), FALSE } };
+  GThread *t[2];
+  for (int i = 0; i < 2; i++)
+    t[i] = g_thread_new ("encode", encode_thread, &jobs[i]);
+  for (int i = 0; i < 2; i++) {
+    g_thread_join (t[i]);
+    g_assert_true (jobs[i].ok);
+    assert_close ("xa_src (concurrent)", jobs[i].out, ref, n, 1e-4);
+    g_free (jobs[i].out);
+  }
+  moshivis_image_encoder_unref (e);
+  moshivis_image_encoder_unref (e2);
+  g_free (ref);
+  g_free (img);
+  st_unref (v);
+}
+
 /* The tiny checkpoint rewritten: tensor `drop` left out, tensor `swap` with
  * its two dims swapped (same bytes, wrong shape), and every tensor stored
  * as BF16 when `bf16`.  Returns the new file's path (g_free; unlink). */
@@ -690,6 +740,7 @@ main (int argc, char **argv)
   g_test_add_func ("/siglip/tower", test_tower);
   g_test_add_func ("/siglip/tower-interpolated", test_tower_interpolated);
   g_test_add_func ("/siglip/encode", test_encode);
+  g_test_add_func ("/siglip/concurrent", test_concurrent);
   g_test_add_func ("/siglip/bf16", test_bf16);
   g_test_add_func ("/siglip/checkpoint-errors", test_checkpoint_errors);
   g_test_add_func ("/siglip/config-errors", test_config_errors);

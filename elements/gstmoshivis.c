@@ -61,29 +61,17 @@ G_DEFINE_TYPE (GstMoshiVis, gst_moshi_vis, GST_TYPE_ELEMENT);
  * or the whole frame, resized when it is not already S x S. */
 static gboolean
 frame_to_input (GstMoshiVis *self, GstBuffer *buf, const GstVideoInfo *info,
-    gboolean crop, guint8 *dst)
+    gboolean crop, guint8 *dst, GError **error)
 {
   GstVideoFrame frame;
-  if (!gst_video_frame_map (&frame, (GstVideoInfo *) info, buf, GST_MAP_READ))
+  if (!gst_video_frame_map (&frame, (GstVideoInfo *) info, buf, GST_MAP_READ)) {
+    g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "cannot map a %dx%d video frame", info->width, info->height);
     return FALSE;
-  const guint8 *pix = GST_VIDEO_FRAME_PLANE_DATA (&frame, 0);
-  const gint stride = GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 0);
-  gint w = GST_VIDEO_INFO_WIDTH (info), h = GST_VIDEO_INFO_HEIGHT (info);
-  gint x = 0, y = 0;
-  const gint S = self->size;
-  gboolean ok = TRUE;
-  if (crop) {
-    gint side;
-    image_center_square (w, h, &x, &y, &side);
-    w = h = side;
   }
-  if (w == S && h == S) {
-    for (gint r = 0; r < S; r++)
-      memcpy (dst + (gsize) r * S * 3, pix + (gsize) (y + r) * stride + x * 3,
-          (gsize) S * 3);
-  } else {
-    ok = image_resize_rgb (pix, stride, x, y, w, h, dst, S, S);
-  }
+  gboolean ok = moshi_image_fit_square (GST_VIDEO_FRAME_PLANE_DATA (&frame, 0),
+      GST_VIDEO_INFO_WIDTH (info), GST_VIDEO_INFO_HEIGHT (info),
+      GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 0), crop, dst, self->size, error);
   gst_video_frame_unmap (&frame);
   return ok;
 }
@@ -114,11 +102,13 @@ encode_and_push (GstMoshiVis *self, GstBuffer *in, const GstVideoInfo *info,
 
   const gint S = self->size;
   guint8 *rgb = g_malloc ((gsize) S * S * 3);
-  if (!frame_to_input (self, in, info, crop, rgb)) {
+  if (!frame_to_input (self, in, info, crop, rgb, &err)) {
     g_free (rgb);
-    GST_ELEMENT_ERROR (self, STREAM, DECODE, (NULL),
-        ("cannot map or resize a %dx%d video frame", info->width,
-            info->height));
+    GST_ELEMENT_ERROR (self, STREAM, DECODE,
+        ("Could not prepare a %dx%d video frame: %s", info->width, info->height,
+            err->message),
+        (NULL));
+    g_error_free (err);
     return GST_FLOW_ERROR;
   }
   const gsize bytes = (gsize) self->tokens * self->dim * sizeof (float);

@@ -2,6 +2,7 @@
 #include "image-adapter.h"
 
 #include "alloc.h"
+#include "blas.h"
 #include "kernels.h"
 #include "model-error.h"
 #include "weights.h"
@@ -133,7 +134,9 @@ image_adapter_forward (const ImageAdapter *a, const float *in, int n,
     else
       memset (out + (size_t) r * no, 0, no * sizeof (float));
   }
+  moshi_blas_lock ();
   cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, n, no, ni, 1.0f, in, ni,
       a->w, ni, 1.0f, out, no);
+  moshi_blas_unlock ();
   moshi_rms_norm (out, out, a->alpha, n, no, a->cfg.eps);
 }

@@ -1,21 +1,25 @@
+/* PIL-style bicubic resize and centre crop (see image-resize.h). */
 #include "image-resize.h"
 
 #include "alloc.h"
+#include "model-error.h"
 
 #include <math.h>
-#include <string.h>
+
+#define MAX_SIDE 16384
 
 void
-image_center_square (int width, int height, int *x, int *y, int *side)
+moshi_image_center_square (int width, int height, int *x, int *y, int *side)
 {
-  const int m = MIN (width, height);
-  *x = (width - m) / 2;
-  *y = (height - m) / 2;
-  *side = m;
+  int m = MIN (width, height);
+  *side = MAX (m, 0);
+  *x = MAX ((width - *side) / 2, 0);
+  *y = MAX ((height - *side) / 2, 0);
 }
 
+/* PIL's bicubic filter, a = -0.5 (support 2). */
 static double
-cubic (double x)
+bicubic (double x)
 {
   const double a = -0.5;
   x = fabs (x);
@@ -26,99 +30,137 @@ cubic (double x)
   return 0.0;
 }
 
-/* Taps of one axis: for output i, source indices first[i] .. first[i] +
- * count[i] - 1 with normalised weights w[i * taps ..]. */
+/* PIL's precompute_coeffs: for each output index, the first input index
+ * and `ksize` normalised weights (zero past the taps used). */
 typedef struct {
-  int taps;
-  int *first, *count;
-  float *w;
-} Taps;
+  int ksize;
+  int *start, *count;
+  float *k; /* [out][ksize] */
+} Coeffs;
 
 static gboolean
-taps_init (Taps *t, int in, int out)
+coeffs_init (Coeffs *c, int in, int out)
 {
   const double scale = (double) in / out;
-  const double widen = MAX (scale, 1.0);
-  const double support = 2.0 * widen;
-  t->taps = (int) ceil (support) * 2 + 1;
-  t->first = g_new (int, out);
-  t->count = g_new (int, out);
-  t->w = moshi_alloc (sizeof (float) * (size_t) out * t->taps);
-  if (!t->w)
+  const double filterscale = MAX (scale, 1.0);
+  const double support = 2.0 * filterscale;
+  c->ksize = (int) ceil (support) * 2 + 1;
+  c->start = g_try_new (int, out);
+  c->count = g_try_new (int, out);
+  c->k = moshi_alloc ((size_t) out * c->ksize * sizeof (float));
+  if (!c->start || !c->count || !c->k)
     return FALSE;
-  for (int i = 0; i < out; i++) {
-    const double center = (i + 0.5) * scale;
-    int lo = (int) floor (center - support + 0.5);
-    int hi = (int) floor (center + support + 0.5);
-    lo = MAX (lo, 0);
-    hi = MIN (hi, in);
-    hi = MIN (hi, lo + t->taps);
-    double sum = 0.0;
-    float *w = t->w + (size_t) i * t->taps;
-    for (int j = lo; j < hi; j++) {
-      w[j - lo] = (float) cubic ((j - center + 0.5) / widen);
-      sum += w[j - lo];
+  for (int o = 0; o < out; o++) {
+    const double center = (o + 0.5) * scale;
+    int xmin = (int) (center - support + 0.5);
+    int xmax = (int) (center + support + 0.5);
+    xmin = MAX (xmin, 0);
+    xmax = MIN (xmax, in) - xmin;
+    xmax = MIN (xmax, c->ksize);
+    float *k = c->k + (size_t) o * c->ksize;
+    double ww = 0.0, w[128];
+    for (int x = 0; x < xmax; x++) {
+      w[x] = bicubic ((x + xmin - center + 0.5) / filterscale);
+      ww += w[x];
     }
-    for (int j = lo; j < hi && sum != 0.0; j++)
-      w[j - lo] = (float) (w[j - lo] / sum);
-    t->first[i] = lo;
-    t->count[i] = hi - lo;
+    for (int x = 0; x < xmax; x++)
+      k[x] = (float) (ww != 0.0 ? w[x] / ww : 0.0);
+    c->start[o] = xmin;
+    c->count[o] = MAX (xmax, 0);
   }
   return TRUE;
 }
 
 static void
-taps_clear (Taps *t)
+coeffs_clear (Coeffs *c)
 {
-  g_free (t->first);
-  g_free (t->count);
-  moshi_free (t->w);
+  g_free (c->start);
+  g_free (c->count);
+  moshi_free (c->k);
 }
 
-static uint8_t
-to_u8 (float v)
+static inline uint8_t
+clip8 (float v)
 {
-  v = roundf (v);
-  return (uint8_t) CLAMP (v, 0.0f, 255.0f);
+  v = floorf (v + 0.5f);
+  return (uint8_t) (v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
 }
 
 gboolean
-image_resize_rgb (const uint8_t *src, int stride, int x, int y, int w, int h,
-    uint8_t *dst, int out_w, int out_h)
+moshi_image_resize_rgb (const uint8_t *src, int w, int h, int stride,
+    uint8_t *dst, int dw, int dh, int dst_stride, GError **error)
 {
-  if (w <= 0 || h <= 0 || out_w <= 0 || out_h <= 0)
+  if (!src || !dst || w < 1 || h < 1 || dw < 1 || dh < 1 || w > MAX_SIDE
+      || h > MAX_SIDE || dw > MAX_SIDE || dh > MAX_SIDE || stride < 3 * w
+      || dst_stride < 3 * dw) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "image resize: bad arguments (source %p %dx%d stride %d, destination "
+        "%p %dx%d stride %d; sides in [1, %d], strides >= 3 * width)",
+        (const void *) src, w, h, stride, (void *) dst, dw, dh, dst_stride,
+        MAX_SIDE);
     return FALSE;
-  Taps tx = { 0 }, ty = { 0 };
-  /* Horizontal pass first, into float rows of the source height. */
-  float *mid = moshi_alloc (sizeof (float) * (size_t) h * out_w * 3);
-  gboolean ok = mid && taps_init (&tx, w, out_w) && taps_init (&ty, h, out_h);
-  if (ok) {
-    for (int r = 0; r < h; r++) {
-      const uint8_t *row = src + (size_t) (y + r) * stride + (size_t) x * 3;
-      float *m = mid + (size_t) r * out_w * 3;
-      for (int i = 0; i < out_w; i++) {
-        const float *wt = tx.w + (size_t) i * tx.taps;
-        const uint8_t *p = row + (size_t) tx.first[i] * 3;
-        float acc[3] = { 0, 0, 0 };
-        for (int k = 0; k < tx.count[i]; k++)
-          for (int c = 0; c < 3; c++)
-            acc[c] += wt[k] * p[3 * k + c];
-        memcpy (m + 3 * i, acc, sizeof acc);
+  }
+  /* Downscaling by more than ~30x would need more than 128 taps; no camera
+   * to 448 comes close, but refuse rather than overflow. */
+  if ((double) w / dw > 30.0 || (double) h / dh > 30.0) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "image resize: %dx%d -> %dx%d shrinks more than 30x", w, h, dw, dh);
+    return FALSE;
+  }
+  Coeffs cx = { 0 }, cy = { 0 };
+  uint8_t *tmp = moshi_alloc ((size_t) h * dw * 3);
+  gboolean ok = tmp && coeffs_init (&cx, w, dw) && coeffs_init (&cy, h, dh);
+  if (!ok) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "image resize: out of memory");
+    goto out;
+  }
+  /* Horizontal pass into an 8-bit intermediate, as PIL does. */
+  for (int y = 0; y < h; y++) {
+    const uint8_t *s = src + (size_t) y * stride;
+    uint8_t *t = tmp + (size_t) y * dw * 3;
+    for (int o = 0; o < dw; o++) {
+      const float *k = cx.k + (size_t) o * cx.ksize;
+      const uint8_t *p = s + (size_t) cx.start[o] * 3;
+      float r = 0, g = 0, b = 0;
+      for (int i = 0; i < cx.count[o]; i++, p += 3) {
+        r += k[i] * p[0];
+        g += k[i] * p[1];
+        b += k[i] * p[2];
       }
-    }
-    for (int j = 0; j < out_h; j++) {
-      const float *wt = ty.w + (size_t) j * ty.taps;
-      uint8_t *d = dst + (size_t) j * out_w * 3;
-      for (int i = 0; i < out_w * 3; i++) {
-        float acc = 0.0f;
-        for (int k = 0; k < ty.count[j]; k++)
-          acc += wt[k] * mid[(size_t) (ty.first[j] + k) * out_w * 3 + i];
-        d[i] = to_u8 (acc);
-      }
+      t[3 * o] = clip8 (r);
+      t[3 * o + 1] = clip8 (g);
+      t[3 * o + 2] = clip8 (b);
     }
   }
-  taps_clear (&tx);
-  taps_clear (&ty);
-  moshi_free (mid);
+  for (int o = 0; o < dh; o++) {
+    const float *k = cy.k + (size_t) o * cy.ksize;
+    uint8_t *d = dst + (size_t) o * dst_stride;
+    for (int x = 0; x < 3 * dw; x++) {
+      float acc = 0;
+      const uint8_t *p = tmp + (size_t) cy.start[o] * dw * 3 + x;
+      for (int i = 0; i < cy.count[o]; i++, p += (size_t) dw * 3)
+        acc += k[i] * *p;
+      d[x] = clip8 (acc);
+    }
+  }
+out:
+  coeffs_clear (&cx);
+  coeffs_clear (&cy);
+  moshi_free (tmp);
   return ok;
+}
+
+gboolean
+moshi_image_fit_square (const uint8_t *src, int w, int h, int stride,
+    gboolean center_crop, uint8_t *dst, int side, GError **error)
+{
+  int x = 0, y = 0, m;
+  if (center_crop && src && w > 0 && h > 0) {
+    moshi_image_center_square (w, h, &x, &y, &m);
+    return moshi_image_resize_rgb (src + (size_t) y * stride + (size_t) x * 3,
+        m, m, stride, dst, side, side, 3 * side, error);
+  }
+  return moshi_image_resize_rgb (src, w, h, stride, dst, side, side, 3 * side,
+      error);
 }

@@ -3,6 +3,7 @@
 #include "moshivis-image.h"
 
 #include "alloc.h"
+#include "blas.h"
 #include "model-error.h"
 
 #include <stdlib.h>
@@ -246,11 +247,14 @@ moshivis_image_encoder_encode (MoshiVisImageEncoder *e, const uint8_t *rgb,
         "MoshiVis image encoder: out of memory allocating %zu bytes", bytes);
     return FALSE;
   }
+  /* Held across both so this encoder's thread count is the one used. */
+  moshi_blas_lock ();
   siglip_set_threads (g_atomic_int_get (&e->threads));
   gboolean ok =
       siglip_forward (e->tower, rgb, width, height, stride, v, NULL, error);
   if (ok)
     image_adapter_forward (e->adapter, v, n, out);
+  moshi_blas_unlock ();
   moshi_free (v);
   return ok;
 }

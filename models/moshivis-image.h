@@ -5,8 +5,8 @@
  * LM's cross-attention memory [tokens][lm_dim].
  *
  * Reference counted and read-only once loaded, so one copy of the weights
- * can serve several elements; encode() may run from several threads at
- * once (each call allocates its own scratch). */
+ * can serve several elements; encode() may be called from several threads
+ * (each call allocates its own scratch; the calls run one at a time). */
 #pragma once
 #include <glib.h>
 #include <stdint.h>
@@ -55,8 +55,8 @@ int moshivis_image_encoder_tokens (const MoshiVisImageEncoder *e, int width,
     int height);
 /* Width of one output token (the LM dim). */
 int moshivis_image_encoder_dim (const MoshiVisImageEncoder *e);
-/* Threads for the matrix products (BLAS; the setting is process-wide and
- * applied at each encode). */
+/* Threads for this encoder's encodes (1 by default).  Encodes are
+ * serialized process-wide (blas.h): concurrent callers wait their turn. */
 void moshivis_image_encoder_set_threads (MoshiVisImageEncoder *e,
     int n_threads);
 

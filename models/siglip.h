@@ -7,8 +7,9 @@
  *
  * Weights are float32 in memory; the matrix products go through OpenBLAS
  * (the tower runs ~1000 tokens at once, so it is compute bound and BLAS's
- * packing pays off).  A loaded model is read-only: several threads may run
- * siglip_forward() on it at once, each call allocates its own scratch.
+ * packing pays off).  A loaded model is read-only; siglip_forward() may be
+ * called from several threads, each call allocates its own scratch and the
+ * calls run one at a time (blas.h).
  * See docs/moshivis-spec.md sections 1-2. */
 #pragma once
 #include <glib.h>
@@ -70,8 +71,9 @@ SiglipModel *siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed,
 void siglip_model_free (SiglipModel *m);
 const SiglipConfig *siglip_model_config (const SiglipModel *m);
 
-/* Sets the thread count of the BLAS library used by the matrix products.
- * OpenBLAS's setting is process-wide. */
+/* Threads for siglip_forward (the BLAS products and the elementwise steps);
+ * process-wide, like OpenBLAS's own setting.  Forward passes are serialized
+ * (blas.h), each applies the count current when it starts. */
 void siglip_set_threads (int n_threads);
 
 /* Checks an RGB u8 input: non-NULL, sides in [1, 4096], stride >= 3 * width,

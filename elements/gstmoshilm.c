@@ -168,6 +168,7 @@ static GstStateChangeReturn gst_moshi_lm_change_state (GstElement *element,
     GstStateChange transition);
 static void gst_moshi_lm_release_pad (GstElement *element, GstPad *pad);
 static void images_clear (GstMoshiLm *self);
+static void vision_advance (GstMoshiLm *self, GstClockTime pos);
 static void vision_unblock (GstMoshiLm *self, gboolean unblock);
 static GstPad *gst_moshi_lm_request_new_pad (GstElement *element,
     GstPadTemplate *templ, const gchar *name, const GstCaps *caps);
@@ -707,6 +708,10 @@ gst_moshi_lm_change_state (GstElement *element, GstStateChange transition)
       if (!gst_moshi_lm_start (self))
         return GST_STATE_CHANGE_FAILURE;
       vision_unblock (self, FALSE);
+      g_mutex_lock (&self->vision_lock);
+      self->vision_pos = GST_CLOCK_TIME_NONE;
+      self->vision_eos = FALSE;
+      g_mutex_unlock (&self->vision_lock);
       gst_flow_combiner_reset (self->combiner);
       break;
     case GST_STATE_CHANGE_PAUSED_TO_READY:
@@ -761,6 +766,14 @@ images_push (GstMoshiLm *self, LmImage *image, GstClockTime pts)
   e->image = image;
   e->pts = pts;
   g_queue_push_tail (&self->images, e);
+}
+
+/* Called with vision_lock. */
+static void
+vision_advance (GstMoshiLm *self, GstClockTime pos)
+{
+  if (!GST_CLOCK_TIME_IS_VALID (self->vision_pos) || pos > self->vision_pos)
+    self->vision_pos = pos;
 }
 
 /* Lets a vision_sink waiting for the audio go (EOS, stop) or not. */
@@ -858,6 +871,30 @@ gst_moshi_lm_vision_event (GstPad *pad, GstObject *parent, GstEvent *event)
       self->vision_dim = dim;
     }
   }
+  /* How far the vision stream has got, for file pipelines: the audio
+   * waits for the picture of its time (see gst_moshi_lm_wait_vision). */
+  g_mutex_lock (&self->vision_lock);
+  switch (GST_EVENT_TYPE (event)) {
+    case GST_EVENT_GAP: {
+      GstClockTime ts, dur;
+      gst_event_parse_gap (event, &ts, &dur);
+      if (GST_CLOCK_TIME_IS_VALID (ts))
+        vision_advance (self, ts + (GST_CLOCK_TIME_IS_VALID (dur) ? dur : 0));
+      break;
+    }
+    case GST_EVENT_EOS:
+      self->vision_eos = TRUE;
+      break;
+    case GST_EVENT_FLUSH_STOP:
+    case GST_EVENT_STREAM_START:
+      self->vision_eos = FALSE;
+      self->vision_pos = GST_CLOCK_TIME_NONE;
+      break;
+    default:
+      break;
+  }
+  g_cond_broadcast (&self->vision_cond);
+  g_mutex_unlock (&self->vision_lock);
   /* The image stream's own events stay here: its EOS keeps the last image
    * (the conversation goes on), its segments do not time the audio. */
   gst_event_unref (event);
@@ -927,8 +964,37 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
       g_cond_wait (&self->vision_cond, &self->vision_lock);
   }
   images_push (self, image, pts);
+  if (GST_CLOCK_TIME_IS_VALID (pts))
+    vision_advance (self, pts);
+  g_cond_broadcast (&self->vision_cond);
   g_mutex_unlock (&self->vision_lock);
   return GST_FLOW_OK;
+}
+
+/* From files, the step of the audio frame at `pts` waits until the vision
+ * stream has passed `pts` (or ended): a picture of that time must not
+ * arrive late because the image encoder is slower than the LM.  Live, or
+ * without a linked vision_sink, nothing waits. */
+static void
+gst_moshi_lm_wait_vision (GstMoshiLm *self, GstClockTime pts)
+{
+  GstPad *vpad;
+  gboolean linked;
+
+  if (self->live || !GST_CLOCK_TIME_IS_VALID (pts))
+    return;
+  GST_OBJECT_LOCK (self);
+  vpad = self->visionpad;
+  linked = vpad && gst_pad_is_linked (vpad);
+  GST_OBJECT_UNLOCK (self);
+  if (!linked)
+    return;
+  g_mutex_lock (&self->vision_lock);
+  while (!self->vision_eos && !self->vision_unblock
+      && (!GST_CLOCK_TIME_IS_VALID (self->vision_pos)
+          || self->vision_pos <= pts))
+    g_cond_wait (&self->vision_cond, &self->vision_lock);
+  g_mutex_unlock (&self->vision_lock);
 }
 
 /* At the step of the audio frame at `pts`: the newest image due by then
@@ -1097,8 +1163,11 @@ gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
   if (!drain)
     slot_push (self, pts, self->discont);
 
-  if (self->has_xa)
+  if (self->has_xa) {
+    if (!drain)
+      gst_moshi_lm_wait_vision (self, pts);
     gst_moshi_lm_apply_image (self, pts);
+  }
   t0 = g_get_monotonic_time ();
   r = lm_gen_step (self->gen, self->user_codes, self->out_codes, NULL, &err);
   dt = g_get_monotonic_time () - t0;

@@ -82,7 +82,10 @@ struct _GstMoshiLm {
   GMutex vision_lock;
   GCond vision_cond;
   GQueue images; /* under vision_lock: GstMoshiLmImage, oldest first */
-  gboolean vision_unblock; /* under vision_lock: never wait for the audio */
+  gboolean vision_unblock; /* under vision_lock: nobody waits any more */
+  GstClockTime vision_pos; /* under vision_lock: the vision stream has said
+                            * everything before this time (files) */
+  gboolean vision_eos; /* under vision_lock */
   gboolean image_active; /* the generator has an image (streaming thread) */
 };
 

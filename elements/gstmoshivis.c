@@ -299,6 +299,21 @@ gst_moshi_vis_chain (GstPad *pad, GstObject *parent, GstBuffer *buf)
     buf = NULL;
   }
   ret = self->flow;
+  if (buf && !self->live && GST_BUFFER_PTS_IS_VALID (buf)) {
+    /* From files, tell downstream that nothing new was seen up to the end
+     * of this frame (moshilm then knows the picture of that time), after
+     * the views requested before it. */
+    GstClockTime end = GST_BUFFER_PTS (buf)
+        + (GST_BUFFER_DURATION_IS_VALID (buf) ? GST_BUFFER_DURATION (buf) : 1);
+    while ((self->busy || self->pending) && !self->flushing)
+      g_cond_wait (&self->cond, &self->lock);
+    if (!self->flushing) {
+      g_mutex_unlock (&self->lock);
+      gst_pad_push_event (self->srcpad,
+          gst_event_new_gap (GST_BUFFER_PTS (buf), end - GST_BUFFER_PTS (buf)));
+      g_mutex_lock (&self->lock);
+    }
+  }
   g_mutex_unlock (&self->lock);
   if (buf)
     gst_buffer_unref (buf);

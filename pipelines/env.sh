@@ -50,6 +50,51 @@ find_real_moshi() {
   return 1
 }
 
+# MoshiVis (scripts that set MOSHI_USE_VIS=1): $MOSHIVIS_MODEL if set (file,
+# folder or repo id; used for both moshivis and moshilm); else
+# kyutai/moshika-vis-pytorch-bf16 in the local Hugging Face cache; else the
+# tiny random-weight MoshiVis built with the tests
+# ($MOSHI_BUILD/tests/moshivis-dialog-tiny: lm-tiny + moshivis-tiny's image
+# side, 56x56 pictures), paired with the tiny Mimi.
+find_real_moshivis() {
+  local snap
+  for snap in "$hf_hub"/models--kyutai--moshika-vis-pytorch-bf16/snapshots/*; do
+    if [ -f "$snap/model.safetensors" ]; then echo "$snap"; return 0; fi
+  done
+  return 1
+}
+if [ -n "${MOSHI_USE_VIS:-}" ]; then
+  MOSHI_USE_LM=1
+  if [ -z "${MOSHIVIS_MODEL:-}" ]; then
+    if MOSHIVIS_MODEL="$(find_real_moshivis)"; then
+      echo ">> Using Kyutai's MoshiVis: $MOSHIVIS_MODEL" >&2
+    else
+      MOSHIVIS_MODEL="$MOSHI_BUILD/tests/moshivis-dialog-tiny"
+      if [ ! -f "$MOSHIVIS_MODEL/model.safetensors" ]; then
+        echo "MoshiVis weights not found and the tiny test model is not built:" \
+             "run meson compile -C $MOSHI_BUILD, or download" \
+             "kyutai/moshika-vis-pytorch-bf16" >&2
+        exit 1
+      fi
+      cat >&2 <<MSG
+>> ******************************************************************
+>> Kyutai's MoshiVis weights were not found in $hf_hub.
+>> Using the tiny RANDOM-WEIGHT MoshiVis ($MOSHIVIS_MODEL):
+>> the pipeline runs exactly as it would with MoshiVis (it looks at the
+>> picture: its gates open), but what it says is NOT meaningful.  For the
+>> real model:  huggingface-cli download kyutai/moshika-vis-pytorch-bf16
+>> ******************************************************************
+MSG
+      if [ -z "${MIMI_MODEL:-}" ]; then
+        MIMI_MODEL="$ROOT/tests/data/conformance/mimi-tiny"
+        echo ">> Pairing it with the tiny random-weight Mimi: $MIMI_MODEL" >&2
+      fi
+    fi
+  fi
+  MOSHI_MODEL="${MOSHI_MODEL:-$MOSHIVIS_MODEL}"
+  export MOSHIVIS_MODEL
+fi
+
 MOSHI_LM_IS_TINY=0
 if [ -n "${MOSHI_USE_LM:-}" ] && [ -z "${MOSHI_MODEL:-}" ]; then
   if MOSHI_MODEL="$(find_real_moshi)"; then

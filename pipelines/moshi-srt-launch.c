@@ -37,6 +37,10 @@ typedef struct {
   GArray *cues; /* Cue */
   GMainLoop *loop;
   int status;
+  /* MoshiVis: how much the model looked (moshilm-gate messages) and how
+   * many pictures it was shown (moshivis-image messages) */
+  guint gate_frames, looking_frames, images;
+  gdouble gate_sum, gate_max;
 } App;
 
 static gboolean
@@ -172,6 +176,21 @@ on_message (GstBus *bus, GstMessage *msg, gpointer data)
       g_error_free (err);
       break;
     }
+    case GST_MESSAGE_ELEMENT: {
+      const GstStructure *s = gst_message_get_structure (msg);
+      gdouble gate;
+
+      if (gst_structure_has_name (s, "moshivis-image"))
+        app->images++;
+      if (gst_structure_has_name (s, "moshilm-gate")
+          && gst_structure_get_double (s, "gate", &gate)) {
+        app->gate_frames++;
+        app->looking_frames += gate > 0.0;
+        app->gate_sum += gate;
+        app->gate_max = MAX (app->gate_max, gate);
+      }
+      break;
+    }
     default:
       break;
   }
@@ -256,6 +275,11 @@ main (int argc, char **argv)
 
   if (app.status == 0 && !write_srt (&app, argv[1]))
     app.status = 1;
+  if (app.gate_frames > 0)
+    g_printerr ("MoshiVis: %u picture(s) encoded; the model looked at a "
+                "picture in %u of %u frames (mean gate %.3f, max %.3f)\n",
+        app.images, app.looking_frames, app.gate_frames,
+        app.gate_sum / app.gate_frames, app.gate_max);
   for (i = 0; i < app.cues->len; i++)
     g_string_free (g_array_index (app.cues, Cue, i).text, TRUE);
   g_array_free (app.cues, TRUE);

@@ -97,6 +97,7 @@
 
 #include "gstmoshilm.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "cpu.h"
@@ -142,6 +143,13 @@ enum {
 #define TEXT_END_OF_PADDING_ID 0
 
 #define FRAME_US (GST_MOSHI_FRAME_DURATION / GST_USECOND)
+
+/* Translation: at most this many frames (30 s) after the end of the input
+ * while waiting for the end of the reply. */
+#define TRANSLATION_MAX_TAIL 375
+/* Mimi frames of silence encoded at start; later padding repeats the last
+ * (Mimi has settled on silence by then). */
+#define SILENCE_FRAMES 25
 
 static GstStaticPadTemplate sink_template = GST_STATIC_PAD_TEMPLATE ("sink",
     GST_PAD_SINK, GST_PAD_ALWAYS, GST_STATIC_CAPS (GST_MOSHI_MIMI_SINK_CAPS));
@@ -456,6 +464,7 @@ gst_moshi_lm_release (GstMoshiLm *self)
   g_clear_pointer (&self->last_codes, g_free);
   g_clear_pointer (&self->out_codes, g_free);
   g_clear_pointer (&self->slots, g_free);
+  g_clear_pointer (&self->silence, g_free);
   g_clear_pointer (&self->model_path, g_free);
   g_clear_pointer (&self->tokenizer_path, g_free);
   self->n_user = self->dep_q = self->max_delay = 0;
@@ -497,6 +506,9 @@ gst_moshi_lm_reset_stream (GstMoshiLm *self)
   self->next_pts = GST_CLOCK_TIME_NONE;
   self->last_out_pts = GST_CLOCK_TIME_NONE;
   self->discont = TRUE;
+  self->started = FALSE;
+  self->first_pts = GST_CLOCK_TIME_NONE;
+  self->tail_pts = GST_CLOCK_TIME_NONE;
   sp_decode_state_init (&self->sp_state);
   g_string_truncate (self->text, 0);
 }
@@ -542,6 +554,93 @@ post_progress (GstMoshiLm *self, GstProgressType type, const gchar *text)
 {
   gst_element_post_message (GST_ELEMENT (self),
       gst_message_new_progress (GST_OBJECT (self), type, "load-model", text));
+}
+
+static const gchar *
+kind_name (LmKind kind)
+{
+  switch (kind) {
+    case LM_KIND_STT:
+      return "speech-to-text";
+    case LM_KIND_TRANSLATION:
+      return "translation";
+    default:
+      return "dialog";
+  }
+}
+
+/* Mimi codes of silence, as Kyutai's scripts make them: frames of zeros
+ * through a Mimi encoder (a fresh one here: moshilm does not see the
+ * user's encoder).  The Mimi is the one of the model's repo (config key
+ * mimi_name, or Kyutai's file names beside the LM).  Without one, the
+ * padding repeats the last frame (a warning says so). */
+static void
+gst_moshi_lm_load_silence (GstMoshiLm *self, const gchar *model,
+    const LmConfig *cfg, MoshiWeightType quantize)
+{
+  GError *err = NULL;
+  gchar *where, *path;
+  MimiModel *mimi = NULL;
+  MimiEncoder *enc = NULL;
+  gint n, i;
+  float *zeros = NULL;
+  uint16_t *codes;
+
+  /* A weights file: its folder (its config.json names the Mimi). */
+  where = (model && g_str_has_suffix (model, ".safetensors"))
+      ? g_path_get_dirname (self->model_path)
+      : g_strdup (model);
+  path = gst_moshi_resolve_mimi (where, &err);
+  if (path)
+    mimi = gst_moshi_model_cache_acquire_mimi (path, quantize, &err);
+  if (mimi && mimi_model_config (mimi)->q_bins != cfg->card)
+    g_set_error (&err, GST_RESOURCE_ERROR, GST_RESOURCE_ERROR_SETTINGS,
+        "its codebooks have %d entries, the model's %d",
+        mimi_model_config (mimi)->q_bins, cfg->card);
+  else if (mimi)
+    enc = mimi_encoder_new (mimi, self->n_user, &err);
+  if (enc) {
+    n = self->prefix_frames + MIN (self->pad_frames, SILENCE_FRAMES);
+    self->silence = g_new0 (guint16, (gsize) n * self->n_user);
+    zeros = g_new0 (float, mimi_model_config (mimi)->frame_size);
+    codes = g_new0 (uint16_t, self->n_user);
+    for (i = 0; i < n; i++) {
+      mimi_encode_frame (enc, zeros, codes);
+      memcpy (self->silence + (gsize) i * self->n_user, codes,
+          sizeof (guint16) * self->n_user);
+    }
+    self->n_silence = n;
+    g_free (codes);
+    g_free (zeros);
+    mimi_encoder_free (enc);
+  } else {
+    GST_ELEMENT_WARNING (self, RESOURCE, NOT_FOUND,
+        ("No usable Mimi codec for the model %s (%s): the %s model's "
+         "silence padding repeats the last frame instead, which may change "
+         "the last words.",
+            self->model_path, err ? err->message : "?", kind_name (self->kind)),
+        (NULL));
+  }
+  g_clear_error (&err);
+  if (mimi)
+    gst_moshi_model_cache_release_mimi (mimi);
+  g_free (path);
+  g_free (where);
+}
+
+/* Silence frame i (prefix frames first, then the padding; the last one
+ * repeats), or the last frame fed when there is no Mimi. */
+static void
+gst_moshi_lm_set_silence (GstMoshiLm *self, gint i)
+{
+  if (self->silence) {
+    const guint16 *s =
+        self->silence + (gsize) MIN (i, self->n_silence - 1) * self->n_user;
+    for (gint k = 0; k < self->n_user; k++)
+      self->user_codes[k] = s[k];
+  } else {
+    memcpy (self->user_codes, self->last_codes, sizeof (int) * self->n_user);
+  }
 }
 
 static gboolean
@@ -596,20 +695,45 @@ gst_moshi_lm_start (GstMoshiLm *self)
     goto model_error;
 
   cfg = lm_model_config (self->lm);
+  self->kind = cfg->kind;
   self->dep_q = cfg->dep_q;
   self->n_user = cfg->n_q - cfg->dep_q;
   self->text_padding_id = cfg->existing_text_padding_id;
-  if (self->dep_q < 1 || self->dep_q > GST_MOSHI_MAX_CODEBOOKS
+  if ((self->kind == LM_KIND_STT
+              ? self->dep_q != 0
+              : (self->dep_q < 1 || self->dep_q > GST_MOSHI_MAX_CODEBOOKS))
       || self->n_user < 1 || self->n_user > GST_MOSHI_MAX_CODEBOOKS) {
     GST_ELEMENT_ERROR (self, RESOURCE, SETTINGS,
-        ("The model %s has %d audio codebooks of its own and %d of the "
-         "user's; moshilm needs 1 to %d of each (a dialog model such as "
-         "Moshi).",
-            self->model_path, self->dep_q, self->n_user,
-            GST_MOSHI_MAX_CODEBOOKS),
+        ("The model %s (%s) has %d audio codebooks of its own and %d of the "
+         "user's; moshilm needs 1 to %d of the user's, and of its own 0 for "
+         "a speech-to-text model, 1 to %d for a dialog or translation "
+         "model.",
+            self->model_path, kind_name (self->kind), self->dep_q, self->n_user,
+            GST_MOSHI_MAX_CODEBOOKS, GST_MOSHI_MAX_CODEBOOKS),
         (NULL));
     goto failed;
   }
+  /* Kyutai's STT scripts: prefix_s of silence before the audio, and as
+   * many frames as the delay after it, so that the last words come out. */
+  self->stt_delay = 0;
+  self->prefix_frames = self->pad_frames = 0;
+  if (self->kind == LM_KIND_STT) {
+    self->stt_delay = (GstClockTime) (cfg->stt_audio_delay_s * GST_SECOND);
+    self->prefix_frames = (gint) ceil (cfg->stt_silence_prefix_s * 12.5 - 1e-9);
+    self->pad_frames = (gint) ceil (cfg->stt_audio_delay_s * 12.5 - 1e-9);
+  } else if (self->kind == LM_KIND_TRANSLATION) {
+    self->pad_frames = TRANSLATION_MAX_TAIL;
+  }
+  self->text_eos_id = sp_model_eos_id (self->sp);
+  if (self->prefix_frames + self->pad_frames > 0)
+    gst_moshi_lm_load_silence (self, model, cfg, quantize);
+  /* Test hook (tests/test-moshilm.c, lag/QoS): every step sleeps this long,
+   * read once here, so a tiny model can be "too slow" for real time. */
+  self->test_step_delay_us = 0;
+  if (g_getenv ("GST_MOSHI_LM_TEST_STEP_DELAY_MS"))
+    self->test_step_delay_us = 1000
+        * g_ascii_strtoll (g_getenv ("GST_MOSHI_LM_TEST_STEP_DELAY_MS"), NULL,
+            10);
   if (sp_model_vocab_size (self->sp) < cfg->text_card)
     GST_WARNING_OBJECT (self,
         "the tokenizer %s has %d pieces, the model %d text tokens: the "
@@ -1055,14 +1179,55 @@ post_gate (GstMoshiLm *self, const GstMoshiLmSlot *slot)
       gst_message_new_element (GST_OBJECT (self), s));
 }
 
-/* Output of one step for the oldest pending slot. */
+/* The text of this step's token (out_codes[0]) at `pts`: a buffer, or a
+ * GAP when the token is padding and `gap` is set.  `gate` >= 0: MoshiVis's
+ * gate summary, attached to the buffer. */
+static GstFlowReturn
+gst_moshi_lm_push_text (GstMoshiLm *self, GstClockTime pts, gboolean discont,
+    gboolean gap, gfloat gate)
+{
+  GstBuffer *buf;
+  gint tok = self->out_codes[0];
+
+  g_string_truncate (self->text, 0);
+  if (tok != self->text_padding_id && tok != TEXT_END_OF_PADDING_ID
+      && !sp_decode_piece (self->sp, tok, self->text, &self->sp_state))
+    GST_DEBUG_OBJECT (self, "text token %d is not in the tokenizer", tok);
+  if (self->text->len == 0) {
+    /* Text is sparse: a GAP tells downstream (sinks prerolling, muxers,
+     * textoverlay) that there is nothing for this frame, so that nobody
+     * waits for text that will not come. */
+    if (gap && GST_CLOCK_TIME_IS_VALID (pts))
+      gst_pad_push_event (self->textpad,
+          gst_event_new_gap (pts, GST_MOSHI_FRAME_DURATION));
+    return GST_FLOW_OK;
+  }
+  GST_LOG_OBJECT (self, "text at %" GST_TIME_FORMAT ": \"%s\"",
+      GST_TIME_ARGS (pts), self->text->str);
+  buf = gst_buffer_new_memdup (self->text->str, self->text->len);
+  GST_BUFFER_PTS (buf) = pts;
+  GST_BUFFER_DURATION (buf) = GST_MOSHI_FRAME_DURATION;
+  if (discont)
+    GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+  if (gate >= 0.0f) {
+    GstCustomMeta *meta = gst_buffer_add_custom_meta (buf, GATE_META);
+    gst_structure_set (gst_custom_meta_get_structure (meta), "gate",
+        G_TYPE_DOUBLE, (gdouble) gate, "intensity", G_TYPE_INT,
+        gate_intensity (gate), NULL);
+  }
+  return gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
+      gst_pad_push (self->textpad, buf));
+}
+
+/* Output of one step for the oldest pending slot (dialog, translation). */
 static GstFlowReturn
 gst_moshi_lm_push_output (GstMoshiLm *self, GstMoshiLmSlot slot)
 {
   GstBuffer *buf;
   GstMapInfo map;
-  GstFlowReturn ret;
-  gint k, tok;
+  GstFlowReturn ret, tret;
+  gboolean vision;
+  gint k;
 
   buf = gst_buffer_new_allocate (NULL, (gsize) self->dep_q * 2, NULL);
   gst_buffer_map (buf, &map, GST_MAP_WRITE);
@@ -1077,39 +1242,36 @@ gst_moshi_lm_push_output (GstMoshiLm *self, GstMoshiLmSlot slot)
 
   ret = gst_flow_combiner_update_pad_flow (self->combiner, self->srcpad,
       gst_pad_push (self->srcpad, buf));
-  if (self->has_xa && self->vision_requested)
+  vision = self->has_xa && self->vision_requested;
+  if (vision)
     post_gate (self, &slot);
+  tret = gst_moshi_lm_push_text (self, slot.pts, slot.discont, TRUE,
+      vision ? slot.gate : -1.0f);
+  return tret != GST_FLOW_OK ? tret : ret;
+}
 
-  tok = self->out_codes[0];
-  g_string_truncate (self->text, 0);
-  if (tok != self->text_padding_id && tok != TEXT_END_OF_PADDING_ID
-      && !sp_decode_piece (self->sp, tok, self->text, &self->sp_state))
-    GST_DEBUG_OBJECT (self, "text token %d is not in the tokenizer", tok);
-  if (self->text->len == 0) {
-    /* Text is sparse: a GAP tells downstream (sinks prerolling, muxers,
-     * textoverlay) that there is nothing for this frame, so that nobody
-     * waits for text that will not come. */
-    if (GST_CLOCK_TIME_IS_VALID (slot.pts))
-      gst_pad_push_event (self->textpad,
-          gst_event_new_gap (slot.pts, GST_MOSHI_FRAME_DURATION));
-  } else {
-    GST_LOG_OBJECT (self, "text at %" GST_TIME_FORMAT ": \"%s\"",
-        GST_TIME_ARGS (slot.pts), self->text->str);
-    buf = gst_buffer_new_memdup (self->text->str, self->text->len);
-    GST_BUFFER_PTS (buf) = slot.pts;
-    GST_BUFFER_DURATION (buf) = GST_MOSHI_FRAME_DURATION;
-    if (slot.discont)
-      GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
-    if (self->has_xa && self->vision_requested) {
-      GstCustomMeta *meta = gst_buffer_add_custom_meta (buf, GATE_META);
-      gst_structure_set (gst_custom_meta_get_structure (meta), "gate",
-          G_TYPE_DOUBLE, (gdouble) slot.gate, "intensity", G_TYPE_INT,
-          gate_intensity (slot.gate), NULL);
-    }
-    ret = gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
-        gst_pad_push (self->textpad, buf));
+/* STT: the text of a step whose input frame starts at `pts` (NONE for the
+ * silence prefix) is about the audio stt_delay earlier: stamped so.  Text
+ * that would fall before the stream's first frame is stamped at its start
+ * (Kyutai's timestamps clamp at 0).  `src` carries no data, only a GAP per
+ * frame so that a sink linked to it prerolls and follows the time. */
+static GstFlowReturn
+gst_moshi_lm_push_stt (GstMoshiLm *self, GstClockTime pts)
+{
+  gboolean in_stream = GST_CLOCK_TIME_IS_VALID (pts)
+      && GST_CLOCK_TIME_IS_VALID (self->first_pts)
+      && pts >= self->first_pts + self->stt_delay;
+  GstClockTime t = in_stream ? pts - self->stt_delay : self->first_pts;
+  gboolean discont = self->discont;
+
+  if (in_stream) {
+    gst_pad_push_event (self->srcpad,
+        gst_event_new_gap (t, GST_MOSHI_FRAME_DURATION));
+    self->last_out_pts = t;
+    self->discont = FALSE;
   }
-  return ret;
+  return gst_moshi_lm_push_text (self, t, discont && in_stream, in_stream,
+      -1.0f);
 }
 
 /* Real-time bookkeeping; see "Real time" in the element docs. */
@@ -1151,28 +1313,40 @@ gst_moshi_lm_account_time (GstMoshiLm *self, gint64 step_us, GstClockTime pts)
   }
 }
 
-/* One LM step on self->user_codes.  `drain`: an EOS step, whose input is
- * not a real frame and gets no slot of its own. */
+/* How a step's input relates to the stream (see gst_moshi_lm_step()). */
+typedef enum {
+  STEP_INPUT, /* a real input frame: it gets a slot */
+  STEP_PAD, /* padding (prefix, EOS): no slot of its own */
+  STEP_TAIL, /* translation after EOS: an output frame past the input */
+} StepMode;
+
+/* One LM step on self->user_codes.  `pts`: the input frame's PTS (STT:
+ * also of padding frames, whose text is then stamped from it; translation
+ * tail: the PTS of the output frame once no slot is pending). */
 static GstFlowReturn
-gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
+gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, StepMode mode)
 {
   GError *err = NULL;
   gint64 t0, dt;
+  gboolean stt = self->kind == LM_KIND_STT;
+  GstMoshiLmSlot tail;
   int r;
 
-  if (!drain)
+  if (mode == STEP_INPUT && !stt)
     slot_push (self, pts, self->discont);
 
   if (self->has_xa) {
-    if (!drain)
+    if (mode == STEP_INPUT)
       gst_moshi_lm_wait_vision (self, pts);
     gst_moshi_lm_apply_image (self, pts);
   }
   t0 = g_get_monotonic_time ();
+  if (G_UNLIKELY (self->test_step_delay_us > 0))
+    g_usleep (self->test_step_delay_us);
   r = lm_gen_step (self->gen, self->user_codes, self->out_codes, NULL, &err);
   dt = g_get_monotonic_time () - t0;
   if (r < 0) {
-    if (!drain)
+    if (mode == STEP_INPUT && !stt)
       slot_unpush (self);
     GST_ELEMENT_ERROR (self, STREAM, DECODE,
         ("Invalid user Mimi frame at %" GST_TIME_FORMAT ": %s. The input "
@@ -1183,23 +1357,35 @@ gst_moshi_lm_step (GstMoshiLm *self, GstClockTime pts, gboolean drain)
     return GST_FLOW_ERROR;
   }
   self->steps++;
-  if (!drain) {
-    self->discont = FALSE;
-    /* This step made the text of the slot it was given. */
-    self->slots[(self->slot_head + self->n_slots - 1) % (self->max_delay + 1)]
-        .gate = lm_gen_gate_summary (self->gen);
-  }
-  memcpy (self->last_codes, self->user_codes, sizeof (int) * self->n_user);
-  self->have_last = TRUE;
-  if (!drain)
+  if (mode == STEP_INPUT) {
+    if (!stt) {
+      self->discont = FALSE;
+      /* This step made the text of the slot it was given. */
+      self->slots[(self->slot_head + self->n_slots - 1) % (self->max_delay + 1)]
+          .gate = lm_gen_gate_summary (self->gen);
+    }
+    memcpy (self->last_codes, self->user_codes, sizeof (int) * self->n_user);
+    self->have_last = TRUE;
     gst_moshi_lm_account_time (self, dt, pts);
+  }
 
-  if (r == 0 || self->n_slots == 0)
+  if (r == 0)
     return GST_FLOW_OK;
-  return gst_moshi_lm_push_output (self, slot_pop (self));
+  if (stt)
+    return gst_moshi_lm_push_stt (self, pts);
+  if (self->n_slots > 0)
+    return gst_moshi_lm_push_output (self, slot_pop (self));
+  if (mode != STEP_TAIL)
+    return GST_FLOW_OK;
+  tail.pts = self->tail_pts;
+  tail.discont = FALSE;
+  tail.gate = lm_gen_gate_summary (self->gen);
+  if (GST_CLOCK_TIME_IS_VALID (self->tail_pts))
+    self->tail_pts += GST_MOSHI_FRAME_DURATION;
+  return gst_moshi_lm_push_output (self, tail);
 }
 
-/* EOS: complete the pending slots (see "Timing" in the element docs). */
+/* EOS (see "Timing" and "Model kinds" in the element docs). */
 static void
 gst_moshi_lm_drain (GstMoshiLm *self)
 {
@@ -1207,10 +1393,52 @@ gst_moshi_lm_drain (GstMoshiLm *self)
 
   if (!self->gen || !self->have_last)
     return;
-  for (i = 0; i < self->max_delay && self->n_slots > 0; i++) {
-    memcpy (self->user_codes, self->last_codes, sizeof (int) * self->n_user);
-    /* Errors are posted; EOS goes on regardless. */
-    if (gst_moshi_lm_step (self, GST_CLOCK_TIME_NONE, TRUE) != GST_FLOW_OK)
+  switch (self->kind) {
+    case LM_KIND_STT:
+      /* Kyutai's STT scripts: as many frames of silence as the delay,
+       * continuing the time line, then the model's own delays. */
+      for (i = 0; i < self->pad_frames + self->max_delay; i++) {
+        GstClockTime pts = GST_CLOCK_TIME_IS_VALID (self->next_pts)
+            ? self->next_pts + i * GST_MOSHI_FRAME_DURATION
+            : GST_CLOCK_TIME_NONE;
+
+        gst_moshi_lm_set_silence (self, self->prefix_frames + i);
+        if (gst_moshi_lm_step (self, pts, STEP_PAD) != GST_FLOW_OK)
+          break;
+      }
+      break;
+    case LM_KIND_TRANSLATION:
+      /* Kyutai's run_inference for Hibiki: one frame of codes `card` says
+       * the input has ended, then silence until the model's text says the
+       * reply has (its EOS), at most TRANSLATION_MAX_TAIL frames. */
+      self->tail_pts = self->next_pts;
+      for (i = 0; i <= self->pad_frames; i++) {
+        if (i == 0)
+          for (gint k = 0; k < self->n_user; k++)
+            self->user_codes[k] = lm_model_config (self->lm)->card;
+        else
+          gst_moshi_lm_set_silence (self, i - 1);
+        if (gst_moshi_lm_step (self, GST_CLOCK_TIME_NONE, STEP_TAIL)
+            != GST_FLOW_OK)
+          break;
+        if (self->n_slots == 0 && self->text_eos_id >= 0
+            && self->out_codes[0] == self->text_eos_id) {
+          GST_DEBUG_OBJECT (self, "end of the translation after %d frames",
+              i + 1);
+          break;
+        }
+      }
+      break;
+    default:
+      /* Dialog: the last frame held (see "Timing"). */
+      for (i = 0; i < self->max_delay && self->n_slots > 0; i++) {
+        memcpy (self->user_codes, self->last_codes,
+            sizeof (int) * self->n_user);
+        /* Errors are posted; EOS goes on regardless. */
+        if (gst_moshi_lm_step (self, GST_CLOCK_TIME_NONE, STEP_PAD)
+            != GST_FLOW_OK)
+          break;
+      }
       break;
   }
 
@@ -1225,6 +1453,34 @@ gst_moshi_lm_drain (GstMoshiLm *self)
     gst_flow_combiner_update_pad_flow (self->combiner, self->textpad,
         gst_pad_push (self->textpad, buf));
   }
+}
+
+/* Before the stream's first frame (in user_codes): STT feeds Kyutai's
+ * silence prefix; translation feeds the first frame twice, as Kyutai's
+ * run_inference does (LMGen's first step reads only initial tokens). */
+static GstFlowReturn
+gst_moshi_lm_begin (GstMoshiLm *self, GstClockTime pts)
+{
+  GstFlowReturn ret = GST_FLOW_OK;
+  int *first;
+  gint i;
+
+  self->started = TRUE;
+  self->first_pts = pts;
+  if (self->kind == LM_KIND_TRANSLATION)
+    return gst_moshi_lm_step (self, pts, STEP_PAD);
+  if (self->kind != LM_KIND_STT || self->prefix_frames == 0)
+    return GST_FLOW_OK;
+  first = g_memdup2 (self->user_codes, sizeof (int) * self->n_user);
+  /* Without Mimi silence, the first frame stands for it. */
+  memcpy (self->last_codes, first, sizeof (int) * self->n_user);
+  for (i = 0; i < self->prefix_frames && ret == GST_FLOW_OK; i++) {
+    gst_moshi_lm_set_silence (self, i);
+    ret = gst_moshi_lm_step (self, GST_CLOCK_TIME_NONE, STEP_PAD);
+  }
+  memcpy (self->user_codes, first, sizeof (int) * self->n_user);
+  g_free (first);
+  return ret;
 }
 
 static void
@@ -1295,7 +1551,10 @@ gst_moshi_lm_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
     /* The first n_user codebooks; extra ones are not the model's input. */
     for (i = 0; i < self->n_user; i++)
       self->user_codes[i] = GST_READ_UINT16_LE (p + 2 * i);
-    ret = gst_moshi_lm_step (self, pts, FALSE);
+    if (G_UNLIKELY (!self->started))
+      ret = gst_moshi_lm_begin (self, pts);
+    if (ret == GST_FLOW_OK)
+      ret = gst_moshi_lm_step (self, pts, STEP_INPUT);
   }
   self->next_pts = GST_CLOCK_TIME_IS_VALID (base)
       ? base + n_frames * GST_MOSHI_FRAME_DURATION
@@ -1337,10 +1596,14 @@ gst_moshi_lm_set_caps (GstMoshiLm *self, GstCaps *caps)
         codebooks);
   self->in_codebooks = codebooks;
 
-  out = gst_caps_new_simple (GST_MOSHI_MIMI_MEDIA_TYPE, "codebooks", G_TYPE_INT,
-      self->dep_q, "framerate", GST_TYPE_FRACTION, 25, 2, NULL);
-  ok = gst_pad_push_event (self->srcpad, gst_event_new_caps (out));
-  gst_caps_unref (out);
+  /* STT: src carries no data, hence no caps (see "Model kinds"). */
+  ok = TRUE;
+  if (self->dep_q > 0) {
+    out = gst_caps_new_simple (GST_MOSHI_MIMI_MEDIA_TYPE, "codebooks",
+        G_TYPE_INT, self->dep_q, "framerate", GST_TYPE_FRACTION, 25, 2, NULL);
+    ok = gst_pad_push_event (self->srcpad, gst_event_new_caps (out));
+    gst_caps_unref (out);
+  }
   out = gst_caps_from_string (TEXT_CAPS);
   /* Text caps failing (nobody linked) must not stop the voice. */
   gst_pad_push_event (self->textpad, gst_event_new_caps (out));
@@ -1504,7 +1767,7 @@ gst_moshi_lm_src_query (GstPad *pad, GstObject *parent, GstQuery *query)
         return FALSE;
       gst_query_parse_latency (query, &live, &min, &max);
       /* See "Timing" in the element docs. */
-      ours = GST_MOSHI_FRAME_DURATION * (1 + self->max_delay);
+      ours = GST_MOSHI_FRAME_DURATION * (1 + self->max_delay) + self->stt_delay;
       min += ours;
       if (GST_CLOCK_TIME_IS_VALID (max))
         max += ours;

@@ -52,6 +52,16 @@ struct _GstMoshiLm {
   gint dep_q; /* codebooks of the model's voice */
   gint max_delay; /* steps before the first output frame */
   gint text_padding_id;
+  LmKind kind; /* dialog, STT or translation (the config's model_type) */
+  GstClockTime stt_delay; /* STT: how far the text lags the audio */
+  gint prefix_frames; /* STT: silence frames fed before the audio */
+  gint pad_frames; /* STT / translation: silence frames fed at EOS */
+  guint16 *silence; /* [prefix_frames + pad_frames][n_user] Mimi codes of
+                     * silence, or NULL: no Mimi found, the last frame is
+                     * repeated */
+  gint n_silence; /* frames in silence */
+  gint text_eos_id; /* translation: the text token that ends the reply */
+  gint64 test_step_delay_us; /* test hook, see gst_moshi_lm_start() */
 
   /* stream state (streaming thread) */
   gint in_codebooks; /* from the caps; 0 = not negotiated */
@@ -62,6 +72,9 @@ struct _GstMoshiLm {
   GstClockTime next_pts; /* expected PTS of the next input frame */
   GstClockTime last_out_pts; /* of the last frame pushed */
   gboolean discont; /* the next input frame starts a discontinuity */
+  gboolean started; /* the stream's first frame has been seen */
+  GstClockTime first_pts; /* of the stream's first frame */
+  GstClockTime tail_pts; /* translation: PTS of the next frame after EOS */
   SpDecodeState sp_state;
   GString *text;
   GstSegment segment;

@@ -5,6 +5,8 @@
 
 #include "gstmodelcache.h"
 
+#include <string.h>
+
 #include <glib/gstdio.h>
 #include <json-glib/json-glib.h>
 #include <unistd.h>
@@ -353,6 +355,14 @@ gst_moshi_model_cache_acquire_lm (const gchar *path, const gchar *config,
   LmConfig probe;
   gboolean lora =
       config && lm_config_load_json (&probe, config, NULL) && probe.lora;
+  /* So does a config.json that is not the one beside the weights (a model
+   * kind reusing another model's weights, e.g. tests/data/stt-tiny). */
+  gchar *wdir = g_path_get_dirname (path);
+  gchar *cdir = config ? g_path_get_dirname (config) : NULL;
+  if (cdir && strcmp (wdir, cdir))
+    lora = TRUE;
+  g_free (wdir);
+  g_free (cdir);
   gchar *kind = g_strdup_printf ("%s:%s%s%s", GST_MOSHI_MODEL_KIND_LM,
       v ? v->value_nick : moshi_weight_type_name (weights), lora ? ":" : "",
       lora ? config : "");

@@ -444,6 +444,26 @@ gst_moshi_resolve_mimi (const gchar *model, GError **error)
       error);
 }
 
+/* TRUE when `folder`/config.json describes an LM itself (has "dim"): then
+ * it is the model's configuration even when its moshi_name points to
+ * weights elsewhere (e.g. tests/data/stt-tiny reusing lm-tiny's weights). */
+static gboolean
+folder_has_own_lm_config (const gchar *folder)
+{
+  gchar *path = g_build_filename (folder, "config.json", NULL);
+  JsonParser *parser = json_parser_new ();
+  gboolean own = FALSE;
+
+  if (json_parser_load_from_file (parser, path, NULL)) {
+    JsonNode *root = json_parser_get_root (parser);
+    own = root && JSON_NODE_HOLDS_OBJECT (root)
+        && json_object_has_member (json_node_get_object (root), "dim");
+  }
+  g_object_unref (parser);
+  g_free (path);
+  return own;
+}
+
 gboolean
 gst_moshi_resolve_lm (const gchar *model, gchar **weights, gchar **config,
     gchar **tokenizer, GError **error)
@@ -470,6 +490,13 @@ gst_moshi_resolve_lm (const gchar *model, gchar **weights, gchar **config,
         ? g_build_filename (g_get_home_dir (), model + 2, NULL)
         : g_strdup (model);
     is_path = g_file_test (path, G_FILE_TEST_EXISTS);
+    if (is_path && g_file_test (path, G_FILE_TEST_IS_DIR)
+        && folder_has_own_lm_config (path)) {
+      g_free (c);
+      c = g_build_filename (path, "config.json", NULL);
+      g_free (folder);
+      folder = g_strdup (path);
+    }
     g_free (path);
   } else {
     is_path = FALSE;

@@ -138,8 +138,6 @@ static const char *const ignored_keys[] = {
   "mimi_config_name",
   "tts_config",
   "model_id",
-  "model_type",
-  "stt_config",
   "depformer_causal",
   "causal",
   "_oracle",
@@ -150,17 +148,17 @@ static const char *const ignored_keys[] = {
   "dtype",
   "existing_text_end_padding_id",
   "extra_heads_dim",
+  /* Kyutai STT 2.6B's voice-activity heads: extra outputs read from the
+   * transformer, with no effect on the text; not computed. */
+  "extra_heads_num_heads",
   NULL,
 };
 
 /* Keys of features this implementation does not have: an error unless
  * null / empty, so a model that needs them is never run wrongly. */
 static const char *const unsupported_keys[] = {
-  "conditioners",
-  "fuser",
   "cross_attention",
   "demux_second_stream",
-  "extra_heads_num_heads",
   "text_card_out",
   "norm_emb",
   "bias_proj",
@@ -216,6 +214,123 @@ parse_gen_config (LmConfig *c, const MJsonValue *o, const char *path,
         return FALSE;
     }
     /* Other generation options (cfg_coef, ...) do not change the model. */
+  }
+  return TRUE;
+}
+
+static gboolean
+parse_stt_config (LmConfig *c, const MJsonValue *o, const char *path,
+    GError **error)
+{
+  if (mjson_type (o) != MJSON_OBJECT) {
+    CFG_ERROR ("%s: \"stt_config\" must be an object", path);
+    return FALSE;
+  }
+  for (size_t i = 0; i < mjson_len (o); i++) {
+    const char *k = mjson_key_at (o, i);
+    const MJsonValue *v = mjson_at (o, i);
+    if (!strcmp (k, "audio_delay_seconds")) {
+      if (!get_num (v, k, 0.0, 60.0, &c->stt_audio_delay_s, path, error))
+        return FALSE;
+    } else if (!strcmp (k, "audio_silence_prefix_seconds")) {
+      if (!get_num (v, k, 0.0, 60.0, &c->stt_silence_prefix_s, path, error))
+        return FALSE;
+    }
+    /* Other keys (e.g. the server's batching options) do not change how
+     * the model is run. */
+  }
+  return TRUE;
+}
+
+/* Kyutai's "conditioners": one LUT conditioner ({"type": "lut", "lut":
+ * {"n_bins", "dim", "tokenizer": "noop", "possible_values"}}), whose value
+ * is chosen by the model kind (Hibiki: "very_good"). */
+static gboolean
+parse_conditioners (LmConfig *c, const MJsonValue *o, const char *path,
+    GError **error)
+{
+  if (is_empty (o))
+    return TRUE;
+  if (mjson_type (o) != MJSON_OBJECT || mjson_len (o) != 1) {
+    CFG_ERROR ("%s: \"conditioners\" must hold one conditioner (gst-moshi "
+               "supports Hibiki's single LUT conditioner)",
+        path);
+    return FALSE;
+  }
+  const char *name = mjson_key_at (o, 0);
+  const MJsonValue *cond = mjson_at (o, 0);
+  const char *type = mjson_string (mjson_get (cond, "type"));
+  const MJsonValue *lut = mjson_get (cond, "lut");
+  if (!type || strcmp (type, "lut") || !lut || strlen (name) >= 64) {
+    CFG_ERROR ("%s: conditioner \"%s\" is of type \"%s\"; only \"lut\" "
+               "conditioners are supported",
+        path, name, type ? type : "(none)");
+    return FALSE;
+  }
+  const MJsonValue *values = mjson_get (lut, "possible_values");
+  const char *tok = mjson_string (mjson_get (lut, "tokenizer"));
+  if (!mjson_get (lut, "n_bins") || !mjson_get (lut, "dim")
+      || !get_int (mjson_get (lut, "n_bins"), "n_bins", 1, 1 << 20,
+          &c->cond_n_bins, path, error)
+      || !get_int (mjson_get (lut, "dim"), "dim", 1, 65536, &c->cond_dim, path,
+          error))
+    return FALSE;
+  if ((tok && strcmp (tok, "noop")) || !values
+      || mjson_type (values) != MJSON_ARRAY) {
+    CFG_ERROR ("%s: conditioner \"%s\" needs the \"noop\" tokenizer and a "
+               "\"possible_values\" list",
+        path, name);
+    return FALSE;
+  }
+  /* Kyutai's run_inference conditions Hibiki on "very_good". */
+  c->cond_index = -1;
+  for (size_t i = 0; i < mjson_len (values); i++) {
+    const char *s = mjson_string (mjson_at (values, i));
+    if (s && !strcmp (s, "very_good"))
+      c->cond_index = (int) i;
+  }
+  if (c->cond_index < 0 || c->cond_index >= c->cond_n_bins) {
+    CFG_ERROR ("%s: conditioner \"%s\" has no value \"very_good\" (the "
+               "value Kyutai's inference uses)",
+        path, name);
+    return FALSE;
+  }
+  g_strlcpy (c->cond_name, name, sizeof c->cond_name);
+  return TRUE;
+}
+
+/* Kyutai's "fuser": only "sum" is supported; returns in *sum_name the one
+ * condition it sums (NULL: none). */
+static gboolean
+parse_fuser (const MJsonValue *o, const char **sum_name, const char *path,
+    GError **error)
+{
+  *sum_name = NULL;
+  if (is_empty (o))
+    return TRUE;
+  if (mjson_type (o) != MJSON_OBJECT) {
+    CFG_ERROR ("%s: \"fuser\" must be an object", path);
+    return FALSE;
+  }
+  for (size_t i = 0; i < mjson_len (o); i++) {
+    const char *k = mjson_key_at (o, i);
+    const MJsonValue *v = mjson_at (o, i);
+    if (!strcmp (k, "sum") && mjson_type (v) == MJSON_ARRAY
+        && mjson_len (v) <= 1) {
+      if (mjson_len (v) == 1)
+        *sum_name = mjson_string (mjson_at (v, 0));
+    } else if ((!strcmp (k, "cross") || !strcmp (k, "prepend"))
+        && is_empty (v)) {
+      continue;
+    } else if (!strcmp (k, "cross_attention_pos_emb")
+        || !strcmp (k, "cross_attention_pos_emb_scale")) {
+      continue;
+    } else {
+      CFG_ERROR ("%s: fuser \"%s\" is not supported by gst-moshi (only one "
+                 "\"sum\" condition)",
+          path, k);
+      return FALSE;
+    }
   }
   return TRUE;
 }
@@ -303,6 +418,10 @@ lm_config_load_json (LmConfig *c, const char *path, GError **error)
   static const char *const pos_names[] = { "rope", "none", "sin", NULL };
   static const int pos_values[] = { TRANSFORMER_POS_ROPE, TRANSFORMER_POS_NONE,
     TRANSFORMER_POS_SIN };
+  static const char *const kind_names[] = { "moshi", "stt", "hibiki", NULL };
+  static const int kind_values[] = { LM_KIND_DIALOG, LM_KIND_STT,
+    LM_KIND_TRANSLATION };
+  const char *fuser_sum = NULL;
 
   for (size_t i = 0; i < mjson_len (root); i++) {
     const char *k = mjson_key_at (root, i);
@@ -389,6 +508,15 @@ lm_config_load_json (LmConfig *c, const char *path, GError **error)
       c->lora_scaling = (float) x;
     } else if (!strcmp (k, "lm_gen_config"))
       good = parse_gen_config (c, v, path, error);
+    else if (!strcmp (k, "model_type")) {
+      good = get_choice (v, k, kind_names, kind_values, &choice, path, error);
+      c->kind = (LmKind) choice;
+    } else if (!strcmp (k, "stt_config"))
+      good = parse_stt_config (c, v, path, error);
+    else if (!strcmp (k, "conditioners"))
+      good = parse_conditioners (c, v, path, error);
+    else if (!strcmp (k, "fuser"))
+      good = parse_fuser (v, &fuser_sum, path, error);
     else if (in_list (ignored_keys, k))
       good = TRUE;
     else if (in_list (unsupported_keys, k)) {
@@ -414,6 +542,21 @@ lm_config_load_json (LmConfig *c, const char *path, GError **error)
     c->dep_max_period = c->max_period;
   if (!dep_ff)
     c->dep_dim_feedforward = (int) (c->hidden_scale * c->dep_dim);
+  /* A conditioner acts only through the fuser (Kyutai's LMGen). */
+  if (fuser_sum && (c->cond_dim == 0 || strcmp (fuser_sum, c->cond_name))) {
+    CFG_ERROR ("%s: the fuser sums the condition \"%s\", which is not a "
+               "conditioner of the model",
+        path, fuser_sum);
+    goto out;
+  }
+  if (!fuser_sum)
+    c->cond_dim = 0;
+  if (c->cond_dim > 0 && c->kind != LM_KIND_TRANSLATION) {
+    CFG_ERROR ("%s: the model is conditioned (\"conditioners\"), which "
+               "gst-moshi supports for Hibiki (model_type \"hibiki\") only",
+        path);
+    goto out;
+  }
   ok = lm_config_validate (c, n_delays, path, error);
 out:
   mjson_free (root);

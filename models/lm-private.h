@@ -36,6 +36,7 @@ struct LmModel {
   LmEmbedding *dep_emb; /* [dep_q - 1], card + 1 rows */
   Transformer depformer;
   MoshiLinear *linears; /* [dep_q] dep_dim -> card */
+  float *cond_sum; /* [dim] conditioning added to every input, or NULL */
 };
 
 /* Per-conversation compute state of the model (no sampling logic). */

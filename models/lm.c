@@ -152,6 +152,7 @@ model_free (LmModel *m)
     for (int i = 0; i < c->dep_q - 1; i++)
       embedding_clear (&m->dep_emb[i]);
   g_free (m->dep_emb);
+  moshi_free (m->cond_sum);
   transformer_clear (&m->depformer);
   if (m->linears)
     for (int i = 0; i < c->dep_q; i++)
@@ -217,6 +218,40 @@ depformer_config (const LmModel *m, MoshiWeightType weights)
   dc.n_schedule = c->n_dep_schedule;
   memcpy (dc.schedule, c->dep_schedule, sizeof (int) * c->n_dep_schedule);
   return dc;
+}
+
+/* Kyutai's LUT conditioner for the value cfg->cond_index, as the "sum"
+ * fuser adds it to every step's input: output_proj (embed[index]), [dim]. */
+static float *
+condition_load (const StFile *f, const LmConfig *c, GError **error)
+{
+  char name[256];
+  int64_t eshape[2] = { c->cond_n_bins + 1, c->cond_dim };
+  int64_t pshape[2] = { c->dim, c->cond_dim };
+  float *embed = weights_load (f,
+      weights_name (name, "condition_provider.conditioners.%s.embed.weight",
+          c->cond_name),
+      2, eshape, error);
+  if (!embed)
+    return NULL;
+  float *proj = weights_load (f,
+      weights_name (name,
+          "condition_provider.conditioners.%s.output_proj.weight",
+          c->cond_name),
+      2, pshape, error);
+  float *sum = proj ? moshi_alloc (sizeof (float) * c->dim) : NULL;
+  if (sum) {
+    const float *row = embed + (size_t) c->cond_index * c->cond_dim;
+    for (int i = 0; i < c->dim; i++) {
+      double acc = 0;
+      for (int j = 0; j < c->cond_dim; j++)
+        acc += (double) proj[(size_t) i * c->cond_dim + j] * row[j];
+      sum[i] = (float) acc;
+    }
+  }
+  moshi_free (embed);
+  moshi_free (proj);
+  return sum;
 }
 
 LmModel *
@@ -351,6 +386,8 @@ lm_model_load_cached (const char *path, const char *lora_path,
     goto out;
   if (!moshi_linear_load_lora (&m->text_linear, f, nm->text_linear, c->dim,
           c->text_card, weights, lp, error))
+    goto out;
+  if (c->cond_dim > 0 && !(m->cond_sum = condition_load (f, c, error)))
     goto out;
 
   /* Depformer. */
@@ -558,8 +595,15 @@ lm_forward_main (const LmModel *m, LmState *s, const int *tokens,
     float *transformer_out, float *text_logits)
 {
   const LmConfig *c = &m->cfg;
-  memset (s->x, 0, sizeof (float) * c->dim);
-  embedding_add (&m->text_emb, tokens[0], s->x, s->emb_tmp);
+  /* Hibiki: Kyutai's loader gives the text EOS (2) the embedding of
+   * padding (3), so that an early EOS reads as padding. */
+  const int text =
+      c->kind == LM_KIND_TRANSLATION && tokens[0] == 2 ? 3 : tokens[0];
+  if (m->cond_sum)
+    memcpy (s->x, m->cond_sum, sizeof (float) * c->dim);
+  else
+    memset (s->x, 0, sizeof (float) * c->dim);
+  embedding_add (&m->text_emb, text, s->x, s->emb_tmp);
   for (int i = 0; i < c->n_q; i++)
     embedding_add (&m->emb[i], tokens[1 + i], s->x, s->emb_tmp);
   transformer_forward (&m->transformer, &s->main, s->pool, s->x, 1);

@@ -18,6 +18,13 @@ G_BEGIN_DECLS
 #define LM_MAX_CODEBOOKS 64
 #define LM_MAX_SCHEDULE 64
 
+/* What a model does (config key model_type). */
+typedef enum {
+  LM_KIND_DIALOG, /* "moshi": full-duplex dialog (voice + text) */
+  LM_KIND_STT, /* "stt": speech to text, dep_q 0 (Kyutai STT) */
+  LM_KIND_TRANSLATION, /* "hibiki": speech translation (voice + text) */
+} LmKind;
+
 typedef struct {
   /* temporal transformer */
   int dim, num_heads, num_layers;
@@ -50,6 +57,19 @@ typedef struct {
   /* lm_gen_config defaults */
   float temp, temp_text;
   int top_k, top_k_text;
+  /* model_type, and stt_config for LM_KIND_STT: the text lags the audio by
+   * audio_delay_seconds; audio_silence_prefix_seconds of silence are fed
+   * before the audio (Kyutai's defaults when absent: 0). */
+  LmKind kind;
+  double stt_audio_delay_s, stt_silence_prefix_s;
+  /* Kyutai's LUT conditioner summed into every step's input (the
+   * "conditioners" and "fuser": {"sum": [...]} keys, Hibiki): a table
+   * condition_provider.conditioners.<cond_name>.embed [cond_n_bins + 1]
+   * [cond_dim] projected to dim by ...output_proj; the value used is
+   * possible_values[cond_index] (Hibiki: "very_good", as Kyutai's
+   * run_inference).  cond_dim 0: none. */
+  char cond_name[64];
+  int cond_n_bins, cond_dim, cond_index;
 } LmConfig;
 
 /* Moshi 7B (Kyutai's configs/moshi_7b_202409.json). */
@@ -169,7 +189,9 @@ float lm_gen_gate_summary (const LmGen *g);
 /* Number of user codebooks expected per step (n_q - dep_q). */
 int lm_gen_user_codebooks (const LmGen *g);
 
-/* One step: user_codes [n_q - dep_q] (values < card) in.  Returns 1 when a
+/* One step: user_codes [n_q - dep_q] (values < card; or all of them = card,
+ * the initial token, which Kyutai feeds Hibiki once after the end of its
+ * input) in.  Returns 1 when a
  * frame comes out: out[0] is the text token and out[1..dep_q] the model's
  * audio codes, aligned; 0 while the delays fill (the first max(delays)
  * steps); -1 with error on bad input (the state is then unchanged). */

@@ -199,7 +199,11 @@ lm_gen_step (LmGen *g, const int *user_codes, int *out, LmGenTrace *trace,
   const int K = 1 + c->n_q, CT = g->ct;
   const int n_user = c->n_q - c->dep_q;
 
+  /* All codes = card: Hibiki's end-of-input frame (see lm.h). */
+  gboolean all_card = n_user > 0;
   for (int i = 0; i < n_user; i++)
+    all_card = all_card && user_codes[i] == c->card;
+  for (int i = 0; i < n_user && !all_card; i++)
     if (user_codes[i] < 0 || user_codes[i] >= c->card) {
       g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
           "user code %d of codebook %d is out of range (the model has %d "

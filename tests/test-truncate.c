@@ -323,6 +323,140 @@ test_deleted_in_use (void)
   g_free (path);
 }
 
+/* ------------------------------------------------------------------ */
+/* Packed-weights cache that cannot be written */
+
+/* Names in dir other than the model copy and its config. */
+static gchar *
+stray_files (const char *dir)
+{
+  GString *s = g_string_new (NULL);
+  GDir *d = g_dir_open (dir, 0, NULL);
+  g_assert_nonnull (d);
+  const gchar *n;
+  while ((n = g_dir_read_name (d)))
+    if (strcmp (n, "model.safetensors") && strcmp (n, "config.json"))
+      g_string_append_printf (s, "%s ", n);
+  g_dir_close (d);
+  return g_string_free (s, FALSE);
+}
+
+/* Loads lm-tiny q8 with `cache`; checks the outputs against an uncached
+ * load and returns the warning (NULL when the cache was written or used). */
+static gchar *
+load_with_cache (const char *path, const char *cache, gboolean *from_cache)
+{
+  LmConfig cfg;
+  load_lm_config (&cfg);
+  GError *err = NULL;
+  gchar *warning = NULL;
+  LmModel *m = lm_model_load_cached (path, NULL, &cfg, MOSHI_WEIGHTS_Q8, cache,
+      &warning, &err);
+  g_assert_no_error (err);
+  g_assert_nonnull (m);
+  LmModel *ref = lm_model_load (path, &cfg, MOSHI_WEIGHTS_Q8, &err);
+  g_assert_no_error (err);
+  int a[10 * 9], b[10 * 9];
+  run_lm (m, 10, a);
+  run_lm (ref, 10, b);
+  g_assert_cmpmem (a, sizeof a, b, sizeof b);
+  *from_cache = lm_model_from_cache (m);
+  lm_model_unref (ref);
+  lm_model_unref (m);
+  return warning;
+}
+
+/* Next start with room to write: a good cache, then used. */
+static void
+assert_cache_recovers (const char *path, const char *cache)
+{
+  gboolean from_cache;
+  gchar *w = load_with_cache (path, cache, &from_cache);
+  g_assert_null (w);
+  g_assert_false (from_cache);
+  g_assert_true (g_file_test (cache, G_FILE_TEST_IS_REGULAR));
+  w = load_with_cache (path, cache, &from_cache);
+  g_assert_null (w);
+  g_assert_true (from_cache);
+  g_unlink (cache);
+}
+
+/* A full disk: writes fail with EFBIG past RLIMIT_FSIZE (SIGXFSZ ignored),
+ * in a child so that the limit does not outlive the check. */
+static void
+test_cache_disk_full (void)
+{
+  gchar *path = copy_model ("lm-tiny", "model.safetensors");
+  gchar *dir = g_path_get_dirname (path);
+  gchar *cache = g_build_filename (dir, "model.q8cache", NULL);
+  g_unlink (cache);
+  fflush (NULL);
+  pid_t pid = fork ();
+  g_assert_cmpint (pid, >=, 0);
+  if (pid == 0) {
+    struct rlimit rl = { 64 * 1024, 64 * 1024 };
+    signal (SIGXFSZ, SIG_IGN);
+    if (setrlimit (RLIMIT_FSIZE, &rl) != 0)
+      _exit (2);
+    gboolean from_cache;
+    gchar *w = load_with_cache (path, cache, &from_cache);
+    /* The warning names the cache and the reason. */
+    if (!w || !strstr (w, cache) || !strstr (w, g_strerror (EFBIG)))
+      _exit (4);
+    g_printerr ("warning: %s\n", w);
+    g_free (w);
+    _exit (from_cache ? 5 : 0);
+  }
+  int status;
+  g_assert_cmpint (waitpid (pid, &status, 0), ==, pid);
+  g_assert_true (WIFEXITED (status));
+  g_assert_cmpint (WEXITSTATUS (status), ==, 0);
+  /* No cache, no half-written temporary file. */
+  gchar *stray = stray_files (dir);
+  g_assert_cmpstr (stray, ==, "");
+  g_free (stray);
+  assert_cache_recovers (path, cache);
+  g_free (cache);
+  g_free (dir);
+  g_free (path);
+}
+
+/* A folder we may not write to.  root writes anywhere, so then a folder
+ * under /proc stands in for it. */
+static void
+test_cache_read_only_dir (void)
+{
+  gchar *path = copy_model ("lm-tiny", "model.safetensors");
+  gchar *dir = g_path_get_dirname (path);
+  gchar *cache = g_build_filename (dir, "model.q8cache", NULL);
+  g_assert_cmpint (g_chmod (dir, 0500), ==, 0);
+  gchar *probe = g_build_filename (dir, "probe", NULL);
+  FILE *pf = fopen (probe, "w");
+  gchar *ro_cache =
+      pf ? g_strdup ("/proc/self/moshi.q8cache") : g_strdup (cache);
+  if (pf) {
+    fclose (pf);
+    g_unlink (probe);
+  }
+  gboolean from_cache;
+  gchar *w = load_with_cache (path, ro_cache, &from_cache);
+  g_assert_nonnull (w);
+  g_assert_nonnull (strstr (w, ro_cache));
+  g_test_message ("warning: %s", w);
+  g_assert_false (from_cache);
+  g_free (w);
+  g_assert_cmpint (g_chmod (dir, 0700), ==, 0);
+  gchar *stray = stray_files (dir);
+  g_assert_cmpstr (stray, ==, "");
+  g_free (stray);
+  assert_cache_recovers (path, cache);
+  g_free (ro_cache);
+  g_free (probe);
+  g_free (cache);
+  g_free (dir);
+  g_free (path);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -344,6 +478,8 @@ main (int argc, char **argv)
   g_test_add_data_func ("/truncate/lm-in-use", GINT_TO_POINTER (CHILD_LM),
       test_truncated_in_use);
   g_test_add_func ("/truncate/deleted-in-use", test_deleted_in_use);
+  g_test_add_func ("/cache/disk-full", test_cache_disk_full);
+  g_test_add_func ("/cache/read-only-dir", test_cache_read_only_dir);
   int r = g_test_run ();
   gchar *cmd = g_strdup_printf ("rm -rf '%s'", tmpdir);
   if (system (cmd) != 0)

@@ -10,7 +10,7 @@ PKGS=(
   libglib2.0-dev libjson-glib-dev libopenblas-dev libopus-dev libsoup-3.0-dev
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-  gstreamer1.0-plugins-bad bc
+  gstreamer1.0-plugins-bad bc valgrind
 )
 missing=()
 for p in "${PKGS[@]}"; do

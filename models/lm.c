@@ -430,6 +430,11 @@ lm_model_load_cached (const char *path, const char *lora_path,
         path);
     goto out;
   }
+  /* A file truncated while it was read fails the load (mapguard.h). */
+  if (!st_finish_load (f, error)
+      || (lora.file && !st_finish_load (lora.file, error))
+      || (lora.cache && !moshi_pack_cache_finish_load (lora.cache, error)))
+    goto out;
   ok = TRUE;
 out:
   st_unref (f);

@@ -137,7 +137,9 @@ mimi_model_load_with_config (const char *path, const MimiConfig *cfg,
       && moshi_convtr1d_load (&m->upsample, f, "upsample.convtr.convtr.convtr",
           dim, dim, 2 * stride, stride, FALSE, TRUE, weights, error)
       && rvq_load (&m->rvq, f, "quantizer", cfg->q_dimension, dim, dim,
-          cfg->q_bins, cfg->q_n_q, error);
+          cfg->q_bins, cfg->q_n_q, error)
+      /* Everything is copied; a file truncated meanwhile fails here. */
+      && st_finish_load (f, error);
   st_unref (f);
   if (!ok) {
     model_free (m);

@@ -1,10 +1,14 @@
 #include "packcache.h"
 
+#include "mapguard.h"
 #include "model-error.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
@@ -24,7 +28,8 @@ struct MoshiPackCache {
   gint refcount;
   gchar *path;
   /* reading */
-  GMappedFile *map;
+  void *map;
+  MoshiMapGuard *guard; /* owns the fd */
   const guint8 *base;
   size_t size, cursor, end;
   gboolean stopped;
@@ -110,16 +115,31 @@ moshi_pack_cache_open (const char *path, const char *key, GError **error)
   MoshiPackCache *c = g_new0 (MoshiPackCache, 1);
   c->refcount = 1;
   c->path = g_strdup (path);
-  c->map = g_mapped_file_new (path, FALSE, NULL);
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd >= 0 && fstat (fd, &st) == 0 && S_ISREG (st.st_mode) && st.st_size > 0
+      && (uint64_t) st.st_size <= SIZE_MAX) {
+    c->size = (size_t) st.st_size;
+    c->map = mmap (NULL, c->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (c->map == MAP_FAILED)
+      c->map = NULL;
+  }
   if (c->map) {
-    c->base = (const guint8 *) g_mapped_file_get_contents (c->map);
-    c->size = g_mapped_file_get_length (c->map);
-    if (c->base && validate (c, key))
+    c->base = c->map;
+    c->guard = moshi_mapguard_add (c->map, c->size, fd, path,
+        "quantized-weights cache", TRUE);
+    fd = -1;
+    if (validate (c, key))
       return c;
-    g_mapped_file_unref (c->map);
+    moshi_mapguard_remove (c->guard);
+    c->guard = NULL;
+    munmap (c->map, c->size);
     c->map = NULL;
     c->base = NULL;
+    c->size = 0;
   }
+  if (fd >= 0)
+    close (fd);
   /* Write a new one. */
   c->tmp_path = g_strdup_printf ("%s.tmp-%d", path, (int) getpid ());
   c->out = fopen (c->tmp_path, "wb");
@@ -229,6 +249,12 @@ moshi_pack_cache_finish (MoshiPackCache *c, GError **error)
   return ok;
 }
 
+gboolean
+moshi_pack_cache_finish_load (MoshiPackCache *c, GError **error)
+{
+  return !c->guard || moshi_mapguard_finish_load (c->guard, error);
+}
+
 MoshiPackCache *
 moshi_pack_cache_ref (MoshiPackCache *c)
 {
@@ -245,8 +271,9 @@ moshi_pack_cache_unref (MoshiPackCache *c)
     fclose (c->out);
     g_unlink (c->tmp_path);
   }
+  moshi_mapguard_remove (c->guard); /* before the pages go */
   if (c->map)
-    g_mapped_file_unref (c->map);
+    munmap (c->map, c->size);
   g_free (c->tmp_path);
   g_free (c->path);
   g_free (c);

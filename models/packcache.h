@@ -34,6 +34,11 @@ void moshi_pack_cache_put (MoshiPackCache *c, const char *name,
 /* Writing: completes and renames the file; FALSE with error when anything
  * failed (the model itself is fine).  Reading: TRUE. */
 gboolean moshi_pack_cache_finish (MoshiPackCache *c, GError **error);
+/* Reading: ends the loading phase of the mapping (mapguard.h); FALSE with
+ * error when the cache file was truncated while the model was loaded from
+ * it (its lent weights are then zeros: the load must fail).  Writing:
+ * TRUE. */
+gboolean moshi_pack_cache_finish_load (MoshiPackCache *c, GError **error);
 MoshiPackCache *moshi_pack_cache_ref (MoshiPackCache *c);
 void moshi_pack_cache_unref (MoshiPackCache *c);
 /* Records lent so far (tests). */

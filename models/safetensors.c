@@ -7,11 +7,17 @@
 
 #include "alloc.h"
 #include "json.h"
+#include "mapguard.h"
 #include "model-error.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* Tensor data is little-endian and copied as-is. */
 #if G_BYTE_ORDER != G_LITTLE_ENDIAN
@@ -25,7 +31,9 @@
 struct StFile {
   gint refcount;
   char *path;
-  GMappedFile *map;
+  void *map; /* NULL for an empty file */
+  size_t map_len;
+  MoshiMapGuard *guard; /* owns the fd */
   StTensor *tensors; /* sorted by name; names owned */
   size_t n;
   GHashTable *metadata; /* char* -> char*, may be NULL */
@@ -334,29 +342,61 @@ out:
   return ok;
 }
 
+void (*st_test_open_hook) (const char *path) = NULL;
+
 StFile *
 st_open (const char *path, GError **error)
 {
   g_return_val_if_fail (path != NULL, NULL);
-  GError *ferr = NULL;
-  GMappedFile *map = g_mapped_file_new (path, FALSE, &ferr);
-  if (!map) {
+  int fd = open (path, O_RDONLY | O_CLOEXEC);
+  struct stat st;
+  if (fd < 0 || fstat (fd, &st) != 0) {
+    int err = errno;
     g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
-        "%s: cannot open: %s", path, ferr->message);
-    g_error_free (ferr);
+        "%s: cannot open: %s", path, g_strerror (err));
+    if (fd >= 0)
+      close (fd);
     return NULL;
+  }
+  if (!S_ISREG (st.st_mode) || (uint64_t) st.st_size > SIZE_MAX) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "%s: cannot open: not a regular file", path);
+    close (fd);
+    return NULL;
+  }
+  size_t len = (size_t) st.st_size;
+  void *map = NULL;
+  if (len > 0) {
+    /* Private and read-only: nothing we do can reach the file. */
+    map = mmap (NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+      int err = errno;
+      g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+          "%s: cannot open: mmap failed: %s", path, g_strerror (err));
+      close (fd);
+      return NULL;
+    }
   }
   StFile *f = g_new0 (StFile, 1);
   f->refcount = 1;
   f->path = g_strdup (path);
   f->map = map;
-  /* Contents is NULL for an empty file; load_header rejects size < 8 first. */
-  if (!load_header (f, g_mapped_file_get_contents (map),
-          g_mapped_file_get_length (map), error)) {
+  f->map_len = len;
+  f->guard = moshi_mapguard_add (map, len, fd, path, "model file", TRUE);
+  /* load_header rejects size < 8 first (map is NULL for an empty file). */
+  if (!load_header (f, map, len, error)) {
     st_unref (f);
     return NULL;
   }
+  if (st_test_open_hook)
+    st_test_open_hook (path);
   return f;
+}
+
+gboolean
+st_finish_load (StFile *f, GError **error)
+{
+  return moshi_mapguard_finish_load (f->guard, error);
 }
 
 StFile *
@@ -375,7 +415,9 @@ st_unref (StFile *f)
   free_tensors (f->tensors, f->n);
   if (f->metadata)
     g_hash_table_unref (f->metadata);
-  g_mapped_file_unref (f->map);
+  moshi_mapguard_remove (f->guard); /* before the pages go */
+  if (f->map)
+    munmap (f->map, f->map_len);
   g_free (f->path);
   g_free (f);
 }

@@ -44,7 +44,16 @@ typedef struct {
 typedef struct StFile StFile;
 
 StFile *st_open (const char *path, GError **error);
+/* Ends the loading phase (see mapguard.h): FALSE with an error naming the
+ * file when it was truncated or rewritten since st_open().  Until then, a
+ * read past a new end of file gives zeros instead of SIGBUS; afterwards it
+ * prints "model file X was truncated while in use" and the process dies of
+ * SIGBUS.  Loaders call it once every tensor has been read or packed. */
+gboolean st_finish_load (StFile *f, GError **error);
 StFile *st_ref (StFile *f);
+/* Tests only: when set, st_open() calls it with the path once the header
+ * is validated (e.g. to truncate the file before the tensors are read). */
+extern void (*st_test_open_hook) (const char *path);
 void st_unref (StFile *f);
 
 const char *st_path (const StFile *f);

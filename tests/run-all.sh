@@ -2,8 +2,10 @@
 # The whole test suite, as CI runs it, on a fresh Debian bookworm machine:
 #   1. install the Debian packages (.ci/install-deps.sh)
 #   2. release build + every test (unit, conformance, elements, pipelines)
-#   3. AddressSanitizer + UBSan build + the same tests
-#   4. formatting check (clang-format, .clang-format at the top)
+#   3. valgrind memcheck over the element tests of the release build
+#      (tests/run-valgrind.sh, about 2 minutes)
+#   4. AddressSanitizer + UBSan build + the same tests
+#   5. formatting check (clang-format, .clang-format at the top)
 # Ends with one line "tests: N passed, N failed".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +37,17 @@ run_suite() {   # run_suite <builddir> <meson setup args...>
 
 echo "== release build and tests"
 run_suite build
+echo "== valgrind (memcheck) over the element tests"
+if [ -f build/build.ninja ]; then
+  bash tests/run-valgrind.sh build | tee /tmp/valgrind.log
+  vg=$(grep -E '^valgrind: [0-9]+ passed, [0-9]+ failed' /tmp/valgrind.log | tail -1)
+  if [ -n "$vg" ]; then
+    passed=$((passed + $(echo "$vg" | awk '{print $2}')))
+    failed=$((failed + $(echo "$vg" | awk '{print $4}')))
+  else
+    failed=$((failed + 1)); echo "valgrind: no summary"
+  fi
+fi
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer build and tests"
 # Full unwinding: GLib is built without frame pointers, and the suppressions
 # for its start-up allocations need the whole stack to match.

@@ -1,0 +1,215 @@
+/* libFuzzer target: arbitrary audio/x-mimi caps and buffers into mimidec or
+ * moshilm (FUZZ_ELEMENT=mimidec|moshilm, default mimidec) on the tiny
+ * conformance models, through a GstHarness.
+ *
+ * The element and the whole plugin, with libmoshi-models, are compiled into
+ * this program with the fuzzer's instrumentation (see meson.build) and
+ * registered statically; no system plugin is loaded.
+ *
+ * Input: byte 0 = codebooks field, byte 1 = caps flags, byte 2 = property
+ * flags, then records [length][flags][length bytes of payload] pushed as
+ * one buffer each (flags: DISCONT, no PTS, PTS backwards, EOS, flush,
+ * a new caps event, gap).
+ *
+ * Properties checked beyond "no crash, leak, critical warning or hang": a
+ * push that returns
+ * GST_FLOW_ERROR has posted an ERROR message; every output buffer of mimidec
+ * is whole 1920-sample F32 frames, every audio buffer of moshilm whole
+ * frames of its codebooks. */
+#include <gst/audio/audio.h>
+#include <gst/check/gstharness.h>
+#include <gst/gst.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+GST_PLUGIN_STATIC_DECLARE (moshi);
+
+static gboolean is_lm;
+static gchar *model;
+
+int LLVMFuzzerInitialize (int *argc, char ***argv);
+int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerInitialize (int *argc, char ***argv)
+{
+  (void) argc;
+  (void) argv;
+  const char *el = g_getenv ("FUZZ_ELEMENT");
+  is_lm = el && strcmp (el, "moshilm") == 0;
+  const char *dir = g_getenv ("MOSHI_TEST_DATA");
+  if (!dir)
+    dir = MOSHI_TEST_DATA_DIR;
+  model = is_lm ? g_build_filename (dir, "conformance", "lm-tiny", NULL)
+                : g_build_filename (dir, "conformance", "mimi-tiny",
+                    "model.safetensors", NULL);
+  /* Only our plugin, registered below: no scanning, no registry file. */
+  g_setenv ("GST_PLUGIN_SYSTEM_PATH_1_0", "", TRUE);
+  g_setenv ("GST_PLUGIN_PATH_1_0", "", TRUE);
+  g_setenv ("GST_REGISTRY_FORK", "no", TRUE);
+  if (!g_getenv ("GST_REGISTRY"))
+    g_setenv ("GST_REGISTRY", "/dev/null", TRUE);
+  gst_init (NULL, NULL);
+  /* A critical warning is a bug too. */
+  g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_ERROR);
+  GST_PLUGIN_STATIC_REGISTER (moshi);
+  /* An element that stays started keeps the model in the plugin's model
+   * cache, so that each input does not load it again. */
+  GstElement *pin =
+      gst_element_factory_make (is_lm ? "moshilm" : "mimidec", "pin");
+  g_object_set (pin, "model", model, NULL);
+  if (gst_element_set_state (pin, GST_STATE_PAUSED) == GST_STATE_CHANGE_FAILURE)
+    g_error ("cannot start %s on %s", is_lm ? "moshilm" : "mimidec", model);
+  return 0;
+}
+
+static void
+check_error_posted (GstBus *bus, GstFlowReturn ret, const char *what)
+{
+  if (ret != GST_FLOW_ERROR)
+    return;
+  GstMessage *m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  if (!m) {
+    fprintf (stderr, "%s returned GST_FLOW_ERROR without an ERROR message\n",
+        what);
+    abort ();
+  }
+  gst_message_unref (m);
+}
+
+static void
+drain (GstHarness *h, gsize frame_bytes)
+{
+  GstBuffer *b;
+  while ((b = gst_harness_try_pull (h))) {
+    if (frame_bytes && gst_buffer_get_size (b) % frame_bytes != 0) {
+      fprintf (stderr, "output buffer of %zu bytes, frames are %zu\n",
+          gst_buffer_get_size (b), frame_bytes);
+      abort ();
+    }
+    gst_buffer_unref (b);
+  }
+  GstEvent *e;
+  while ((e = gst_harness_try_pull_event (h)))
+    gst_event_unref (e);
+}
+
+static GstCaps *
+make_caps (guint8 cb, guint8 flags, guint8 extra)
+{
+  GstCaps *caps = gst_caps_new_empty_simple ("audio/x-mimi");
+  GstStructure *s = gst_caps_get_structure (caps, 0);
+  if (!(flags & 1)) {
+    if (flags & 2)
+      gst_structure_set (s, "codebooks", G_TYPE_STRING, "8", NULL);
+    else if (flags & 64)
+      gst_structure_set (s, "codebooks", G_TYPE_DOUBLE, 8.0, NULL);
+    else
+      gst_structure_set (s, "codebooks", G_TYPE_INT, (gint) (gint8) cb, NULL);
+  }
+  if (flags & 4)
+    gst_structure_set (s, "framerate", GST_TYPE_FRACTION, 25, 2, NULL);
+  if (flags & 8)
+    gst_structure_set (s, "framerate", GST_TYPE_FRACTION, extra, 1 + cb, NULL);
+  if (flags & 16)
+    gst_structure_set (s, "rate", G_TYPE_INT, (gint) extra * 1000, NULL);
+  if (flags & 32)
+    gst_structure_set (s, "channels", G_TYPE_INT, (gint) extra, NULL);
+  return caps;
+}
+
+int
+LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
+{
+  if (size < 3)
+    return 0;
+  const guint8 cb = data[0], cflags = data[1], pflags = data[2];
+  size_t pos = 3;
+
+  GstElement *e =
+      gst_element_factory_make (is_lm ? "moshilm" : "mimidec", NULL);
+  g_assert (e);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  g_object_set (e, "model", model, NULL);
+  if (is_lm) {
+    g_object_set (e, "seed", (guint64) pflags, NULL);
+    if (pflags & 1)
+      g_object_set (e, "temperature", 0.0, "temperature-text", 0.0, NULL);
+  }
+  GstHarness *h = gst_harness_new_with_element (e, "sink", "src");
+  GstHarness *ht =
+      is_lm ? gst_harness_new_with_element (e, NULL, "text_src") : NULL;
+  gst_harness_set_src_caps (h, make_caps (cb, cflags, pflags));
+
+  gsize out_frame = 0;
+  if (!is_lm)
+    out_frame = 1920 * sizeof (float);
+
+  GstClockTime pts = 0;
+  GstFlowReturn ret = GST_FLOW_OK;
+  while (pos + 2 <= size && ret == GST_FLOW_OK) {
+    size_t len = MIN (data[pos], size - pos - 2);
+    guint8 rf = data[pos + 1];
+    pos += 2;
+    GstBuffer *buf =
+        len ? gst_buffer_new_memdup (data + pos, len) : gst_buffer_new ();
+    pos += len;
+    if (rf & 1)
+      GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
+    if (rf & 2) {
+      GST_BUFFER_PTS (buf) = GST_CLOCK_TIME_NONE;
+    } else {
+      if ((rf & 4) && pts >= GST_SECOND)
+        pts -= GST_SECOND;
+      GST_BUFFER_PTS (buf) = pts;
+      pts += 80 * GST_MSECOND;
+    }
+    ret = gst_harness_push (h, buf);
+    check_error_posted (bus, ret, "push");
+    if (rf & 8)
+      gst_harness_push_event (h, gst_event_new_eos ());
+    if (rf & 16) {
+      gst_harness_push_event (h, gst_event_new_flush_start ());
+      gst_harness_push_event (h, gst_event_new_flush_stop (TRUE));
+      GstSegment seg;
+      gst_segment_init (&seg, GST_FORMAT_TIME);
+      gst_harness_push_event (h, gst_event_new_segment (&seg));
+    }
+    if (rf & 32) {
+      GstCaps *c2 = make_caps (rf ^ cb, cflags ^ rf, pflags);
+      gst_harness_push_event (h, gst_event_new_caps (c2));
+      gst_caps_unref (c2);
+    }
+    if (rf & 64)
+      gst_harness_push_event (h,
+          gst_event_new_gap (pts, 80 * GST_MSECOND * (1 + (rf >> 7))));
+    GstCaps *oc = gst_pad_get_current_caps (h->sinkpad);
+    if (is_lm && oc) {
+      gint n;
+      if (gst_structure_get_int (gst_caps_get_structure (oc, 0), "codebooks",
+              &n))
+        out_frame = (gsize) n * 2;
+    }
+    if (oc)
+      gst_caps_unref (oc);
+    drain (h, out_frame);
+    if (ht)
+      drain (ht, 0);
+  }
+  if (ret == GST_FLOW_OK)
+    gst_harness_push_event (h, gst_event_new_eos ());
+  drain (h, out_frame);
+  if (ht) {
+    drain (ht, 0);
+    gst_harness_teardown (ht);
+  }
+  gst_harness_teardown (h);
+  gst_element_set_bus (e, NULL);
+  gst_bus_set_flushing (bus, TRUE);
+  gst_object_unref (bus);
+  gst_object_unref (e);
+  return 0;
+}

@@ -104,7 +104,7 @@ on_ws_ready (GObject *src, GAsyncResult *res, gpointer data)
 int
 main (int argc, char **argv)
 {
-  const gchar *browser = NULL;
+  gchar *browser = NULL;
   const gchar *cands[] = { "chromium", "chromium-browser", "google-chrome" };
   const gchar *server_args[] = { "--idle-timeout=60", NULL };
   gchar *tmp, *wav, *url, *port_file, *port_text = NULL, *ws_url = NULL;
@@ -121,14 +121,18 @@ main (int argc, char **argv)
   gst_init (&argc, &argv);
   for (guint i = 0; i < G_N_ELEMENTS (cands) && !browser; i++)
     browser = g_find_program_in_path (cands[i]);
-  if (g_getenv ("MOSHI_CHROMIUM"))
-    browser = g_getenv ("MOSHI_CHROMIUM");
+  if (g_getenv ("MOSHI_CHROMIUM")) {
+    g_free (browser);
+    browser = g_strdup (g_getenv ("MOSHI_CHROMIUM"));
+  }
   if (!browser) {
     g_print ("SKIP: no Chromium found (apt-get install chromium)\n");
     return g_getenv ("MOSHI_BROWSER_REQUIRED") ? 1 : 77;
   }
-  if (!ts_server_start (&server, server_args))
+  if (!ts_server_start (&server, server_args)) {
+    g_free (browser);
     return 1;
+  }
   tmp = g_dir_make_tmp ("moshi-browser-XXXXXX", NULL);
   wav = ts_sample_path ();
   url = g_strdup_printf ("%s/?autostart=1&text_seed=3", server.url);
@@ -289,5 +293,6 @@ out:
   g_free (tmp);
   g_free (wav);
   g_free (url);
+  g_free (browser);
   return status;
 }

@@ -200,6 +200,16 @@ test_params (void)
   g_assert_cmpint (json_object_get_int_member (o, "text_topk"), ==, 7);
   g_assert_cmpint (json_object_get_int_member (o, "audio_topk"), ==, 11);
   g_assert_cmpint (json_object_get_int_member (o, "seed"), ==, 1234);
+  /* What Kyutai's client needs to show the server info. */
+  for (guint i = 0; i < 3; i++)
+    g_assert_true (json_object_has_member (o,
+        (const gchar *[]){ "pad_mult", "repetition_penalty_context",
+            "repetition_penalty" }[i]));
+  g_assert_nonnull (json_object_get_string_member (o, "lm_model_file"));
+  g_assert_nonnull (json_object_get_string_member (o, "instance_name"));
+  g_assert_true (
+      json_object_has_member (json_object_get_object_member (o, "build_info"),
+          "git_describe"));
   g_object_unref (parser);
   ts_client_free (c, FALSE);
 

@@ -6,6 +6,10 @@
 #include <json-glib/json-glib.h>
 #include <string.h>
 
+#ifndef MOSHI_VERSION
+#define MOSHI_VERSION "dev"
+#endif
+
 /* What streaming threads hand to the main context.  `alive` is only read
  * and written in the main context, so an idle that runs after
  * ms_session_free() sees FALSE and drops its data. */
@@ -398,6 +402,29 @@ ms_session_metadata_json (MsSession *s)
   json_builder_add_string_value (b, "gst-moshi");
   json_builder_set_member_name (b, "vision");
   json_builder_add_boolean_value (b, s->sh->vision);
+  /* Fields Kyutai's client expects in its server info (it shows them, and
+   * ignores the whole message when one is missing); moshilm has no
+   * padding multiplier or repetition penalty: their neutral values. */
+  json_builder_set_member_name (b, "pad_mult");
+  json_builder_add_double_value (b, 0.0);
+  json_builder_set_member_name (b, "repetition_penalty_context");
+  json_builder_add_int_value (b, 0);
+  json_builder_set_member_name (b, "repetition_penalty");
+  json_builder_add_double_value (b, 1.0);
+  json_builder_set_member_name (b, "build_info");
+  json_builder_begin_object (b);
+  {
+    static const gchar *keys[] = { "build_timestamp", "build_date",
+      "git_branch", "git_timestamp", "git_date", "git_hash", "git_describe",
+      "rustc_host_triple", "rustc_version", "cargo_target_triple" };
+
+    for (guint i = 0; i < G_N_ELEMENTS (keys); i++) {
+      json_builder_set_member_name (b, keys[i]);
+      json_builder_add_string_value (b,
+          !strcmp (keys[i], "git_describe") ? "gst-moshi " MOSHI_VERSION : "");
+    }
+  }
+  json_builder_end_object (b);
   json_builder_end_object (b);
   root = json_builder_get_root (b);
   json_generator_set_root (gen, root);

@@ -680,6 +680,20 @@ main (int argc, char **argv)
   g_unix_signal_add (SIGTERM, on_signal, &srv);
   g_main_loop_run (srv.loop);
 
+  /* Tell the clients (kind 5 + close "going away"), give them up to 2 s to
+   * answer the close, then drop what is left. */
+  {
+    GList *open = g_hash_table_get_keys (srv.clients);
+    gint64 deadline = g_get_monotonic_time () + 2 * G_USEC_PER_SEC;
+
+    for (GList *l = open; l; l = l->next)
+      client_fail (l->data, SOUP_WEBSOCKET_CLOSE_GOING_AWAY,
+          "server shutting down");
+    g_list_free (open);
+    while (
+        g_hash_table_size (srv.clients) && g_get_monotonic_time () < deadline)
+      g_main_context_iteration (NULL, FALSE) || (g_usleep (10000), 0);
+  }
   slog ("%" G_GUINT64_FORMAT " sessions served", srv.sessions_total);
   soup_server_disconnect (srv.server);
   g_hash_table_destroy (srv.clients);

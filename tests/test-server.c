@@ -474,6 +474,29 @@ test_token (void)
   g_assert_cmpint (ts_server_stop (&ts), ==, 0);
 }
 
+/* SIGTERM while sessions run: the server closes them and exits cleanly
+ * (under ASan: without leaks). */
+static void
+test_shutdown_with_sessions (void)
+{
+  TsServer ss;
+  TsClient *a, *b;
+
+  g_assert_true (ts_server_start (&ss, NULL));
+  a = connect_ready (ss.url, "");
+  b = connect_ready (ss.url, "");
+  send_pages (a, 0, 100);
+  send_pages (b, 0, 50);
+  ts_client_wait (a, enough_audio, GUINT_TO_POINTER (10), 10);
+  g_assert_cmpint (ts_server_stop (&ss), ==, 0);
+  g_assert_true (ts_client_wait (a, is_closed, NULL, 10));
+  g_assert_true (ts_client_wait (b, is_closed, NULL, 10));
+  g_assert_cmpstr (a->error, ==, "server shutting down");
+  g_assert_cmpuint (a->close_code, ==, SOUP_WEBSOCKET_CLOSE_GOING_AWAY);
+  ts_client_free (a, FALSE);
+  ts_client_free (b, FALSE);
+}
+
 static void
 test_static_files (void)
 {
@@ -529,6 +552,8 @@ main (int argc, char **argv)
   g_test_add_func ("/server/sequential-sessions", test_sequential_sessions);
   g_test_add_func ("/server/vision", test_vision_server);
   g_test_add_func ("/server/token", test_token);
+  g_test_add_func ("/server/shutdown-with-sessions",
+      test_shutdown_with_sessions);
   ret = g_test_run ();
   g_assert_cmpint (ts_server_stop (&server), ==, 0);
   g_ptr_array_unref (pages);

@@ -36,6 +36,9 @@
 #ifndef MOSHI_SOURCE_ROOT
 #define MOSHI_SOURCE_ROOT "."
 #endif
+#ifndef MOSHI_BUILD_PLUGIN_DIR
+#define MOSHI_BUILD_PLUGIN_DIR ""
+#endif
 #ifndef MOSHI_WEB_ROOT_INSTALLED
 #define MOSHI_WEB_ROOT_INSTALLED ""
 #endif
@@ -508,6 +511,16 @@ find_web_root (const gchar *opt)
 }
 
 static gboolean
+have_element (const gchar *name)
+{
+  GstElementFactory *f = gst_element_factory_find (name);
+
+  if (f)
+    gst_object_unref (f);
+  return f != NULL;
+}
+
+static gboolean
 on_signal (gpointer data)
 {
   Server *srv = data;
@@ -592,6 +605,16 @@ main (int argc, char **argv)
     return 2;
   }
 
+  /* Run from the build tree without GST_PLUGIN_PATH: use the plugin built
+   * next to this program. */
+  if (!have_element ("moshilm")) {
+    gst_registry_scan_path (gst_registry_get (), MOSHI_BUILD_PLUGIN_DIR);
+    if (!have_element ("moshilm")) {
+      g_printerr ("moshi-server: the gst-moshi plugin (moshilm) is not "
+                  "installed: set GST_PLUGIN_PATH to its folder\n");
+      return 1;
+    }
+  }
   srv.web_root_canon = find_web_root (o->web_root);
   if (!srv.web_root_canon) {
     g_printerr ("moshi-server: no web page found: pass --web-root\n");

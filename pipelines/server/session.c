@@ -227,12 +227,14 @@ attach_vision_branch (GstElement *pipeline, GstElement *lm, GBytes *image,
   GstPad *srcpad, *sinkpad;
   GstBuffer *buf;
   gboolean ok;
+  GstElementFactory *vis = gst_element_factory_find ("moshivis");
 
-  if (!gst_element_factory_find ("moshivis")) {
+  if (!vis) {
     g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_MISSING_PLUGIN,
         "the moshivis element is not available");
     return FALSE;
   }
+  gst_object_unref (vis);
   branch = gst_parse_bin_from_description ("appsrc name=img ! decodebin "
                                            "! videoconvert ! videoscale "
                                            "! moshivis name=vis",

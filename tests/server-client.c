@@ -128,13 +128,20 @@ ts_server_rss_kb (TsServer *s)
 GPtrArray *
 ts_make_ogg_pages (const gchar *path, gdouble *duration_s)
 {
-  gchar *desc = g_strdup_printf ("filesrc location=\"%s\" ! decodebin "
-                                 "! audioconvert ! audioresample "
-                                 "! audio/x-raw,rate=24000,channels=1 "
-                                 "! opusenc frame-size=20 "
-                                 "! oggmux max-delay=0 max-page-delay=0 "
-                                 "! appsink name=sink sync=false",
-      path);
+  return ts_make_ogg_pages_full (path, 0, duration_s);
+}
+
+GPtrArray *
+ts_make_ogg_pages_full (const gchar *path, guint page_ms, gdouble *duration_s)
+{
+  gchar *desc =
+      g_strdup_printf ("filesrc location=\"%s\" ! decodebin "
+                       "! audioconvert ! audioresample "
+                       "! audio/x-raw,rate=24000,channels=1 "
+                       "! opusenc frame-size=20 "
+                       "! oggmux max-delay=0 max-page-delay=%" G_GUINT64_FORMAT
+                       " ! appsink name=sink sync=false",
+          path, (guint64) page_ms * GST_MSECOND);
   GstElement *p = gst_parse_launch (desc, NULL);
   GstElement *sink;
   GPtrArray *pages =
@@ -231,6 +238,13 @@ on_connected (GObject *src, GAsyncResult *res, gpointer data)
 TsClient *
 ts_client_connect (const gchar *url, const gchar *query, GError **error)
 {
+  return ts_client_connect_auth (url, query, NULL, error);
+}
+
+TsClient *
+ts_client_connect_auth (const gchar *url, const gchar *query,
+    const gchar *authorization, GError **error)
+{
   TsClient *c = g_new0 (TsClient, 1);
   gchar *ws_url =
       g_strdup_printf ("ws%s/api/chat%s", url + 4, query ? query : "");
@@ -246,6 +260,9 @@ ts_client_connect (const gchar *url, const gchar *query, GError **error)
     ts_client_free (c, TRUE);
     return NULL;
   }
+  if (authorization)
+    soup_message_headers_replace (soup_message_get_request_headers (msg),
+        "Authorization", authorization);
   task = g_task_new (NULL, NULL, NULL, NULL);
   soup_session_websocket_connect_async (c->session, msg, NULL, NULL,
       G_PRIORITY_DEFAULT, NULL, on_connected, g_object_ref (task));

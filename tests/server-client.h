@@ -24,6 +24,9 @@ gsize ts_server_rss_kb (TsServer *s);
 /* Ogg pages (GBytes each, in order) of path encoded as Opus 24 kHz mono,
  * one 20 ms packet per page; *duration_s gets the audio length. */
 GPtrArray *ts_make_ogg_pages (const gchar *path, gdouble *duration_s);
+/* The same with page_ms of packets per page (0: one packet per page). */
+GPtrArray *ts_make_ogg_pages_full (const gchar *path, guint page_ms,
+    gdouble *duration_s);
 
 typedef struct {
   guint8 kind;
@@ -47,6 +50,9 @@ typedef struct {
  * iterates the default main context until connected or timeout. */
 TsClient *ts_client_connect (const gchar *url, const gchar *query,
     GError **error);
+/* The same with an Authorization header (NULL: none). */
+TsClient *ts_client_connect_auth (const gchar *url, const gchar *query,
+    const gchar *authorization, GError **error);
 void ts_client_send (TsClient *c, guint8 kind, const void *data, gsize len);
 /* Iterates the main context until pred(c, user) or timeout (seconds);
  * returns pred's last value. pred NULL: just waits. */

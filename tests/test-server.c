@@ -161,6 +161,35 @@ test_roundtrip (void)
   ts_client_free (c, FALSE);
 }
 
+/* As Kyutai's client (opus-recorder, maxFramesPerPage 2) sends them:
+ * several packets per page, and here also several pages per message. */
+static void
+test_multi_packet_pages (void)
+{
+  gchar *wav = ts_sample_path ();
+  GPtrArray *big = ts_make_ogg_pages_full (wav, 40, NULL);
+  TsClient *c = connect_ready (server.url, "");
+  guint i;
+
+  g_free (wav);
+  g_assert_cmpuint (big->len, <, pages->len * 3 / 4);
+  for (i = 0; i + 1 < big->len; i += 2) {
+    GByteArray *two = g_byte_array_new ();
+
+    g_byte_array_append (two, g_bytes_get_data (big->pdata[i], NULL),
+        g_bytes_get_size (big->pdata[i]));
+    g_byte_array_append (two, g_bytes_get_data (big->pdata[i + 1], NULL),
+        g_bytes_get_size (big->pdata[i + 1]));
+    ts_client_send (c, 1, two->data, two->len);
+    g_byte_array_unref (two);
+  }
+  g_assert_true (ts_client_wait (c, enough_audio,
+      GUINT_TO_POINTER ((guint) (duration / 0.02 * 0.7)), 60));
+  g_assert_null (c->error);
+  ts_client_free (c, FALSE);
+  g_ptr_array_unref (big);
+}
+
 static void
 test_image_ignored (void)
 {
@@ -471,6 +500,16 @@ test_token (void)
   ts_client_free (c, FALSE);
   c = connect_ready (ts.url, "?worker_auth_id=s3cret");
   ts_client_free (c, FALSE);
+  c = ts_client_connect_auth (ts.url, "", "Bearer s3cret", &err);
+  g_assert_no_error (err);
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 10));
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  ts_client_free (c, FALSE);
+  c = ts_client_connect_auth (ts.url, "?token=wrong", "Bearer wrong", &err);
+  g_assert_no_error (err);
+  g_assert_true (ts_client_wait (c, is_closed, NULL, 10));
+  g_assert_cmpuint (ts_client_count (c, 0), ==, 0);
+  ts_client_free (c, FALSE);
   g_assert_cmpint (ts_server_stop (&ts), ==, 0);
 }
 
@@ -539,6 +578,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/handshake", test_handshake);
   g_test_add_func ("/server/static-files", test_static_files);
   g_test_add_func ("/server/roundtrip", test_roundtrip);
+  g_test_add_func ("/server/multi-packet-pages", test_multi_packet_pages);
   g_test_add_func ("/server/image-ignored", test_image_ignored);
   g_test_add_func ("/server/params", test_params);
   g_test_add_func ("/server/garbage", test_garbage);

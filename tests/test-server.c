@@ -190,6 +190,30 @@ test_multi_packet_pages (void)
   g_ptr_array_unref (big);
 }
 
+/* A client that restarts its encoder: a second Ogg stream (new serial,
+ * BOS) in the same session. */
+static void
+test_second_stream (void)
+{
+  gchar *wav = ts_sample_path ();
+  GPtrArray *again = ts_make_ogg_pages (wav, NULL);
+  TsClient *c = connect_ready (server.url, "");
+  guint before;
+
+  g_free (wav);
+  send_pages (c, 0, 100);
+  ts_client_wait (c, enough_audio, GUINT_TO_POINTER (50), 30);
+  before = ts_client_count (c, 1);
+  for (guint i = 0; i < 150; i++)
+    ts_client_send (c, 1, g_bytes_get_data (again->pdata[i], NULL),
+        g_bytes_get_size (again->pdata[i]));
+  ts_client_wait (c, enough_audio, GUINT_TO_POINTER (before + 50), 10);
+  g_test_message ("second Ogg stream: %s (%u audio pages before, %u after)",
+      c->error ? c->error : "went on", before, ts_client_count (c, 1));
+  ts_client_free (c, FALSE);
+  g_ptr_array_unref (again);
+}
+
 static void
 test_image_ignored (void)
 {
@@ -579,6 +603,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/static-files", test_static_files);
   g_test_add_func ("/server/roundtrip", test_roundtrip);
   g_test_add_func ("/server/multi-packet-pages", test_multi_packet_pages);
+  g_test_add_func ("/server/second-stream", test_second_stream);
   g_test_add_func ("/server/image-ignored", test_image_ignored);
   g_test_add_func ("/server/params", test_params);
   g_test_add_func ("/server/garbage", test_garbage);

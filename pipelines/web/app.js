@@ -82,6 +82,7 @@ function play(audioData) {
 
 let outTimestamp = 0;
 function onAudio(bytes) {
+  if (!decoder || decoder.state === "closed") return;
   stats.audioRecv++;
   for (const { packet, granule } of reader.push(bytes)) {
     const head = new TextDecoder().decode(packet.subarray(0, 8));

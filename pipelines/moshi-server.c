@@ -199,12 +199,15 @@ start_session (Client *c, GBytes *image)
     .vision = srv->opt.vision,
     .max_queued_bytes = (gsize) srv->opt.max_queued_kb * 1024,
   };
+  gchar *name = g_strdup_printf ("session %u", c->id);
   MsSessionCallbacks cb = { on_session_audio, on_session_text,
     on_session_error };
   GError *err = NULL;
   gchar *meta;
 
+  cfg.name = name;
   c->session = ms_session_new (&cfg, &c->params, image, &cb, c, &err);
+  g_free (name);
   if (!c->session) {
     gchar *why = g_strdup_printf ("cannot start the session: %s", err->message);
 

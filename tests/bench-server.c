@@ -102,6 +102,7 @@ main (int argc, char **argv)
   gint64 end_send, end_all;
   guint n_pages, a = 0;
   gsize rss_peak = 0;
+  int status = 0;
 
   gst_init (&argc, &argv);
   g_option_context_add_main_entries (ctx, entries, NULL);
@@ -226,10 +227,13 @@ main (int argc, char **argv)
   g_array_unref (all);
   g_array_unref (page_granule);
   g_ptr_array_unref (pages);
-  ts_server_stop (&server);
+  if (ts_server_stop (&server) != 0) {
+    g_printerr ("the server did not exit cleanly\n");
+    status = 1;
+  }
   g_free (a_sessions);
   g_free (a_threads);
   g_free (a_model);
   g_free (a_mimi);
-  return 0;
+  return status;
 }

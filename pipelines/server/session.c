@@ -26,7 +26,7 @@ struct _MsSession {
   guint bus_watch;
   Shared *sh;
   gsize max_queued;
-  gchar *mimi_model, *lm_model;
+  gchar *mimi_model, *lm_model, *name;
 };
 
 typedef enum { ITEM_AUDIO, ITEM_TEXT } ItemKind;
@@ -142,7 +142,7 @@ on_bus (GstBus *bus, GstMessage *msg, gpointer data)
         text = g_strdup_printf ("%s: %s", GST_OBJECT_NAME (msg->src),
             err->message);
       if (dbg)
-        g_message ("pipeline error details: %s", dbg);
+        g_message ("%s: pipeline error details: %s", s->name, dbg);
       if (s->sh->alive && s->sh->cb.error)
         s->sh->cb.error (text, s->sh->user);
       g_free (text);
@@ -150,7 +150,7 @@ on_bus (GstBus *bus, GstMessage *msg, gpointer data)
     }
     case GST_MESSAGE_WARNING:
       gst_message_parse_warning (msg, &err, &dbg);
-      g_message ("pipeline warning from %s: %s", GST_OBJECT_NAME (msg->src),
+      g_message ("%s: warning from %s: %s", s->name, GST_OBJECT_NAME (msg->src),
           err->message);
       break;
     case GST_MESSAGE_EOS:
@@ -295,6 +295,7 @@ ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
   s->max_queued = cfg->max_queued_bytes;
   s->mimi_model = g_strdup (cfg->mimi_model);
   s->lm_model = g_strdup (cfg->lm_model);
+  s->name = g_strdup (cfg->name ? cfg->name : "session");
 
   s->pipeline = gst_parse_launch (session_desc, error);
   if (!s->pipeline) {
@@ -456,6 +457,7 @@ ms_session_free (MsSession *s)
   shared_unref (s->sh);
   g_free (s->mimi_model);
   g_free (s->lm_model);
+  g_free (s->name);
   g_free (s);
 }
 

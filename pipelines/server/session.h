@@ -25,6 +25,7 @@ typedef struct {
   gint threads; /* moshilm compute threads */
   gboolean vision; /* MoshiVis model: image first, kind 7 out */
   gsize max_queued_bytes; /* input the pipeline has not taken yet */
+  const gchar *name; /* for the logs, e.g. "session 3" */
 } MsSessionConfig;
 
 typedef struct {

@@ -9,6 +9,7 @@
 #include <gst/app/gstappsrc.h>
 #include <gst/gst.h>
 #include <json-glib/json-glib.h>
+#include <glib/gstdio.h>
 #include <string.h>
 
 static TsServer server;
@@ -560,6 +561,49 @@ test_shutdown_with_sessions (void)
   ts_client_free (b, FALSE);
 }
 
+/* --cert/--key: https and wss (a self-signed certificate made with
+ * openssl; skipped without it). */
+static void
+test_tls (void)
+{
+  gchar *dir = g_dir_make_tmp ("moshi-tls-XXXXXX", NULL);
+  gchar *cert = g_build_filename (dir, "cert.pem", NULL);
+  gchar *key = g_build_filename (dir, "key.pem", NULL);
+  gchar *a_cert = g_strconcat ("--cert=", cert, NULL);
+  gchar *a_key = g_strconcat ("--key=", key, NULL);
+  const gchar *args[] = { a_cert, a_key, NULL };
+  gchar *openssl[] = { "openssl", "req", "-x509", "-newkey", "rsa:2048",
+    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj",
+    "/CN=localhost", NULL };
+  gint status = -1;
+  TsServer ts;
+  TsClient *c;
+
+  if (!g_spawn_sync (NULL, openssl, NULL,
+          G_SPAWN_SEARCH_PATH | G_SPAWN_STDOUT_TO_DEV_NULL
+              | G_SPAWN_STDERR_TO_DEV_NULL,
+          NULL, NULL, NULL, NULL, &status, NULL)
+      || status != 0) {
+    g_test_skip ("no openssl to make a test certificate");
+  } else {
+    g_assert_true (ts_server_start (&ts, args));
+    g_assert_true (g_str_has_prefix (ts.url, "https://"));
+    c = connect_ready (ts.url, "");
+    send_pages (c, 0, 60);
+    g_assert_true (ts_client_wait (c, enough_audio, GUINT_TO_POINTER (10), 30));
+    ts_client_free (c, FALSE);
+    g_assert_cmpint (ts_server_stop (&ts), ==, 0);
+  }
+  g_unlink (cert);
+  g_unlink (key);
+  g_rmdir (dir);
+  g_free (a_cert);
+  g_free (a_key);
+  g_free (cert);
+  g_free (key);
+  g_free (dir);
+}
+
 static void
 test_static_files (void)
 {
@@ -617,6 +661,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/sequential-sessions", test_sequential_sessions);
   g_test_add_func ("/server/vision", test_vision_server);
   g_test_add_func ("/server/token", test_token);
+  g_test_add_func ("/server/tls", test_tls);
   g_test_add_func ("/server/shutdown-with-sessions",
       test_shutdown_with_sessions);
   ret = g_test_run ();

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian (bookworm) package gst-moshi needs to build, test and
-# run its demo pipelines.  Safe to run again; needs root (or sudo).
+# run its demo pipelines (chromium: the web page test of moshi-server).
+# Safe to run again; needs root (or sudo).
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
@@ -11,6 +12,7 @@ PKGS=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad bc valgrind
+  chromium
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -281,8 +281,21 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
         slog ("session %u: image (%" G_GSIZE_FORMAT
               " bytes) ignored: not a vision model",
             c->id, len - 1);
+      } else if (c->handshaken && c->session) {
+        /* A new picture mid-conversation: the model looks at it from its
+         * next step on, the conversation goes on (a camera rig's case;
+         * Kyutai's servers ignore it or restart). */
+        GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
+
+        slog ("session %u: new image, %" G_GSIZE_FORMAT " bytes", c->id,
+            len - 1);
+        if (!ms_session_push_image (c->session, img, &err)) {
+          client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
+          g_error_free (err);
+        }
+        g_bytes_unref (img);
       } else if (c->handshaken) {
-        slog ("session %u: image ignored: the session already has one", c->id);
+        slog ("session %u: image ignored: no session", c->id);
       } else {
         GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
 
@@ -623,7 +636,7 @@ main (int argc, char **argv)
     g_printerr ("moshi-server: no web page found: pass --web-root\n");
     return 1;
   }
-  if (!ms_models_find (&o->model, &o->mimi_model, &tiny, &err)) {
+  if (!ms_models_find (o->vision, &o->model, &o->mimi_model, &tiny, &err)) {
     g_printerr ("moshi-server: %s\n", err->message);
     return 1;
   }
@@ -631,7 +644,8 @@ main (int argc, char **argv)
     MsSessionConfig cfg = { .mimi_model = o->mimi_model,
       .lm_model = o->model,
       .quantize = o->quantize,
-      .threads = o->threads };
+      .threads = o->threads,
+      .vision = o->vision };
 
     slog ("loading %s and %s (quantize %s)", o->model, o->mimi_model,
         o->quantize);

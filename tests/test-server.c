@@ -478,16 +478,63 @@ test_sequential_sessions (void)
 #endif
 }
 
-/* A vision server (no moshivis element on this branch): the image must come
- * first; audio before the handshake and an unusable image are errors. */
+/* A PNG picture (w x h test card) as file bytes, made with GStreamer. */
+static GBytes *
+make_png (gint w, gint h, const gchar *pattern)
+{
+  gchar *path =
+      g_build_filename (g_get_tmp_dir (), "moshi-server-test.png", NULL);
+  gchar *desc = g_strdup_printf ("videotestsrc num-buffers=1 pattern=%s "
+                                 "! video/x-raw,width=%d,height=%d ! pngenc "
+                                 "! filesink location=\"%s\"",
+      pattern, w, h, path);
+  GError *err = NULL;
+  GstElement *p = gst_parse_launch (desc, &err);
+  GstBus *bus;
+  GstMessage *m;
+  gchar *data;
+  gsize len;
+
+  g_assert_no_error (err);
+  gst_element_set_state (p, GST_STATE_PLAYING);
+  bus = gst_element_get_bus (p);
+  m = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
+      GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
+  g_assert_nonnull (m);
+  g_assert_cmpint (GST_MESSAGE_TYPE (m), ==, GST_MESSAGE_EOS);
+  gst_message_unref (m);
+  gst_object_unref (bus);
+  gst_element_set_state (p, GST_STATE_NULL);
+  gst_object_unref (p);
+  g_assert_true (g_file_get_contents (path, &data, &len, NULL));
+  g_unlink (path);
+  g_free (path);
+  g_free (desc);
+  return g_bytes_new_take (data, len);
+}
+
+static gboolean
+enough_colored (TsClient *c, gpointer want)
+{
+  return ts_client_count (c, 7) >= GPOINTER_TO_UINT (want) || c->closed;
+}
+
+/* A MoshiVis server on the tiny MoshiVis: the image comes first, then the
+ * handshake; words come as kind 7 with the gate intensity; a new picture
+ * mid-conversation is taken and the conversation goes on; audio before the
+ * handshake and an undecodable image end the session with an error. */
 static void
 test_vision_server (void)
 {
   TsServer vs;
-  const gchar *args[] = { "--vision", NULL };
+  const gchar *args[] = { "--vision",
+    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
   TsClient *c;
   GError *err = NULL;
   static const guint8 junk[] = "not an image";
+  GBytes *card = make_png (320, 240, "smpte");
+  GBytes *ball = make_png (160, 160, "ball");
+  guint looking = 0, n7;
 
   g_assert_true (ts_server_start (&vs, args));
   c = ts_client_connect (vs.url, "", &err);
@@ -502,7 +549,43 @@ test_vision_server (void)
   g_assert_no_error (err);
   ts_client_send (c, 8, junk, sizeof junk);
   expect_error (c, "undecodable image");
+  g_assert_nonnull (strstr (c->error, "undecodable image"));
   ts_client_free (c, FALSE);
+
+  c = ts_client_connect (vs.url, "?xa_start=0&center_crop=true", &err);
+  g_assert_no_error (err);
+  ts_client_send (c, 8, g_bytes_get_data (card, NULL), g_bytes_get_size (card));
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 30));
+  g_assert_false (c->closed);
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  g_assert_cmpint (msg_at (c, 1)->kind, ==, 4);
+  send_pages (c, 0, pages->len / 2);
+  g_assert_true (ts_client_wait (c, enough_colored, GUINT_TO_POINTER (3), 60));
+  g_assert_false (c->closed);
+  n7 = ts_client_count (c, 7);
+  /* A new picture: taken, the conversation goes on. */
+  ts_client_send (c, 8, g_bytes_get_data (ball, NULL), g_bytes_get_size (ball));
+  send_pages (c, pages->len / 2, pages->len);
+  g_assert_true (
+      ts_client_wait (c, enough_colored, GUINT_TO_POINTER (n7 + 3), 60));
+  g_assert_false (c->closed);
+  g_assert_cmpuint (ts_client_count (c, 2), ==, 0);
+  for (guint i = 0; i < c->messages->len; i++) {
+    gsize len;
+    const guint8 *p;
+
+    if (msg_at (c, i)->kind != 7)
+      continue;
+    p = g_bytes_get_data (msg_at (c, i)->payload, &len);
+    g_assert_cmpuint (len, >=, 2);
+    g_assert_cmpuint (p[0], <=, 10);
+    looking += p[0] > 0;
+  }
+  /* The tiny model's gates are wide open on any picture. */
+  g_assert_cmpuint (looking, >, 0);
+  ts_client_free (c, FALSE);
+  g_bytes_unref (card);
+  g_bytes_unref (ball);
   g_assert_cmpint (ts_server_stop (&vs), ==, 0);
 }
 

@@ -6,6 +6,9 @@
 #ifndef MOSHI_SOURCE_ROOT
 #define MOSHI_SOURCE_ROOT "."
 #endif
+#ifndef MOSHI_BUILD_ROOT
+#define MOSHI_BUILD_ROOT "build"
+#endif
 
 static gchar *
 hub_dir (void)
@@ -47,8 +50,11 @@ find_in_snapshots (const gchar *hub, const gchar *repo,
 }
 
 gboolean
-ms_models_find (gchar **lm, gchar **mimi, gboolean *tiny, GError **error)
+ms_models_find (gboolean vision, gchar **lm, gchar **mimi, gboolean *tiny,
+    GError **error)
 {
+  static const gchar *vis_repos[] = { "moshika-vis-pytorch-bf16", NULL };
+  static const gchar *vis_files[] = { "model.safetensors", NULL };
   static const gchar *lm_repos[] = { "moshiko-pytorch-bf16",
     "moshika-pytorch-bf16", "moshiko-pytorch-q8", "moshika-pytorch-q8", NULL };
   static const gchar *lm_files[] = { "model.safetensors", "config.json", NULL };
@@ -65,6 +71,26 @@ ms_models_find (gchar **lm, gchar **mimi, gboolean *tiny, GError **error)
     *lm = g_strdup (g_getenv ("MOSHI_MODEL"));
   if (!*mimi && g_getenv ("MIMI_MODEL") && *g_getenv ("MIMI_MODEL"))
     *mimi = g_strdup (g_getenv ("MIMI_MODEL"));
+  for (guint i = 0; vision && !*lm && vis_repos[i]; i++)
+    *lm = find_in_snapshots (hub, vis_repos[i], vis_files, TRUE);
+  if (vision && !*lm) {
+    *lm = g_build_filename (MOSHI_BUILD_ROOT, "tests", "moshivis-dialog-tiny",
+        NULL);
+    *tiny = TRUE;
+    g_printerr (">> Kyutai's MoshiVis weights were not found in %s.\n"
+                ">> Using the tiny RANDOM-WEIGHT MoshiVis (%s): it looks at "
+                "the pictures\n>> (its gates open) but what it says is NOT "
+                "meaningful.  For the real model:\n"
+                ">>     huggingface-cli download "
+                "kyutai/moshika-vis-pytorch-bf16\n",
+        hub, *lm);
+    if (!*mimi) {
+      *mimi = g_build_filename (MOSHI_SOURCE_ROOT, "tests", "data",
+          "conformance", "mimi-tiny", NULL);
+      g_printerr (">> Pairing it with the tiny random-weight Mimi: %s\n",
+          *mimi);
+    }
+  }
   for (guint i = 0; !*lm && lm_repos[i]; i++)
     *lm = find_in_snapshots (hub, lm_repos[i], lm_files, TRUE);
   if (!*lm) {
@@ -101,7 +127,9 @@ ms_models_find (gchar **lm, gchar **mimi, gboolean *tiny, GError **error)
   }
   if (*tiny && !g_file_test (*lm, G_FILE_TEST_IS_DIR)) {
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
-        "no Moshi model (and no test model at %s): pass --model", *lm);
+        "no %s model (and no test model at %s%s): pass --model",
+        vision ? "MoshiVis" : "Moshi", *lm,
+        vision ? "; build the tests first" : "");
     return FALSE;
   }
   return TRUE;

@@ -135,6 +135,8 @@ ms_params_init (MsParams *p)
   p->text_temperature = p->audio_temperature = -1;
   p->text_topk = p->audio_topk = -1;
   p->image_resolution = -1;
+  p->xa_start = -1;
+  p->center_crop = -1;
   p->ignored = g_string_new (NULL);
   p->invalid = g_string_new (NULL);
 }
@@ -242,6 +244,18 @@ ms_params_parse (MsParams *p, GHashTable *query)
     } else if (!strcmp (key, "image_resolution")) {
       if (parse_int (val, 16, 4096, &i))
         p->image_resolution = (gint) i;
+      else
+        note (p->invalid, key, val);
+    } else if (!strcmp (key, "xa_start")) {
+      if (parse_int (val, 0, 100000, &i))
+        p->xa_start = (gint) i;
+      else
+        note (p->invalid, key, val);
+    } else if (!strcmp (key, "center_crop")) {
+      if (!strcmp (val, "true") || !strcmp (val, "1"))
+        p->center_crop = 1;
+      else if (!strcmp (val, "false") || !strcmp (val, "0"))
+        p->center_crop = 0;
       else
         note (p->invalid, key, val);
     } else if (!strcmp (key, "token") || !strcmp (key, "worker_auth_id")) {

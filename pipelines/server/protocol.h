@@ -54,6 +54,8 @@ typedef struct {
   gboolean has_seed;
   guint64 seed;
   gint image_resolution; /* -1 = unset */
+  gint xa_start; /* MoshiVis gate delay in steps; -1 = unset */
+  gint center_crop; /* MoshiVis: -1 = unset, 0 or 1 */
   /* Parameters received but not supported by moshilm: "name=value, ..." */
   GString *ignored;
   /* Malformed values: "name=value, ..." */

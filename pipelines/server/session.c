@@ -3,6 +3,7 @@
 
 #include <gst/app/gstappsink.h>
 #include <gst/app/gstappsrc.h>
+#include <gst/video/video.h>
 #include <json-glib/json-glib.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@ typedef struct {
 
 struct _MsSession {
   GstElement *pipeline, *src, *lm;
+  GstElement *img_src, *vis; /* vision sessions: the picture branch */
   guint bus_watch;
   Shared *sh;
   gsize max_queued;
@@ -79,13 +81,19 @@ item_free (gpointer data)
   g_free (it);
 }
 
-/* MoshiVis: the gate intensity (0..10) that goes with a text piece.
- * VISION: to be filled when moshilm reports its cross-attention gate (e.g.
- * as a buffer meta or field on the text buffer); 0 until then. */
+/* MoshiVis: the gate intensity (0..10) that goes with a text piece, from
+ * moshilm's GstMoshiGateMeta (0 when it has none). */
 static gint
 vision_gate_intensity (GstBuffer *text_buffer)
 {
-  return 0;
+  GstCustomMeta *meta =
+      gst_buffer_get_custom_meta (text_buffer, "GstMoshiGateMeta");
+  gint intensity = 0;
+
+  if (meta)
+    gst_structure_get_int (gst_custom_meta_get_structure (meta), "intensity",
+        &intensity);
+  return CLAMP (intensity, 0, 10);
 }
 
 static GstFlowReturn
@@ -209,23 +217,85 @@ pipeline_error (GstElement *pipeline, const gchar *what, GError **error)
 }
 
 /* ====================================================================
- * VISION BRANCH (MoshiVis) -- the one place where an image enters a
- * session.  To be completed with the moshivis element and moshilm's
- * vision_sink pad:
+ * VISION BRANCH (MoshiVis): where pictures enter a session.
  *
- *   appsrc (image file bytes) ! decodebin ! videoconvert ! videoscale
+ *   appsrc (decoded RGB pictures, live) ! videoconvert ! videoscale
  *     ! moshivis ! lm.vision_sink
  *
- * Called before the pipeline starts, with the first message of a vision
- * session (Kyutai: the image comes first, the handshake after it).
+ * The client's image bytes (JPEG, PNG, ... as Kyutai's kind 8) are decoded
+ * here first, so that an undecodable picture is a clear error of its own;
+ * each later picture is pushed with a force-key-unit so that moshivis looks
+ * at it, and moshilm takes it at its next step (the conversation goes on).
  * ==================================================================== */
-static gboolean
-attach_vision_branch (GstElement *pipeline, GstElement *lm, GBytes *image,
-    gint resolution, GError **error)
+
+/* Largest picture side accepted from a client (decoded size). */
+#define MAX_IMAGE_SIDE 8192
+
+/* Decodes image file bytes into one RGB sample. */
+static GstSample *
+decode_image (GBytes *bytes, GError **error)
 {
-  GstElement *branch, *src;
+  GstElement *p = gst_parse_launch ("appsrc name=src ! decodebin "
+                                    "! videoconvert "
+                                    "! video/x-raw,format=RGB "
+                                    "! appsink name=sink sync=false",
+      error);
+  GstElement *src, *sink;
+  GstSample *sample = NULL;
+  GstBus *bus;
+  GstMessage *msg;
+
+  if (!p)
+    return NULL;
+  src = gst_bin_get_by_name (GST_BIN (p), "src");
+  sink = gst_bin_get_by_name (GST_BIN (p), "sink");
+  gst_app_src_push_buffer (GST_APP_SRC (src),
+      gst_buffer_new_wrapped_bytes (g_bytes_ref (bytes)));
+  gst_app_src_end_of_stream (GST_APP_SRC (src));
+  gst_element_set_state (p, GST_STATE_PLAYING);
+  sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 10 * GST_SECOND);
+  if (!sample) {
+    bus = gst_element_get_bus (p);
+    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    if (msg) {
+      GError *e = NULL;
+
+      gst_message_parse_error (msg, &e, NULL);
+      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+          "undecodable image: %s", e->message);
+      g_error_free (e);
+      gst_message_unref (msg);
+    } else {
+      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+          "undecodable image: no picture in %" G_GSIZE_FORMAT " bytes",
+          g_bytes_get_size (bytes));
+    }
+    gst_object_unref (bus);
+  } else {
+    GstVideoInfo info;
+
+    if (!gst_video_info_from_caps (&info, gst_sample_get_caps (sample))
+        || info.width > MAX_IMAGE_SIDE || info.height > MAX_IMAGE_SIDE
+        || info.width < 14 || info.height < 14) {
+      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FORMAT,
+          "image of %dx%d pixels: sides from 14 to %d are accepted", info.width,
+          info.height, MAX_IMAGE_SIDE);
+      g_clear_pointer (&sample, gst_sample_unref);
+    }
+  }
+  gst_element_set_state (p, GST_STATE_NULL);
+  gst_object_unref (src);
+  gst_object_unref (sink);
+  gst_object_unref (p);
+  return sample;
+}
+
+static gboolean
+attach_vision_branch (MsSession *s, const MsSessionConfig *cfg,
+    const MsParams *params, GError **error)
+{
+  GstElement *branch;
   GstPad *srcpad, *sinkpad;
-  GstBuffer *buf;
   gboolean ok;
   GstElementFactory *vis = gst_element_factory_find ("moshivis");
 
@@ -235,32 +305,70 @@ attach_vision_branch (GstElement *pipeline, GstElement *lm, GBytes *image,
     return FALSE;
   }
   gst_object_unref (vis);
-  branch = gst_parse_bin_from_description ("appsrc name=img ! decodebin "
+  branch = gst_parse_bin_from_description ("appsrc name=img is-live=true "
+                                           "do-timestamp=true format=time "
                                            "! videoconvert ! videoscale "
                                            "! moshivis name=vis",
       TRUE, error);
   if (!branch)
     return FALSE;
-  /* VISION: image_resolution (resolution, -1 = unset) could go to
-   * moshivis or to a caps filter here. */
-  gst_bin_add (GST_BIN (pipeline), branch);
-  sinkpad = gst_element_request_pad_simple (lm, "vision_sink");
+  gst_bin_add (GST_BIN (s->pipeline), branch);
+  s->img_src = gst_bin_get_by_name (GST_BIN (branch), "img");
+  s->vis = gst_bin_get_by_name (GST_BIN (branch), "vis");
+  /* The picture side comes from the same MoshiVis checkpoint as the LM. */
+  g_object_set (s->vis, "model", cfg->lm_model, "threads",
+      MAX (cfg->threads, 1), NULL);
+  if (params->center_crop >= 0)
+    g_object_set (s->vis, "center-crop", params->center_crop == 1, NULL);
+  if (params->xa_start >= 0)
+    g_object_set (s->lm, "xa-start", params->xa_start, NULL);
+  /* image_resolution: the model's own size (448) is always used; Kyutai's
+   * Rust server also clamps to at most 448. */
+  sinkpad = gst_element_request_pad_simple (s->lm, "vision_sink");
   srcpad = gst_element_get_static_pad (branch, "src");
   ok = sinkpad && srcpad && gst_pad_link (srcpad, sinkpad) == GST_PAD_LINK_OK;
   if (srcpad)
     gst_object_unref (srcpad);
   if (sinkpad)
     gst_object_unref (sinkpad);
-  if (!ok) {
+  if (!ok)
     g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_NEGOTIATION,
         "cannot link the vision branch to moshilm's vision_sink");
+  return ok;
+}
+
+/* Hands a decoded picture to the branch.  moshivis encodes the first
+ * frame of a stream by itself; for later ones a force-key-unit, set before
+ * the frame is queued, makes it look again. */
+static void
+push_picture (MsSession *s, GstSample *sample, gboolean again)
+{
+  if (again) {
+    GstPad *pad = gst_element_get_static_pad (s->vis, "sink");
+
+    gst_pad_send_event (pad,
+        gst_video_event_new_downstream_force_key_unit (GST_CLOCK_TIME_NONE,
+            GST_CLOCK_TIME_NONE, GST_CLOCK_TIME_NONE, TRUE, 0));
+    gst_object_unref (pad);
+  }
+  gst_app_src_push_sample (GST_APP_SRC (s->img_src), sample);
+}
+
+gboolean
+ms_session_push_image (MsSession *s, GBytes *image, GError **error)
+{
+  GstSample *sample;
+
+  if (!s->img_src) {
+    g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_FAILED,
+        "this session does not take images");
     return FALSE;
   }
-  src = gst_bin_get_by_name (GST_BIN (branch), "img");
-  buf = gst_buffer_new_wrapped_bytes (image);
-  gst_app_src_push_buffer (GST_APP_SRC (src), buf);
-  gst_app_src_end_of_stream (GST_APP_SRC (src));
-  gst_object_unref (src);
+  sample = decode_image (image, error);
+  if (!sample)
+    return FALSE;
+  push_picture (s, sample, TRUE);
+  gst_sample_unref (sample);
   return TRUE;
 }
 
@@ -325,15 +433,21 @@ ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
     gst_object_unref (sink);
   }
 
-  if (cfg->vision
-      && (!image
-          || !attach_vision_branch (s->pipeline, s->lm, image,
-              params->image_resolution, error))) {
+  if (cfg->vision) {
+    GstSample *first = NULL;
+
     if (!image)
       g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_FAILED,
           "a vision session needs an image first");
-    ms_session_free (s);
-    return NULL;
+    if (!image || !(first = decode_image (image, error))
+        || !attach_vision_branch (s, cfg, params, error)) {
+      if (first)
+        gst_sample_unref (first);
+      ms_session_free (s);
+      return NULL;
+    }
+    push_picture (s, first, FALSE);
+    gst_sample_unref (first);
   }
 
   if (gst_element_set_state (s->pipeline, GST_STATE_PLAYING)
@@ -454,6 +568,10 @@ ms_session_free (MsSession *s)
     gst_object_unref (s->src);
   if (s->lm)
     gst_object_unref (s->lm);
+  if (s->img_src)
+    gst_object_unref (s->img_src);
+  if (s->vis)
+    gst_object_unref (s->vis);
   shared_unref (s->sh);
   g_free (s->mimi_model);
   g_free (s->lm_model);
@@ -464,17 +582,31 @@ ms_session_free (MsSession *s)
 GstElement *
 ms_models_hold (const MsSessionConfig *cfg, GError **error)
 {
-  GstElement *p =
-      gst_parse_launch ("appsrc is-live=true "
-                        "caps=audio/x-raw,format=F32LE,rate=24000,"
-                        "channels=1,layout=interleaved "
-                        "! mimienc name=enc codebooks=8 ! moshilm name=lm "
-                        "! mimidec name=dec ! fakesink",
-          error);
+  /* Vision: the image encoder too (moshivis), from the same checkpoint. */
+  GstElement *p = gst_parse_launch (cfg->vision
+          ? "appsrc is-live=true "
+            "caps=audio/x-raw,format=F32LE,rate=24000,"
+            "channels=1,layout=interleaved "
+            "! mimienc name=enc codebooks=8 ! moshilm name=lm "
+            "! mimidec name=dec ! fakesink "
+            "appsrc is-live=true caps=video/x-raw,format=RGB,width=64,"
+            "height=64,framerate=0/1 ! moshivis name=vis ! fakesink"
+          : "appsrc is-live=true "
+            "caps=audio/x-raw,format=F32LE,rate=24000,"
+            "channels=1,layout=interleaved "
+            "! mimienc name=enc codebooks=8 ! moshilm name=lm "
+            "! mimidec name=dec ! fakesink",
+      error);
 
   if (!p)
     return NULL;
   set_models (p, cfg);
+  if (cfg->vision) {
+    GstElement *vis = gst_bin_get_by_name (GST_BIN (p), "vis");
+
+    g_object_set (vis, "model", cfg->lm_model, NULL);
+    gst_object_unref (vis);
+  }
   if (gst_element_set_state (p, GST_STATE_PAUSED) == GST_STATE_CHANGE_FAILURE) {
     pipeline_error (p, "loading the models", error);
     gst_element_set_state (p, GST_STATE_NULL);

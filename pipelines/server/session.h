@@ -44,6 +44,9 @@ MsSession *ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
 /* One message of Ogg pages (already checked by ms_ogg_check_pages). */
 gboolean ms_session_push_audio (MsSession *s, const guint8 *data, gsize len,
     GError **error);
+/* Vision sessions: a new picture (image file bytes) for the rest of the
+ * conversation; FALSE with error when it cannot be decoded. */
+gboolean ms_session_push_image (MsSession *s, GBytes *image, GError **error);
 /* The sampling settings moshilm really uses, as Kyutai's metadata JSON. */
 gchar *ms_session_metadata_json (MsSession *s);
 /* Stops the pipeline and frees everything; no callback after this. */

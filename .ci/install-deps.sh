@@ -11,6 +11,8 @@ PKGS=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad bc
+  # x264enc: H.264 for HLS in pipelines/bilingual-commentary.sh
+  gstreamer1.0-plugins-ugly
 )
 missing=()
 for p in "${PKGS[@]}"; do

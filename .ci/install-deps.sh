@@ -13,6 +13,8 @@ PKGS=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad bc valgrind
   chromium
+  # x264enc: H.264 for HLS in pipelines/bilingual-commentary.sh
+  gstreamer1.0-plugins-ugly
 )
 missing=()
 for p in "${PKGS[@]}"; do

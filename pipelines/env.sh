@@ -7,6 +7,10 @@
 #         test model bundled with the sources, which runs the same code but
 #         whose audio is NOT meaningful.
 # LM:     only for scripts that set MOSHI_USE_LM=1 before sourcing this:
+#         (MOSHI_LM_KIND=stt: kyutai/stt-1b-en_fr or stt-2.6b-en, else the
+#         tiny tests/data/stt-tiny; MOSHI_LM_KIND=translation:
+#         kyutai/hibiki-2b-pytorch-bf16 or hibiki-1b, else tests/data/hibiki-tiny;
+#         both on lm-tiny's random weights, paired with mimi-tiny)
 #         $MOSHI_MODEL if set (file, folder or repo id, as moshilm's model
 #         property); else kyutai/moshiko-pytorch-bf16 (or moshika, or their
 #         q8 variants) in the local Hugging Face cache; else the bundled
@@ -38,9 +42,12 @@ find_real_mimi() {
 }
 
 find_real_moshi() {
-  local snap repo
-  for repo in moshiko-pytorch-bf16 moshika-pytorch-bf16 \
-              moshiko-pytorch-q8 moshika-pytorch-q8; do
+  local snap repo repos="moshiko-pytorch-bf16 moshika-pytorch-bf16 moshiko-pytorch-q8 moshika-pytorch-q8"
+  case "${MOSHI_LM_KIND:-dialog}" in
+    stt) repos="stt-1b-en_fr stt-2.6b-en" ;;
+    translation) repos="hibiki-2b-pytorch-bf16 hibiki-1b-pytorch-bf16" ;;
+  esac
+  for repo in $repos; do
     for snap in "$hf_hub"/models--kyutai--$repo/snapshots/*; do
       if [ -f "$snap/model.safetensors" ] || [ -f "$snap/config.json" ]; then
         echo "$snap"; return 0
@@ -98,9 +105,15 @@ fi
 MOSHI_LM_IS_TINY=0
 if [ -n "${MOSHI_USE_LM:-}" ] && [ -z "${MOSHI_MODEL:-}" ]; then
   if MOSHI_MODEL="$(find_real_moshi)"; then
-    echo ">> Using Kyutai's Moshi: $MOSHI_MODEL" >&2
+    echo ">> Using Kyutai's ${MOSHI_LM_KIND:-dialog} model: $MOSHI_MODEL" >&2
+    # Kyutai's STT and Hibiki repos name their own Mimi (mimi_name).
+    [ "${MOSHI_LM_KIND:-dialog}" != dialog ] && MIMI_MODEL="${MIMI_MODEL:-$MOSHI_MODEL}"
   else
-    MOSHI_MODEL="$ROOT/tests/data/conformance/lm-tiny"
+    case "${MOSHI_LM_KIND:-dialog}" in
+      stt) MOSHI_MODEL="$ROOT/tests/data/stt-tiny" ;;
+      translation) MOSHI_MODEL="$ROOT/tests/data/hibiki-tiny" ;;
+      *) MOSHI_MODEL="$ROOT/tests/data/conformance/lm-tiny" ;;
+    esac
     MOSHI_LM_IS_TINY=1
     cat >&2 <<MSG
 >> ******************************************************************

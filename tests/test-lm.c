@@ -643,6 +643,300 @@ test_pack_cache (void)
   g_free (p);
 }
 
+/* ------------------------------------------------------- model kinds --- */
+
+/* lm-tiny's config.json with `extra` inserted after its "dim" key, written
+ * to a temporary file (returned). */
+static gchar *
+tiny_config_with (const char *extra)
+{
+  gchar *src = case_path ("config.json"), *text = NULL, *path = NULL;
+  g_assert_true (g_file_get_contents (src, &text, NULL, NULL));
+  GString *s = g_string_new (text);
+  gchar *with = g_strdup_printf ("\"dim\": 64, %s", extra);
+  g_string_replace (s, "\"dim\": 64", with, 1);
+  int fd = g_file_open_tmp ("lm-kind-XXXXXX.json", &path, NULL);
+  g_assert_cmpint (fd, >=, 0);
+  close (fd);
+  g_assert_true (g_file_set_contents (path, s->str, -1, NULL));
+  g_string_free (s, TRUE);
+  g_free (with);
+  g_free (text);
+  g_free (src);
+  return path;
+}
+
+static void
+test_config_kinds (void)
+{
+  LmConfig cfg;
+  GError *err = NULL;
+  gchar *p;
+
+  /* Kyutai's STT keys (configs/stt_2.6b_en.json). */
+  p = tiny_config_with ("\"model_type\": \"stt\", \"stt_config\": "
+                        "{\"audio_delay_seconds\": 2.5, "
+                        "\"audio_silence_prefix_seconds\": 1.0}, "
+                        "\"extra_heads_num_heads\": 4, \"extra_heads_dim\": 6");
+  g_assert_true (lm_config_load_json (&cfg, p, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (cfg.kind, ==, LM_KIND_STT);
+  g_assert_cmpfloat (cfg.stt_audio_delay_s, ==, 2.5);
+  g_assert_cmpfloat (cfg.stt_silence_prefix_s, ==, 1.0);
+  g_unlink (p);
+  g_free (p);
+  /* Hibiki, with its LUT conditioner summed into the input. */
+  p = tiny_config_with ("\"model_type\": \"hibiki\", \"conditioners\": "
+                        "{\"description\": {\"type\": \"lut\", \"lut\": "
+                        "{\"n_bins\": 31, \"dim\": 16, \"tokenizer\": "
+                        "\"noop\", \"possible_values\": [\"very_bad\", "
+                        "\"bad\", \"neutral\", \"good\", \"very_good\"]}}}, "
+                        "\"fuser\": {\"sum\": [\"description\"], "
+                        "\"cross\": [], \"prepend\": []}");
+  g_assert_true (lm_config_load_json (&cfg, p, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (cfg.kind, ==, LM_KIND_TRANSLATION);
+  g_assert_cmpstr (cfg.cond_name, ==, "description");
+  g_assert_cmpint (cfg.cond_n_bins, ==, 31);
+  g_assert_cmpint (cfg.cond_dim, ==, 16);
+  g_assert_cmpint (cfg.cond_index, ==, 4);
+  g_unlink (p);
+  g_free (p);
+  /* No key: a dialog model. */
+  p = case_path ("config.json");
+  g_assert_true (lm_config_load_json (&cfg, p, NULL));
+  g_assert_cmpint (cfg.kind, ==, LM_KIND_DIALOG);
+  g_assert_cmpint (cfg.cond_dim, ==, 0);
+  g_free (p);
+
+  expect_config_error ("\"dim\": 64", "\"dim\": 64, \"model_type\": \"tts\"",
+      "model_type");
+  expect_config_error ("\"dim\": 64",
+      "\"dim\": 64, \"stt_config\": {\"audio_delay_seconds\": -1}",
+      "audio_delay_seconds");
+  expect_config_error ("\"dim\": 64",
+      "\"dim\": 64, \"model_type\": \"hibiki\", \"conditioners\": {\"d\": "
+      "{\"type\": \"tensor\", \"tensor\": {\"dim\": 4}}}",
+      "lut");
+  /* A conditioned model that is not Hibiki: nobody knows its value. */
+  expect_config_error ("\"dim\": 64",
+      "\"dim\": 64, \"conditioners\": {\"d\": {\"type\": \"lut\", \"lut\": "
+      "{\"n_bins\": 4, \"dim\": 4, \"possible_values\": [\"very_good\"]}}}, "
+      "\"fuser\": {\"sum\": [\"d\"]}",
+      "Hibiki");
+  expect_config_error ("\"dim\": 64",
+      "\"dim\": 64, \"fuser\": {\"cross\": [\"d\"]}", "fuser");
+}
+
+/* STT: dep_q 0 over lm-tiny's weights (all 16 codebooks are the user's,
+ * delays 0): a text token every step, the one the teacher-forced pass finds
+ * most probable for the same sequence. */
+static void
+test_stt_text_only (void)
+{
+  gchar *p = tiny_config_with ("\"model_type\": \"stt\", "
+                               "\"delays\": [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+                               "0, 0, 0, 0, 0, 0, 0], \"_x\": null");
+  gchar *w = case_path ("model.safetensors");
+  LmConfig cfg;
+  GError *err = NULL;
+  /* (the original "delays" comes later in the file and would win) */
+  gchar *text = NULL;
+  g_assert_true (g_file_get_contents (p, &text, NULL, NULL));
+  GString *s = g_string_new (text);
+  g_string_replace (s, "\"_x\": null,", "", 1);
+  g_string_replace (s, "\"dep_q\": 8", "\"dep_q\": 0", 1);
+  gchar *d = strstr (s->str, "\"delays\": [\n");
+  g_assert_nonnull (d);
+  gchar *end = strchr (d, ']');
+  g_string_erase (s, d - s->str, end + 2 - d);
+  g_assert_true (g_file_set_contents (p, s->str, -1, NULL));
+  g_string_free (s, TRUE);
+  g_free (text);
+
+  g_assert_true (lm_config_load_json (&cfg, p, &err));
+  g_assert_no_error (err);
+  g_assert_cmpint (cfg.dep_q, ==, 0);
+  LmModel *m = lm_model_load (w, &cfg, MOSHI_WEIGHTS_F32, &err);
+  g_assert_no_error (err);
+  LmGenParams gp;
+  lm_gen_params_default (&gp, &cfg);
+  gp.use_sampling = FALSE;
+  LmGen *g = lm_gen_new (m, &gp, NULL);
+  g_assert_cmpint (lm_gen_user_codebooks (g), ==, 16);
+  const int T = 20;
+  /* LMGen reads user frame s at step s (frame 0 not at all: initial
+   * tokens), the teacher-forced pass reads codes[t] at step t + 1. */
+  int *codes = g_new0 (int, 17 * T);
+  GRand *rand = g_rand_new_with_seed (7);
+  for (int t = 0; t < T; t++) {
+    int user[16], out[1];
+    for (int k = 0; k < 16; k++) {
+      user[k] = g_rand_int_range (rand, 0, 64);
+      if (t > 0)
+        codes[(1 + k) * T + t - 1] = user[k];
+    }
+    g_assert_cmpint (lm_gen_step (g, user, out, NULL, NULL), ==, 1);
+    codes[t] = out[0];
+  }
+  float *tl = g_new (float, 100 * T);
+  guint8 *tm = g_new (guint8, T);
+  g_assert_true (lm_forward_teacher (m, codes, T, NULL, NULL, tl, tm, &err));
+  for (int t = 0; t < T; t++) {
+    int best = 0;
+    for (int i = 1; i < 100; i++)
+      if (tl[t * 100 + i] > tl[t * 100 + best])
+        best = i;
+    g_assert_cmpint (best, ==, codes[t]);
+  }
+  g_free (tl);
+  g_free (tm);
+  g_rand_free (rand);
+  g_free (codes);
+  lm_gen_free (g);
+  lm_model_unref (m);
+  g_unlink (p);
+  g_free (p);
+  g_free (w);
+}
+
+/* Hibiki: the conditioner's vector added to every step's input is the
+ * same model as that vector added to every text embedding row; and the
+ * text EOS (2) reads as padding (3). */
+static void
+test_hibiki_conditioner (void)
+{
+  const int dim = 64, bins = 5, cdim = 4, idx = 4;
+  gchar *src = case_path ("model.safetensors");
+  StFile *f = st_open (src, NULL);
+  g_assert_nonnull (f);
+  const int n = (int) st_count (f);
+  NamedTensor *a = g_new0 (NamedTensor, n + 2), *b = g_new0 (NamedTensor, n);
+  float *embed = g_new (float, (bins + 1) * cdim);
+  float *proj = g_new (float, dim *cdim);
+  float *v = g_new (float, dim);
+  float *text = NULL;
+  GRand *rand = g_rand_new_with_seed (3);
+  for (int i = 0; i < (bins + 1) * cdim; i++)
+    embed[i] = (float) g_rand_double_range (rand, -1, 1);
+  for (int i = 0; i < dim * cdim; i++)
+    proj[i] = (float) g_rand_double_range (rand, -0.5, 0.5);
+  for (int i = 0; i < dim; i++) {
+    double acc = 0;
+    for (int j = 0; j < cdim; j++)
+      acc += (double) proj[i * cdim + j] * embed[idx * cdim + j];
+    v[i] = (float) acc;
+  }
+  for (int i = 0; i < n; i++) {
+    const StTensor *t = st_index (f, i);
+    g_assert_cmpint (t->dtype, ==, ST_F32);
+    NamedTensor nt = { t->name, (int) t->numel, 1, (float *) t->data, t };
+    a[i] = b[i] = nt;
+    if (!strcmp (t->name, "text_emb.weight")) {
+      text = g_memdup2 (t->data, t->nbytes);
+      for (int64_t r = 0; r < t->shape[0]; r++)
+        for (int j = 0; j < dim; j++)
+          text[r * dim + j] += v[j];
+      b[i].data = text;
+    }
+  }
+  g_assert_nonnull (text);
+  a[n] =
+      (NamedTensor){ "condition_provider.conditioners.description.embed.weight",
+        bins + 1, cdim, embed, NULL };
+  a[n + 1] = (NamedTensor){
+    "condition_provider.conditioners.description.output_proj.weight", dim, cdim,
+    proj, NULL
+  };
+  gchar *pa = NULL, *pb = NULL;
+  close (g_file_open_tmp ("lm-cond-XXXXXX.safetensors", &pa, NULL));
+  close (g_file_open_tmp ("lm-plus-XXXXXX.safetensors", &pb, NULL));
+  write_tensors (pa, a, n + 2);
+  write_tensors (pb, b, n);
+  gchar *ca = tiny_config_with ("\"model_type\": \"hibiki\", "
+                                "\"conditioners\": {\"description\": "
+                                "{\"type\": \"lut\", \"lut\": {\"n_bins\": 5, "
+                                "\"dim\": 4, \"tokenizer\": \"noop\", "
+                                "\"possible_values\": [\"very_bad\", \"bad\", "
+                                "\"neutral\", \"good\", \"very_good\"]}}}, "
+                                "\"fuser\": {\"sum\": [\"description\"]}");
+  gchar *cb = tiny_config_with ("\"model_type\": \"hibiki\"");
+  LmConfig cfa, cfb;
+  GError *err = NULL;
+  g_assert_true (lm_config_load_json (&cfa, ca, &err));
+  g_assert_true (lm_config_load_json (&cfb, cb, &err));
+  LmModel *ma = lm_model_load (pa, &cfa, MOSHI_WEIGHTS_F32, &err);
+  g_assert_no_error (err);
+  LmModel *mb = lm_model_load (pb, &cfb, MOSHI_WEIGHTS_F32, &err);
+  g_assert_no_error (err);
+  LmConfig plain;
+  LmModel *m0 = load_tiny (MOSHI_WEIGHTS_F32, &plain);
+
+  int steps;
+  int *user = user_codes (&steps);
+  int *oa = g_new (int, steps * 9), *ob = g_new (int, steps * 9);
+  int *o0 = g_new (int, steps * 9);
+  LmGenParams gp;
+  lm_gen_params_default (&gp, &cfa);
+  gp.use_sampling = FALSE;
+  LmGen *ga = lm_gen_new (ma, &gp, NULL), *gb = lm_gen_new (mb, &gp, NULL);
+  LmGen *g0 = lm_gen_new (m0, &gp, NULL);
+  run (ga, user, steps, oa);
+  run (gb, user, steps, ob);
+  run (g0, user, steps, o0);
+  g_assert_cmpmem (oa, sizeof (int) * steps * 9, ob, sizeof (int) * steps * 9);
+  g_assert_true (memcmp (oa, o0, sizeof (int) * steps * 9) != 0);
+
+  /* EOS reads as padding: same logits with text 2 or 3 in the history. */
+  const int T = 6;
+  int codes[17 * 6];
+  float *l2 = g_new (float, 8 * T * 64), *l3 = g_new (float, 8 * T * 64);
+  float *t2 = g_new (float, T * 100), *t3 = g_new (float, T * 100);
+  guint8 mk[8 * 6], tm[6];
+  for (int i = 0; i < 17 * T; i++)
+    codes[i] = i < T ? 5 : (i * 7) % 64;
+  codes[2] = 2;
+  g_assert_true (lm_forward_teacher (ma, codes, T, l2, mk, t2, tm, NULL));
+  codes[2] = 3;
+  g_assert_true (lm_forward_teacher (ma, codes, T, l3, mk, t3, tm, NULL));
+  /* (the target of step 2 differs, its logits do not) */
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < 100; i++)
+      g_assert_cmpfloat (t2[t * 100 + i], ==, t3[t * 100 + i]);
+
+  g_free (l2);
+  g_free (l3);
+  g_free (t2);
+  g_free (t3);
+  lm_gen_free (ga);
+  lm_gen_free (gb);
+  lm_gen_free (g0);
+  g_free (oa);
+  g_free (ob);
+  g_free (o0);
+  g_free (user);
+  lm_model_unref (ma);
+  lm_model_unref (mb);
+  lm_model_unref (m0);
+  g_unlink (pa);
+  g_unlink (pb);
+  g_unlink (ca);
+  g_unlink (cb);
+  g_free (pa);
+  g_free (pb);
+  g_free (ca);
+  g_free (cb);
+  g_free (embed);
+  g_free (proj);
+  g_free (v);
+  g_free (text);
+  g_free (a);
+  g_free (b);
+  g_rand_free (rand);
+  st_unref (f);
+  g_free (src);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -660,5 +954,8 @@ main (int argc, char **argv)
   g_test_add_func ("/lm/lora", test_lora);
   g_test_add_func ("/lm/alloc-failures", test_alloc_failures);
   g_test_add_func ("/lm/pack-cache", test_pack_cache);
+  g_test_add_func ("/lm/config-kinds", test_config_kinds);
+  g_test_add_func ("/lm/stt-text-only", test_stt_text_only);
+  g_test_add_func ("/lm/hibiki-conditioner", test_hibiki_conditioner);
   return g_test_run ();
 }

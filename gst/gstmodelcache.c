@@ -284,7 +284,10 @@ load_lm_cached (const gchar *path, const gchar *lora_path, const LmConfig *cfg,
       &warning, error);
   if (m)
     GST_INFO ("%s: packed weights %s %s", path,
-        lm_model_from_cache (m) ? "mapped from" : "written to", cache_path);
+        lm_model_from_cache (m) ? "mapped from"
+            : warning           ? "not written to"
+                                : "written to",
+        cache_path);
   if (warning)
     GST_WARNING ("%s", warning);
   g_free (warning);

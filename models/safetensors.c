@@ -342,7 +342,13 @@ out:
   return ok;
 }
 
-void (*st_test_open_hook) (const char *path) = NULL;
+static void (*test_open_hook) (const char *path);
+
+void
+st_set_test_open_hook (void (*hook) (const char *path))
+{
+  test_open_hook = hook;
+}
 
 StFile *
 st_open (const char *path, GError **error)
@@ -388,8 +394,8 @@ st_open (const char *path, GError **error)
     st_unref (f);
     return NULL;
   }
-  if (st_test_open_hook)
-    st_test_open_hook (path);
+  if (test_open_hook)
+    test_open_hook (path);
   return f;
 }
 

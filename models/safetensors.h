@@ -51,9 +51,11 @@ StFile *st_open (const char *path, GError **error);
  * SIGBUS.  Loaders call it once every tensor has been read or packed. */
 gboolean st_finish_load (StFile *f, GError **error);
 StFile *st_ref (StFile *f);
-/* Tests only: when set, st_open() calls it with the path once the header
- * is validated (e.g. to truncate the file before the tensors are read). */
-extern void (*st_test_open_hook) (const char *path);
+/* Tests only: when set, st_open() calls hook(path) once the header is
+ * validated (e.g. to truncate the file before the tensors are read).  NULL
+ * removes it.  A function, not a global: the library is linked into both
+ * the tests and the plugin. */
+void st_set_test_open_hook (void (*hook) (const char *path));
 void st_unref (StFile *f);
 
 const char *st_path (const StFile *f);

@@ -125,9 +125,9 @@ test_mimi_truncated_while_loading (void)
   GError *err = NULL;
   hook_target = path;
   hook_keep = file_size (path) / 2;
-  st_test_open_hook = truncate_hook;
+  st_set_test_open_hook (truncate_hook);
   MimiModel *m = mimi_model_load (path, &err);
-  st_test_open_hook = NULL;
+  st_set_test_open_hook (NULL);
   g_assert_null (m);
   assert_truncation_error (err, path);
   g_test_message ("%s", err->message);
@@ -153,9 +153,9 @@ test_lm_truncated_while_loading (gconstpointer data)
   GError *err = NULL;
   hook_target = path;
   hook_keep = KEEP;
-  st_test_open_hook = truncate_hook;
+  st_set_test_open_hook (truncate_hook);
   LmModel *m = lm_model_load (path, &cfg, w, &err);
-  st_test_open_hook = NULL;
+  st_set_test_open_hook (NULL);
   g_assert_null (m);
   assert_truncation_error (err, path);
   g_clear_error (&err);
@@ -192,10 +192,10 @@ test_cache_truncated_while_loading (void)
   g_assert_cmpint (file_size (cache), >, 4 * KEEP);
 
   cache_to_cut = cache;
-  st_test_open_hook = cut_cache_hook;
+  st_set_test_open_hook (cut_cache_hook);
   m = lm_model_load_cached (path, NULL, &cfg, MOSHI_WEIGHTS_Q8, cache, &warning,
       &err);
-  st_test_open_hook = NULL;
+  st_set_test_open_hook (NULL);
   cache_to_cut = NULL;
   g_assert_null (m);
   assert_truncation_error (err, cache);

@@ -138,6 +138,8 @@ main (int argc, char **argv)
     fflush (stdout);
   }
   g_free (t);
+  g_free (peaks);
+  g_free (ratios);
   g_free (out);
   g_free (img);
   siglip_model_free (m);

@@ -424,9 +424,10 @@ siglip_set_threads (int n_threads)
   g_atomic_int_set (&siglip_threads, n_threads);
 }
 
-/* Largest image side accepted: keeps every size computation far from
- * overflow and the attention scratch (tokens^2 floats) bounded. */
-#define SIGLIP_MAX_SIDE 4096
+/* Largest image side accepted.  The element resizes pictures to the
+ * trained 448 first; past ~1024 pixels the attention (tokens^2 scores per
+ * thread: 113 MB at 1024) and its quadratic time are no longer reasonable. */
+#define SIGLIP_MAX_SIDE 1024
 
 gboolean
 siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,

@@ -76,7 +76,7 @@ const SiglipConfig *siglip_model_config (const SiglipModel *m);
  * (blas.h), each applies the count current when it starts. */
 void siglip_set_threads (int n_threads);
 
-/* Checks an RGB u8 input: non-NULL, sides in [1, 4096], stride >= 3 * width,
+/* Checks an RGB u8 input: non-NULL, sides in [1, 1024], stride >= 3 * width,
  * at least one patch.  ARGUMENT errors say which. */
 gboolean siglip_check_image (const SiglipConfig *c, const uint8_t *rgb,
     int width, int height, int stride, GError **error);

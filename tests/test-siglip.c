@@ -541,13 +541,13 @@ test_bad_images (void)
   expect_encode_error (e, NULL, 56, 56, 168, out, "no image");
   expect_encode_error (e, img, 56, 56, 168, NULL, "no output buffer");
   expect_encode_error (e, img, 0, 56, 168, out, "0x56 image is not supported");
-  expect_encode_error (e, img, 56, -1, 168, out, "sides must be in [1, 4096]");
+  expect_encode_error (e, img, 56, -1, 168, out, "sides must be in [1, 1024]");
   expect_encode_error (e, img, 56, 56, 100, out,
       "stride 100 bytes is less than 3 * width = 168");
   expect_encode_error (e, img, 13, 13, 39, out, "smaller than one 14x14 patch");
   expect_encode_error (e, img, 100, 13, 300, out, "smaller than one");
-  expect_encode_error (e, img, 5000, 56, 15000, out,
-      "sides must be in [1, 4096]");
+  expect_encode_error (e, img, 1025, 56, 3075, out,
+      "sides must be in [1, 1024]");
   expect_encode_error (NULL, img, 56, 56, 168, out, "no encoder");
   GError *err = NULL;
   /* A non-square picture runs on its own grid (here 2 x 7 patches). */

@@ -56,6 +56,8 @@ int siglip_tokens_for_size (const SiglipConfig *c, int width, int height);
 /* Multiply-adds x 2 of one forward pass (patch conv, projections,
  * attention, MLP), for benchmarks. */
 double siglip_flops (const SiglipConfig *c, int width, int height);
+/* Parameters of the tower (413,327,088 for So400m/14-448). */
+int64_t siglip_param_count (const SiglipConfig *c);
 
 typedef struct SiglipModel SiglipModel;
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "alloc.h"
 #include "blas.h"
@@ -137,6 +138,10 @@ main (int argc, char **argv)
     printf ("| %d | %.2f | %.0f | %.0f | %.2f |\n", th, s, rate, peak, ratio);
     fflush (stdout);
   }
+  struct rusage ru;
+  getrusage (RUSAGE_SELF, &ru);
+  printf ("\npeak RSS %.0f MB (float32 weights %.0f MB)\n",
+      ru.ru_maxrss / 1024.0, siglip_param_count (&cfg) * 4.0 / 1e6);
   g_free (t);
   g_free (peaks);
   g_free (ratios);

@@ -514,6 +514,8 @@ test_config_errors (void)
   g_assert_cmpint (cfg.vision.num_heads, ==, 16);
   g_assert_cmpint (cfg.vision.intermediate_size, ==, 4304);
   g_assert_cmpint (cfg.adapter.out_dim, ==, 4096);
+  /* The spec's count for So400m/14-448 (section 2.4). */
+  g_assert_cmpint (siglip_param_count (&cfg.vision), ==, 413327088);
   g_assert_cmpint (siglip_tokens_for_size (&cfg.vision, 448, 448), ==, 1024);
   g_assert_cmpint (siglip_tokens_for_size (&cfg.vision, 512, 512), ==, 1296);
   g_assert_cmpint (siglip_tokens_for_size (&cfg.vision, 13, 448), ==, 0);

@@ -140,8 +140,8 @@ main (int argc, char **argv)
   }
   struct rusage ru;
   getrusage (RUSAGE_SELF, &ru);
-  printf ("\npeak RSS %.0f MB (float32 weights %.0f MB)\n",
-      ru.ru_maxrss / 1024.0, siglip_param_count (&cfg) * 4.0 / 1e6);
+  printf ("\npeak RSS %.0f MiB (float32 weights %.0f MiB)\n",
+      ru.ru_maxrss / 1024.0, siglip_param_count (&cfg) * 4.0 / 1048576.0);
   g_free (t);
   g_free (peaks);
   g_free (ratios);

@@ -2,7 +2,7 @@
  * default) with random weights, against this machine's float32 GEMM peak
  * measured in the same run.
  *
- *   bench-vision [--size S] [--runs R] [--max-threads T]
+ *   bench-vision [--size S] [--runs R] [--max-threads T] [--bf16]
  *
  * For 1..T threads: seconds per image (median of R runs), achieved GFLOP/s
  * (FLOPs counted from the shapes: siglip_flops), the cblas_sgemm rate of a
@@ -65,12 +65,15 @@ int
 main (int argc, char **argv)
 {
   int size = 448, runs = 3, max_threads = 2;
+  gboolean bf16 = FALSE;
   GOptionEntry entries[] = {
     { "size", 's', 0, G_OPTION_ARG_INT, &size, "Image side (448)", "S" },
     { "runs", 'r', 0, G_OPTION_ARG_INT, &runs, "Timed runs per setting (3)",
         "R" },
     { "max-threads", 't', 0, G_OPTION_ARG_INT, &max_threads, "Threads 1..T (2)",
         "T" },
+    { "bf16", 0, 0, G_OPTION_ARG_NONE, &bf16,
+        "Layer matrices stored as bf16, widened per layer", NULL },
     { NULL },
   };
   GError *err = NULL;
@@ -89,6 +92,10 @@ main (int argc, char **argv)
   gint64 t0 = g_get_monotonic_time ();
   SiglipModel *m = siglip_model_new_random (&cfg, 42, &err);
   if (!m) {
+    fprintf (stderr, "%s\n", err->message);
+    return 1;
+  }
+  if (bf16 && !siglip_model_to_bf16 (m, &err)) {
     fprintf (stderr, "%s\n", err->message);
     return 1;
   }
@@ -140,8 +147,9 @@ main (int argc, char **argv)
   }
   struct rusage ru;
   getrusage (RUSAGE_SELF, &ru);
-  printf ("\npeak RSS %.0f MiB (float32 weights %.0f MiB)\n",
-      ru.ru_maxrss / 1024.0, siglip_param_count (&cfg) * 4.0 / 1048576.0);
+  printf ("\npeak RSS %.0f MiB (weights %.0f MiB, %s)\n", ru.ru_maxrss / 1024.0,
+      siglip_model_weight_bytes (m) / 1048576.0,
+      bf16 ? "layer matrices in bf16" : "float32");
   g_free (t);
   g_free (peaks);
   g_free (ratios);

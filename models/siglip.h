@@ -73,7 +73,7 @@ SiglipModel *siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed,
     GError **error);
 void siglip_model_free (SiglipModel *m);
 const SiglipConfig *siglip_model_config (const SiglipModel *m);
-/* Stores the layers' weight matrices (99.6 % of the tower) as bf16,
+/* Stores the layers' weight matrices (99.5 % of the tower) as bf16,
  * rounded to nearest even: half the memory, ~0.4 % weight error.  A BF16
  * checkpoint is kept in bf16 as loaded (no rounding).  IO error when out of
  * memory (the model stays usable). */

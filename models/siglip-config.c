@@ -214,3 +214,13 @@ siglip_flops (const SiglipConfig *c, int width, int height)
       + 2 * 2 * n * d * f; /* fc1, fc2 */
   return 2 * n * k * d + c->num_layers * per_layer;
 }
+
+int64_t
+siglip_param_count (const SiglipConfig *c)
+{
+  const int64_t D = c->hidden_size, F = c->intermediate_size;
+  const int64_t K = (int64_t) c->num_channels * c->patch_size * c->patch_size;
+  const int64_t g = c->image_size / c->patch_size;
+  const int64_t layer = 4 * (D * D + D) + 2 * D * F + F + D + 4 * D;
+  return K * D + D + g * g * D + c->num_layers * layer + 2 * D;
+}

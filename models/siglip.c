@@ -12,12 +12,27 @@
 #include <math.h>
 #include <string.h>
 
+/* A weight matrix, [rows][cols] row-major, kept as float32 or as bf16.
+ * bf16 halves the tower's memory (1.65 GB -> 0.83 GB for So400m); the
+ * forward pass widens one layer's matrices at a time into float scratch
+ * for the GEMMs, so results are those of the float32 values of the same
+ * bf16 numbers. */
+typedef struct {
+  float *f32;
+  uint16_t *bf16;
+} SigMat;
+
 typedef struct {
   float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
   /* q, k and v stacked as one [3D][D] weight so one GEMM makes all three. */
-  float *qkv_w, *qkv_b;
-  float *out_w, *out_b;
-  float *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+  SigMat qkv_w;
+  float *qkv_b;
+  SigMat out_w;
+  float *out_b;
+  SigMat fc1_w;
+  float *fc1_b;
+  SigMat fc2_w;
+  float *fc2_b;
 } SiglipLayer;
 
 struct SiglipModel {
@@ -31,15 +46,27 @@ struct SiglipModel {
 };
 
 static void
+mat_clear (SigMat *w)
+{
+  moshi_free (w->f32);
+  moshi_free (w->bf16);
+  w->f32 = NULL;
+  w->bf16 = NULL;
+}
+
+static void
 layer_clear (SiglipLayer *l)
 {
-  float **p[] = { &l->ln1_w, &l->ln1_b, &l->ln2_w, &l->ln2_b, &l->qkv_w,
-    &l->qkv_b, &l->out_w, &l->out_b, &l->fc1_w, &l->fc1_b, &l->fc2_w,
-    &l->fc2_b };
+  float **p[] = { &l->ln1_w, &l->ln1_b, &l->ln2_w, &l->ln2_b, &l->qkv_b,
+    &l->out_b, &l->fc1_b, &l->fc2_b };
   for (size_t i = 0; i < G_N_ELEMENTS (p); i++) {
     moshi_free (*p[i]);
     *p[i] = NULL;
   }
+  mat_clear (&l->qkv_w);
+  mat_clear (&l->out_w);
+  mat_clear (&l->fc1_w);
+  mat_clear (&l->fc2_w);
 }
 
 void
@@ -103,58 +130,105 @@ load (Loader *ld, const char *suffix, int ndim, int64_t d0, int64_t d1,
   return weights_load (ld->f, name, ndim, shape, ld->error);
 }
 
-/* q, k, v weights (or biases, `cols` = 1 and ndim 1) into one stacked
- * buffer. */
+/* The q, k, v biases of a layer, stacked as one [3D]. */
 static float *
-load_qkv (Loader *ld, int layer, const char *what, int D, int ndim)
+load_qkv_bias (Loader *ld, int layer, int D)
 {
-  size_t part = (size_t) D * (ndim == 2 ? D : 1);
-  float *all = moshi_alloc (3 * part * sizeof (float));
+  float *all = moshi_alloc (3 * (size_t) D * sizeof (float));
   if (!all) {
-    oom (ld->error, "the q/k/v projections", 3 * part * sizeof (float));
+    oom (ld->error, "the q/k/v biases", 3 * (size_t) D * sizeof (float));
     return NULL;
   }
   static const char *const names[3] = { "q", "k", "v" };
   for (int i = 0; i < 3; i++) {
     char suffix[128];
-    g_snprintf (suffix, sizeof suffix, "encoder.layers.%d.self_attn.%s_proj.%s",
-        layer, names[i], what);
-    float *w = load (ld, suffix, ndim, D, D, 0, 0);
-    if (!w) {
+    g_snprintf (suffix, sizeof suffix,
+        "encoder.layers.%d.self_attn.%s_proj.bias", layer, names[i]);
+    float *b = load (ld, suffix, 1, D, 0, 0, 0);
+    if (!b) {
       moshi_free (all);
       return NULL;
     }
-    memcpy (all + i * part, w, part * sizeof (float));
-    moshi_free (w);
+    memcpy (all + (size_t) i * D, b, D * sizeof (float));
+    moshi_free (b);
   }
   return all;
+}
+
+/* Weight matrices `subs` (n_parts of [rows][cols]) of layer `layer`,
+ * stacked by rows into one SigMat: bf16 when every part is stored as BF16
+ * (copied as is: lossless), float32 otherwise (any dtype weights_load
+ * reads). */
+static gboolean
+load_mat (Loader *ld, int layer, const char *const *subs, int n_parts, int rows,
+    int cols, SigMat *out)
+{
+  const int64_t shape[2] = { rows, cols };
+  const StTensor *t[3];
+  char name[256];
+  gboolean bf16 = TRUE;
+  for (int p = 0; p < n_parts; p++) {
+    weights_name (name, "%sencoder.layers.%d.%s", ld->prefix, layer, subs[p]);
+    if (!(t[p] = st_require (ld->f, name, 2, shape, ld->error)))
+      return FALSE;
+    bf16 = bf16 && t[p]->dtype == ST_BF16;
+  }
+  const size_t part = (size_t) rows * cols;
+  const size_t bytes = n_parts * part * (bf16 ? 2 : 4);
+  void *all = moshi_alloc (bytes);
+  if (!all)
+    return oom (ld->error, t[0]->name, bytes);
+  for (int p = 0; p < n_parts; p++) {
+    if (bf16) {
+      memcpy ((uint16_t *) all + p * part, t[p]->data, part * 2);
+      continue;
+    }
+    float *w = weights_load (ld->f, t[p]->name, 2, shape, ld->error);
+    if (!w) {
+      moshi_free (all);
+      return FALSE;
+    }
+    memcpy ((float *) all + p * part, w, part * sizeof (float));
+    moshi_free (w);
+  }
+  if (bf16)
+    out->bf16 = all;
+  else
+    out->f32 = all;
+  return TRUE;
 }
 
 static gboolean
 load_layer (Loader *ld, int i, const SiglipConfig *c, SiglipLayer *l)
 {
+  static const char *const qkv[3] = { "self_attn.q_proj.weight",
+    "self_attn.k_proj.weight", "self_attn.v_proj.weight" };
+  static const char *const out[1] = { "self_attn.out_proj.weight" };
+  static const char *const fc1[1] = { "mlp.fc1.weight" };
+  static const char *const fc2[1] = { "mlp.fc2.weight" };
   const int D = c->hidden_size, F = c->intermediate_size;
   char s[128];
-#define LOAD(dst, sub, nd, a, b)                              \
+#define LOAD(dst, sub, n)                                     \
   do {                                                        \
     g_snprintf (s, sizeof s, "encoder.layers.%d.%s", i, sub); \
-    if (!(dst = load (ld, s, nd, a, b, 0, 0)))                \
+    if (!(dst = load (ld, s, 1, n, 0, 0, 0)))                 \
       return FALSE;                                           \
   } while (0)
-  LOAD (l->ln1_w, "layer_norm1.weight", 1, D, 0);
-  LOAD (l->ln1_b, "layer_norm1.bias", 1, D, 0);
-  if (!(l->qkv_w = load_qkv (ld, i, "weight", D, 2)))
+  LOAD (l->ln1_w, "layer_norm1.weight", D);
+  LOAD (l->ln1_b, "layer_norm1.bias", D);
+  if (!load_mat (ld, i, qkv, 3, D, D, &l->qkv_w)
+      || !(l->qkv_b = load_qkv_bias (ld, i, D))
+      || !load_mat (ld, i, out, 1, D, D, &l->out_w))
     return FALSE;
-  if (!(l->qkv_b = load_qkv (ld, i, "bias", D, 1)))
+  LOAD (l->out_b, "self_attn.out_proj.bias", D);
+  LOAD (l->ln2_w, "layer_norm2.weight", D);
+  LOAD (l->ln2_b, "layer_norm2.bias", D);
+  if (!load_mat (ld, i, fc1, 1, F, D, &l->fc1_w))
     return FALSE;
-  LOAD (l->out_w, "self_attn.out_proj.weight", 2, D, D);
-  LOAD (l->out_b, "self_attn.out_proj.bias", 1, D, 0);
-  LOAD (l->ln2_w, "layer_norm2.weight", 1, D, 0);
-  LOAD (l->ln2_b, "layer_norm2.bias", 1, D, 0);
-  LOAD (l->fc1_w, "mlp.fc1.weight", 2, F, D);
-  LOAD (l->fc1_b, "mlp.fc1.bias", 1, F, 0);
-  LOAD (l->fc2_w, "mlp.fc2.weight", 2, D, F);
-  LOAD (l->fc2_b, "mlp.fc2.bias", 1, D, 0);
+  LOAD (l->fc1_b, "mlp.fc1.bias", F);
+  if (!load_mat (ld, i, fc2, 1, D, F, &l->fc2_w))
+    return FALSE;
+  LOAD (l->fc2_b, "mlp.fc2.bias", D);
 #undef LOAD
   return TRUE;
 }
@@ -225,15 +299,15 @@ siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed, GError **error)
     SiglipLayer *l = &m->layers[i];
     if (!(l->ln1_w = rnd (&s, D, 0.1f, 1.0f, error))
         || !(l->ln1_b = rnd (&s, D, 0.1f, 0, error))
-        || !(l->qkv_w = rnd (&s, 3 * D * D, sd, 0, error))
+        || !(l->qkv_w.f32 = rnd (&s, 3 * D * D, sd, 0, error))
         || !(l->qkv_b = rnd (&s, 3 * D, 0.1f, 0, error))
-        || !(l->out_w = rnd (&s, D * D, sd, 0, error))
+        || !(l->out_w.f32 = rnd (&s, D * D, sd, 0, error))
         || !(l->out_b = rnd (&s, D, 0.1f, 0, error))
         || !(l->ln2_w = rnd (&s, D, 0.1f, 1.0f, error))
         || !(l->ln2_b = rnd (&s, D, 0.1f, 0, error))
-        || !(l->fc1_w = rnd (&s, F * D, sd, 0, error))
+        || !(l->fc1_w.f32 = rnd (&s, F * D, sd, 0, error))
         || !(l->fc1_b = rnd (&s, F, 0.1f, 0, error))
-        || !(l->fc2_w = rnd (&s, D * F, sf, 0, error))
+        || !(l->fc2_w.f32 = rnd (&s, D * F, sf, 0, error))
         || !(l->fc2_b = rnd (&s, D, 0.1f, 0, error)))
       goto fail;
   }
@@ -241,6 +315,72 @@ siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed, GError **error)
 fail:
   siglip_model_free (m);
   return NULL;
+}
+
+/* ------------------------------------------------------------- bf16 --- */
+
+static gboolean
+mat_to_bf16 (SigMat *w, size_t n)
+{
+  if (!w->f32)
+    return TRUE;
+  uint16_t *h = moshi_alloc (n * sizeof (uint16_t));
+  if (!h)
+    return FALSE;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy (&u, &w->f32[i], 4);
+    /* Round to nearest even; NaN stays NaN (quiet bit kept). */
+    h[i] = (u & 0x7FFFFFFF) > 0x7F800000
+        ? (uint16_t) ((u >> 16) | 0x40)
+        : (uint16_t) ((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+  }
+  moshi_free (w->f32);
+  w->f32 = NULL;
+  w->bf16 = h;
+  return TRUE;
+}
+
+gboolean
+siglip_model_to_bf16 (SiglipModel *m, GError **error)
+{
+  const size_t D = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+  for (int i = 0; i < m->cfg.num_layers; i++) {
+    SiglipLayer *l = &m->layers[i];
+    if (!mat_to_bf16 (&l->qkv_w, 3 * D * D) || !mat_to_bf16 (&l->out_w, D * D)
+        || !mat_to_bf16 (&l->fc1_w, F * D) || !mat_to_bf16 (&l->fc2_w, D * F))
+      return oom (error, "bf16 weights", F * D * sizeof (uint16_t));
+  }
+  return TRUE;
+}
+
+size_t
+siglip_model_weight_bytes (const SiglipModel *m)
+{
+  const size_t D = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+  const size_t P = m->cfg.patch_size;
+  size_t bytes = (3 * P * P * D + D + (size_t) m->grid * m->grid * D + 2 * D)
+      * sizeof (float);
+  for (int i = 0; i < m->cfg.num_layers; i++) {
+    const SiglipLayer *l = &m->layers[i];
+    const SigMat *w[4] = { &l->qkv_w, &l->out_w, &l->fc1_w, &l->fc2_w };
+    const size_t n[4] = { 3 * D * D, D * D, F * D, D * F };
+    for (int k = 0; k < 4; k++)
+      bytes += n[k] * (w[k]->bf16 ? 2 : 4);
+    bytes += (4 * D + 3 * D + D + F + D) * sizeof (float);
+  }
+  return bytes;
+}
+
+static gboolean
+model_has_bf16 (const SiglipModel *m)
+{
+  for (int i = 0; i < m->cfg.num_layers; i++) {
+    const SiglipLayer *l = &m->layers[i];
+    if (l->qkv_w.bf16 || l->out_w.bf16 || l->fc1_w.bf16 || l->fc2_w.bf16)
+      return TRUE;
+  }
+  return FALSE;
 }
 
 /* ---------------------------------------------------------- forward --- */
@@ -413,6 +553,48 @@ attn_part (void *ctx, int index, int count)
   }
 }
 
+/* bf16 matrices widened to float, split over the pool. */
+typedef struct {
+  const SigMat *w[4];
+  size_t n[4];
+  float *dst[4];
+} WidenJob;
+
+static void
+widen_part (void *ctx, int index, int count)
+{
+  const WidenJob *j = ctx;
+  for (int k = 0; k < 4; k++) {
+    const uint16_t *h = j->w[k]->bf16;
+    if (!h)
+      continue;
+    const size_t a = j->n[k] * index / count, b = j->n[k] * (index + 1) / count;
+    float *d = j->dst[k];
+    for (size_t i = a; i < b; i++) {
+      uint32_t u = (uint32_t) h[i] << 16;
+      memcpy (&d[i], &u, 4);
+    }
+  }
+}
+
+/* The float32 matrices of layer l: as stored, or widened into ws. */
+static void
+layer_weights (MoshiPool *pool, const SiglipLayer *l, int D, int F, float *ws,
+    const float *out[4])
+{
+  const size_t dd = (size_t) D * D, fd = (size_t) F * D;
+  WidenJob j = { { &l->qkv_w, &l->out_w, &l->fc1_w, &l->fc2_w },
+    { 3 * dd, dd, fd, fd },
+    { ws, ws + 3 * dd, ws + 4 * dd, ws + 4 * dd + fd } };
+  gboolean any = FALSE;
+  for (int k = 0; k < 4; k++) {
+    out[k] = j.w[k]->bf16 ? j.dst[k] : j.w[k]->f32;
+    any = any || j.w[k]->bf16;
+  }
+  if (any)
+    moshi_pool_run (pool, widen_part, &j);
+}
+
 /* Process-wide, like OpenBLAS's own setting; applied by each forward pass
  * under the BLAS lock (blas.h). */
 static gint siglip_threads = 1;
@@ -424,9 +606,10 @@ siglip_set_threads (int n_threads)
   g_atomic_int_set (&siglip_threads, n_threads);
 }
 
-/* Largest image side accepted: keeps every size computation far from
- * overflow and the attention scratch (tokens^2 floats) bounded. */
-#define SIGLIP_MAX_SIDE 4096
+/* Largest image side accepted.  The element resizes pictures to the
+ * trained 448 first; past ~1024 pixels the attention (tokens^2 scores per
+ * thread: 113 MB at 1024) and its quadratic time are no longer reasonable. */
+#define SIGLIP_MAX_SIDE 1024
 
 gboolean
 siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
@@ -459,13 +642,16 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
   size_t hid = MAX ((size_t) N * F, (size_t) N * K);
   if (gh != m->grid || gw != m->grid)
     hid = MAX (hid, nd);
+  /* bf16 weights: one layer's matrices widened to float at a time. */
+  const size_t wsz =
+      model_has_bf16 (m) ? (size_t) D * (4 * (size_t) D + 2 * (size_t) F) : 0;
   const size_t bytes =
-      (nd * 5 + hid + (size_t) threads * N * N) * sizeof (float);
+      (nd * 5 + hid + (size_t) threads * N * N + wsz) * sizeof (float);
   float *buf = moshi_alloc (bytes);
   if (!buf)
     return oom (error, "the activations", bytes);
   float *x = buf, *y = x + nd, *qkv = y + nd, *h = qkv + 3 * nd;
-  float *scores = h + hid;
+  float *scores = h + hid, *ws = scores + (size_t) threads * N * N;
   moshi_blas_lock ();
   moshi_blas_set_threads (threads);
   MoshiPool *pool = threads > 1 ? moshi_pool_new (threads) : NULL;
@@ -496,22 +682,24 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
   const float eps = c->layer_norm_eps;
   for (int li = 0; li < c->num_layers; li++) {
     const SiglipLayer *l = &m->layers[li];
+    const float *w[4]; /* qkv, out, fc1, fc2 */
+    layer_weights (pool, l, D, F, ws, w);
     /* x += out(softmax(q k^T / sqrt(hd)) v) */
     run_rows (pool, ROWS_LAYER_NORM, y, x, l->ln1_w, l->ln1_b, N, D, eps, 0);
-    gemm_nt (N, 3 * D, D, 1.0f, y, D, l->qkv_w, D, 0.0f, qkv, 3 * D);
+    gemm_nt (N, 3 * D, D, 1.0f, y, D, w[0], D, 0.0f, qkv, 3 * D);
     run_rows (pool, ROWS_ADD_BIAS, qkv, NULL, NULL, l->qkv_b, N, 3 * D, 0, 0);
     if (pool)
       moshi_blas_set_threads (1);
     moshi_pool_run (pool, attn_part, &attn);
     if (pool)
       moshi_blas_set_threads (threads);
-    gemm_nt (N, D, D, 1.0f, y, D, l->out_w, D, 1.0f, x, D);
+    gemm_nt (N, D, D, 1.0f, y, D, w[1], D, 1.0f, x, D);
     run_rows (pool, ROWS_ADD_BIAS, x, NULL, NULL, l->out_b, N, D, 0, 0);
     /* x += fc2(gelu(fc1(LN2(x)))) */
     run_rows (pool, ROWS_LAYER_NORM, y, x, l->ln2_w, l->ln2_b, N, D, eps, 0);
-    gemm_nt (N, F, D, 1.0f, y, D, l->fc1_w, D, 0.0f, h, F);
+    gemm_nt (N, F, D, 1.0f, y, D, w[2], D, 0.0f, h, F);
     run_rows (pool, ROWS_BIAS_ACT, h, NULL, NULL, l->fc1_b, N, F, 0, c->act);
-    gemm_nt (N, D, F, 1.0f, h, F, l->fc2_w, F, 1.0f, x, D);
+    gemm_nt (N, D, F, 1.0f, h, F, w[3], F, 1.0f, x, D);
     run_rows (pool, ROWS_ADD_BIAS, x, NULL, NULL, l->fc2_b, N, D, 0, 0);
   }
   if (pre_postln)

@@ -285,11 +285,17 @@ test_concurrent (void)
   st_unref (v);
 }
 
+typedef enum {
+  WRITE_F32, /* values as they are */
+  WRITE_BF16, /* rounded to bf16, stored as BF16 */
+  WRITE_F32_ROUNDED, /* rounded to bf16, stored as F32 */
+} WriteMode;
+
 /* The tiny checkpoint rewritten: tensor `drop` left out, tensor `swap` with
- * its two dims swapped (same bytes, wrong shape), and every tensor stored
- * as BF16 when `bf16`.  Returns the new file's path (g_free; unlink). */
+ * its two dims swapped (same bytes, wrong shape), values stored as `mode`
+ * says.  Returns the new file's path (g_free; unlink). */
 static gchar *
-rewrite_checkpoint (const char *drop, const char *swap, gboolean bf16)
+rewrite_checkpoint (const char *drop, const char *swap, WriteMode mode)
 {
   gchar *src = case_path ("model.safetensors");
   StFile *f = st_open (src, NULL);
@@ -305,14 +311,15 @@ rewrite_checkpoint (const char *drop, const char *swap, gboolean bf16)
     g_assert_true (st_read_f32 (f, t, v, NULL));
     size_t off = data->len;
     for (int64_t k = 0; k < t->numel; k++) {
-      if (bf16) {
-        uint32_t u;
-        memcpy (&u, &v[k], 4);
-        u += 0x7FFF + ((u >> 16) & 1); /* round to nearest even */
+      uint32_t u;
+      memcpy (&u, &v[k], 4);
+      if (mode != WRITE_F32)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u; /* nearest even */
+      if (mode == WRITE_BF16) {
         uint16_t b = (uint16_t) (u >> 16);
         g_byte_array_append (data, (const guint8 *) &b, 2);
       } else
-        g_byte_array_append (data, (const guint8 *) &v[k], 4);
+        g_byte_array_append (data, (const guint8 *) &u, 4);
     }
     g_free (v);
     GString *shape = g_string_new ("");
@@ -324,8 +331,8 @@ rewrite_checkpoint (const char *drop, const char *swap, gboolean bf16)
     }
     g_string_append_printf (hdr,
         "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%s],\"data_offsets\":[%zu,%u]}",
-        first ? "" : ",", t->name, bf16 ? "BF16" : "F32", shape->str, off,
-        data->len);
+        first ? "" : ",", t->name, mode == WRITE_BF16 ? "BF16" : "F32",
+        shape->str, off, data->len);
     g_string_free (shape, TRUE);
     first = FALSE;
   }
@@ -373,19 +380,19 @@ test_checkpoint_errors (void)
     "image_prefix.norm_xa.alpha",
   };
   for (size_t i = 0; i < G_N_ELEMENTS (missing); i++) {
-    gchar *p = rewrite_checkpoint (missing[i], NULL, FALSE);
+    gchar *p = rewrite_checkpoint (missing[i], NULL, WRITE_F32);
     expect_load_error (p, &cfg, MOSHI_MODEL_ERROR_MISSING, missing[i], NULL);
     g_unlink (p);
     g_free (p);
   }
   /* Wrong shapes name the tensor, the expected and the found shape. */
   gchar *p = rewrite_checkpoint (NULL,
-      "image_prefix.enc.model.encoder.layers.0.mlp.fc1.weight", FALSE);
+      "image_prefix.enc.model.encoder.layers.0.mlp.fc1.weight", WRITE_F32);
   expect_load_error (p, &cfg, MOSHI_MODEL_ERROR_SHAPE,
       "image_prefix.enc.model.encoder.layers.0.mlp.fc1.weight", "[48, 32]");
   g_unlink (p);
   g_free (p);
-  p = rewrite_checkpoint (NULL, "image_prefix.proj_xa.weight", FALSE);
+  p = rewrite_checkpoint (NULL, "image_prefix.proj_xa.weight", WRITE_F32);
   expect_load_error (p, &cfg, MOSHI_MODEL_ERROR_SHAPE,
       "image_prefix.proj_xa.weight", "[64, 32]");
   g_unlink (p);
@@ -432,7 +439,7 @@ test_bf16 (void)
 {
   MoshiVisImageConfig cfg;
   load_config (&cfg);
-  gchar *p = rewrite_checkpoint (NULL, NULL, TRUE);
+  gchar *p = rewrite_checkpoint (NULL, NULL, WRITE_BF16);
   GError *err = NULL;
   MoshiVisImageEncoder *e = moshivis_image_encoder_load (p, &cfg, &err);
   g_assert_no_error (err);
@@ -459,6 +466,87 @@ test_bf16 (void)
   st_unref (v);
   g_unlink (p);
   g_free (p);
+}
+
+static SiglipModel *
+load_tower (const char *path, const SiglipConfig *c)
+{
+  GError *err = NULL;
+  StFile *f = st_open (path, &err);
+  g_assert_no_error (err);
+  SiglipModel *m = siglip_model_load (f, "image_prefix.enc.model.", c, &err);
+  g_assert_no_error (err);
+  st_unref (f);
+  return m;
+}
+
+static double
+cosine (const float *a, const float *b, size_t n)
+{
+  double dot = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < n; i++) {
+    dot += (double) a[i] * b[i];
+    na += (double) a[i] * a[i];
+    nb += (double) b[i] * b[i];
+  }
+  return dot / sqrt (na * nb);
+}
+
+/* Weights kept as bf16 (a BF16 checkpoint) compute exactly what float32
+ * storage of the same rounded values computes; siglip_model_to_bf16 halves
+ * the matrices of a float32 model and stays close to the reference. */
+static void
+test_bf16_storage (void)
+{
+  MoshiVisImageConfig cfg;
+  load_config (&cfg);
+  gchar *pb = rewrite_checkpoint (NULL, NULL, WRITE_BF16);
+  gchar *pr = rewrite_checkpoint (NULL, NULL, WRITE_F32_ROUNDED);
+  gchar *pf = case_path ("model.safetensors");
+  SiglipModel *mb = load_tower (pb, &cfg.vision);
+  SiglipModel *mr = load_tower (pr, &cfg.vision);
+  SiglipModel *mf = load_tower (pf, &cfg.vision);
+  const size_t f32_bytes = siglip_model_weight_bytes (mr);
+  g_assert_cmpuint (siglip_model_weight_bytes (mf), ==, f32_bytes);
+  g_assert_cmpuint (siglip_model_weight_bytes (mb), <, f32_bytes);
+  GError *err = NULL;
+  g_assert_true (siglip_model_to_bf16 (mf, &err));
+  g_assert_no_error (err);
+  g_assert_cmpuint (siglip_model_weight_bytes (mf), ==,
+      siglip_model_weight_bytes (mb));
+
+  StFile *v = open_vectors ();
+  int S;
+  uint8_t *img = ref_image (v, "image_u8", &S);
+  const size_t n = (size_t) 16 * 32;
+  float *ref = ref_f32 (v, "vision_out", n);
+  float *ob = g_new (float, n), * or = g_new (float, n), *of = g_new (float, n);
+  for (int threads = 1; threads <= 2; threads++) {
+    siglip_set_threads (threads);
+    g_assert_true (siglip_forward (mb, img, S, S, 3 * S, ob, NULL, &err));
+    g_assert_true (siglip_forward (mr, img, S, S, 3 * S, or, NULL, &err));
+    g_assert_true (siglip_forward (mf, img, S, S, 3 * S, of, NULL, &err));
+    g_assert_no_error (err);
+    g_assert_cmpmem (ob, n * sizeof (float), or, n * sizeof (float));
+    double c = cosine (of, ref, n);
+    g_test_message ("to_bf16 vision_out cosine %.6f", c);
+    g_assert_cmpfloat (c, >, 0.9999);
+  }
+  siglip_set_threads (1);
+  g_free (ob);
+  g_free (or);
+  g_free (of);
+  g_free (ref);
+  g_free (img);
+  st_unref (v);
+  siglip_model_free (mb);
+  siglip_model_free (mr);
+  siglip_model_free (mf);
+  g_unlink (pb);
+  g_unlink (pr);
+  g_free (pb);
+  g_free (pr);
+  g_free (pf);
 }
 
 static void
@@ -514,6 +602,8 @@ test_config_errors (void)
   g_assert_cmpint (cfg.vision.num_heads, ==, 16);
   g_assert_cmpint (cfg.vision.intermediate_size, ==, 4304);
   g_assert_cmpint (cfg.adapter.out_dim, ==, 4096);
+  /* The spec's count for So400m/14-448 (section 2.4). */
+  g_assert_cmpint (siglip_param_count (&cfg.vision), ==, 413327088);
   g_assert_cmpint (siglip_tokens_for_size (&cfg.vision, 448, 448), ==, 1024);
   g_assert_cmpint (siglip_tokens_for_size (&cfg.vision, 512, 512), ==, 1296);
   g_assert_cmpint (siglip_tokens_for_size (&cfg.vision, 13, 448), ==, 0);
@@ -541,13 +631,13 @@ test_bad_images (void)
   expect_encode_error (e, NULL, 56, 56, 168, out, "no image");
   expect_encode_error (e, img, 56, 56, 168, NULL, "no output buffer");
   expect_encode_error (e, img, 0, 56, 168, out, "0x56 image is not supported");
-  expect_encode_error (e, img, 56, -1, 168, out, "sides must be in [1, 4096]");
+  expect_encode_error (e, img, 56, -1, 168, out, "sides must be in [1, 1024]");
   expect_encode_error (e, img, 56, 56, 100, out,
       "stride 100 bytes is less than 3 * width = 168");
   expect_encode_error (e, img, 13, 13, 39, out, "smaller than one 14x14 patch");
   expect_encode_error (e, img, 100, 13, 300, out, "smaller than one");
-  expect_encode_error (e, img, 5000, 56, 15000, out,
-      "sides must be in [1, 4096]");
+  expect_encode_error (e, img, 1025, 56, 3075, out,
+      "sides must be in [1, 1024]");
   expect_encode_error (NULL, img, 56, 56, 168, out, "no encoder");
   GError *err = NULL;
   /* A non-square picture runs on its own grid (here 2 x 7 patches). */
@@ -742,6 +832,7 @@ main (int argc, char **argv)
   g_test_add_func ("/siglip/encode", test_encode);
   g_test_add_func ("/siglip/concurrent", test_concurrent);
   g_test_add_func ("/siglip/bf16", test_bf16);
+  g_test_add_func ("/siglip/bf16-storage", test_bf16_storage);
   g_test_add_func ("/siglip/checkpoint-errors", test_checkpoint_errors);
   g_test_add_func ("/siglip/config-errors", test_config_errors);
   g_test_add_func ("/siglip/bad-images", test_bad_images);

@@ -227,7 +227,7 @@ GST_START_TEST (test_timed_image)
   /* As moshivis says of the frames it did not encode: nothing new until
    * 2 s (without it, moshilm would wait for the picture of its time). */
   fail_unless (gst_harness_push_event (vis->hv,
-          gst_event_new_gap (IMG_STEP * FRAME_NS, 2 * GST_SECOND)));
+      gst_event_new_gap (IMG_STEP * FRAME_NS, 2 * GST_SECOND)));
   for (gint t = 0; t < 12; t++) {
     fail_unless_equals_int (gst_harness_push (vis->h, user_frame (t)),
         GST_FLOW_OK);

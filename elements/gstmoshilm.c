@@ -66,6 +66,24 @@
  * far behind it is, at most once per second.  The lag is the sum of the
  * excess of each step over 80 ms, less the time gained by faster steps.
  *
+ * ## Model kinds
+ * The config.json's model_type chooses (docs/elements.md has the details):
+ * - "moshi" (or none): dialog, as above.
+ * - "stt" (Kyutai STT, dep_q 0): text only.  All n_q codebooks are the
+ *   speaker's; `src` carries no data (no caps; a GAP per frame, then EOS).
+ *   As in Kyutai's STT scripts, audio_silence_prefix_seconds of Mimi
+ *   silence go first and ceil(audio_delay_seconds × 12.5) frames of it
+ *   follow at EOS so the last words come out; the text of the step whose
+ *   input starts at t is stamped t - audio_delay_seconds (when the words
+ *   were said; earlier text at the first frame's PTS).  Latency adds
+ *   audio_delay_seconds.
+ * - "hibiki" (translation): voice and text like dialog; the first frame is
+ *   fed twice, and at EOS one frame of codes = card (Kyutai's end-of-input
+ *   mark) then silence until the model's text EOS (at most
+ *   TRANSLATION_MAX_TAIL frames), stamped on from the end of the input.
+ * Silence is Mimi's codes for zeros from the model repo's Mimi (a fresh
+ * encoder, at start); without one, the last frame is repeated (warning).
+ *
  * ## Sampling
  * `temperature`/`top-k` (audio) and `temperature-text`/`top-k-text` default
  * to -1: the model's lm_gen_config (Moshi: 0.8/250 and 0.7/25).  A

@@ -692,7 +692,7 @@ gst_moshi_lm_start (GstMoshiLm *self)
   self->text_eos_id = sp_model_eos_id (self->sp);
   if (self->prefix_frames + self->pad_frames > 0)
     gst_moshi_lm_load_silence (self, model, cfg, quantize);
-  /* Test hook (tests/test-moshilm.c, lag/QoS): every step sleeps this long,
+  /* Test hook (tests/test-moshilm-kinds.c, lag/QoS): every step sleeps this long,
    * read once here, so a tiny model can be "too slow" for real time. */
   self->test_step_delay_us = 0;
   if (g_getenv ("GST_MOSHI_LM_TEST_STEP_DELAY_MS"))
@@ -1380,8 +1380,12 @@ gst_moshi_lm_src_query (GstPad *pad, GstObject *parent, GstQuery *query)
       if (!gst_pad_peer_query (self->sinkpad, query))
         return FALSE;
       gst_query_parse_latency (query, &live, &min, &max);
-      /* See "Timing" in the element docs. */
-      ours = GST_MOSHI_FRAME_DURATION * (1 + self->max_delay) + self->stt_delay;
+      /* See "Timing" and "Model kinds" in the element docs.  Translation
+       * feeds the first frame twice: its slots leave one step earlier. */
+      ours = GST_MOSHI_FRAME_DURATION
+              * (1 + self->max_delay
+                  - (self->kind == LM_KIND_TRANSLATION && self->max_delay > 0))
+          + self->stt_delay;
       min += ours;
       if (GST_CLOCK_TIME_IS_VALID (max))
         max += ours;

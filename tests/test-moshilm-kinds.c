@@ -423,6 +423,19 @@ GST_START_TEST (test_translation)
 
   lm = lm_new ("hibiki-tiny", nu);
   push_user (lm, user, nu, 0, N);
+  /* Streaming: one frame out per frame in, max_delay (2) - 1 behind (the
+   * first frame is fed twice), as the latency says. */
+  fail_unless_equals_int (gst_harness_buffers_in_queue (lm->h), N - 1);
+  {
+    GstQuery *q = gst_query_new_latency ();
+    GstClockTime min, max;
+    gboolean live;
+
+    fail_unless (gst_pad_peer_query (lm->h->sinkpad, q));
+    gst_query_parse_latency (q, &live, &min, &max);
+    fail_unless_equals_uint64 (min, 2 * FRAME_NS);
+    gst_query_unref (q);
+  }
   fail_unless (gst_harness_push_event (lm->h, gst_event_new_eos ()));
   for (j = 0; j < n_out; j++) {
     GstMapInfo map;

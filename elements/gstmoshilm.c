@@ -78,7 +78,7 @@
  *   were said; earlier text at the first frame's PTS).  Latency adds
  *   audio_delay_seconds.
  * - "hibiki" (translation): voice and text like dialog; the first frame is
- *   fed twice, and at EOS one frame of codes = card (Kyutai's end-of-input
+ *   fed twice (so latency is one frame less than a dialog's), and at EOS one frame of codes = card (Kyutai's end-of-input
  *   mark) then silence until the model's text EOS (at most
  *   TRANSLATION_MAX_TAIL frames), stamped on from the end of the input.
  * Silence is Mimi's codes for zeros from the model repo's Mimi (a fresh

@@ -77,6 +77,24 @@
  * far behind it is, at most once per second.  The lag is the sum of the
  * excess of each step over 80 ms, less the time gained by faster steps.
  *
+ * ## Model kinds
+ * The config.json's model_type chooses (docs/elements.md has the details):
+ * - "moshi" (or none): dialog, as above.
+ * - "stt" (Kyutai STT, dep_q 0): text only.  All n_q codebooks are the
+ *   speaker's; `src` carries no data (no caps; a GAP per frame, then EOS).
+ *   As in Kyutai's STT scripts, audio_silence_prefix_seconds of Mimi
+ *   silence go first and ceil(audio_delay_seconds × 12.5) frames of it
+ *   follow at EOS so the last words come out; the text of the step whose
+ *   input starts at t is stamped t - audio_delay_seconds (when the words
+ *   were said; earlier text at the first frame's PTS).  Latency adds
+ *   audio_delay_seconds.
+ * - "hibiki" (translation): voice and text like dialog; the first frame is
+ *   fed twice (so latency is one frame less than a dialog's), and at EOS one frame of codes = card (Kyutai's end-of-input
+ *   mark) then silence until the model's text EOS (at most
+ *   TRANSLATION_MAX_TAIL frames), stamped on from the end of the input.
+ * Silence is Mimi's codes for zeros from the model repo's Mimi (a fresh
+ * encoder, at start); without one, the last frame is repeated (warning).
+ *
  * ## Sampling
  * `temperature`/`top-k` (audio) and `temperature-text`/`top-k-text` default
  * to -1: the model's lm_gen_config (Moshi: 0.8/250 and 0.7/25).  A
@@ -727,7 +745,7 @@ gst_moshi_lm_start (GstMoshiLm *self)
   self->text_eos_id = sp_model_eos_id (self->sp);
   if (self->prefix_frames + self->pad_frames > 0)
     gst_moshi_lm_load_silence (self, model, cfg, quantize);
-  /* Test hook (tests/test-moshilm.c, lag/QoS): every step sleeps this long,
+  /* Test hook (tests/test-moshilm-kinds.c, lag/QoS): every step sleeps this long,
    * read once here, so a tiny model can be "too slow" for real time. */
   self->test_step_delay_us = 0;
   if (g_getenv ("GST_MOSHI_LM_TEST_STEP_DELAY_MS"))
@@ -1766,8 +1784,12 @@ gst_moshi_lm_src_query (GstPad *pad, GstObject *parent, GstQuery *query)
       if (!gst_pad_peer_query (self->sinkpad, query))
         return FALSE;
       gst_query_parse_latency (query, &live, &min, &max);
-      /* See "Timing" in the element docs. */
-      ours = GST_MOSHI_FRAME_DURATION * (1 + self->max_delay) + self->stt_delay;
+      /* See "Timing" and "Model kinds" in the element docs.  Translation
+       * feeds the first frame twice: its slots leave one step earlier. */
+      ours = GST_MOSHI_FRAME_DURATION
+              * (1 + self->max_delay
+                  - (self->kind == LM_KIND_TRANSLATION && self->max_delay > 0))
+          + self->stt_delay;
       min += ours;
       if (GST_CLOCK_TIME_IS_VALID (max))
         max += ours;

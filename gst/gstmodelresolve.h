@@ -8,6 +8,9 @@
  *      - config.json with the spec's own_config_key (a config describing the
  *        model itself, e.g. "seanet" in tests/data/conformance/mimi-tiny)
  *                                                 -> model.safetensors in it,
+ *        (for gst_moshi_resolve_lm(), a folder whose config.json describes
+ *        an LM, "dim", is the configuration even when its moshi_name
+ *        names weights elsewhere, e.g. tests/data/stt-tiny),
  *      - else Kyutai's standard file names (spec->default_names);
  *   c) a Hugging Face repo id "owner/name" that is not an existing path ->
  *      looked up OFFLINE in the local Hugging Face cache

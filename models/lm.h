@@ -6,7 +6,9 @@
  * the user's), and predicts the next text token; the depformer then
  * predicts the model's dep_q audio codebooks of the step in order, each from
  * the temporal output and the previous token.  Streams are offset by
- * per-codebook delays; LMGen hides them and returns aligned frames. */
+ * per-codebook delays; LMGen hides them and returns aligned frames.  With
+ * dep_q = 0 (Kyutai STT) there is no depformer: the model only writes text
+ * and all n_q audio streams are the user's. */
 #pragma once
 #include <glib.h>
 #include <stdint.h>

@@ -67,11 +67,12 @@ eval "\"\$MOSHI_SRT_LAUNCH\" \"\$SRT\" \
     threads=$THREADS \
   lm.text_src ! tee name=t \
   t. ! queue ! appsink name=srt \
-  t. ! queue leaky=downstream max-size-buffers=16 max-size-bytes=0 \
-    max-size-time=0 ! ov.text_sink \
+  t. ! queue leaky=downstream max-size-buffers=0 max-size-bytes=0 \
+    max-size-time=60000000000 ! ov.text_sink \
   $VIDEO ! videoconvert ! videoscale ! videorate \
   ! video/x-raw,width=640,height=360,framerate=25/1 \
-  ! textoverlay name=ov valignment=bottom font-desc=\"Sans 20\" wait-text=false \
+  ! queue max-size-time=10000000000 max-size-buffers=0 max-size-bytes=0 \
+  ! textoverlay name=ov valignment=bottom font-desc=\"Sans 20\" \
   ! videoconvert ! vp8enc deadline=1 ! queue ! webmmux name=mux \
   ! filesink location=\"\$OUT\" \
   a. ! queue ! audioconvert ! audioresample ! opusenc ! queue ! mux."

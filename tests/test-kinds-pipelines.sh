@@ -64,6 +64,24 @@ check "captions: subparse reads the SubRip file" "subparse_ok '$tmp/cap.srt'"
   "$tmp/cap2.srt" 2>/dev/null
 check "captions: the transcript is reproducible (greedy STT)" \
   "cmp -s '$tmp/cap.srt' '$tmp/cap2.srt'"
+# Live: the same length from a live source, in real time.
+start=$(date +%s%N)
+AUDIO_SRC="audiotestsrc is-live=true num-buffers=25 samplesperbuffer=1920 ! audio/x-raw,rate=24000,channels=1" \
+  DURATION=2 timeout 60 "$ROOT/pipelines/live-captions.sh" - "$tmp/live.webm" \
+  "$tmp/live.srt" 2>/dev/null
+ms=$(( ($(date +%s%N) - start) / 1000000 ))
+check "captions: live, in real time ($ms ms for 2 s)" "[ $ms -ge 1800 ]"
+check "captions: live, cues with increasing times" "srt_ok '$tmp/live.srt' 2200"
+n=$(video_frames "$tmp/live.webm")
+check "captions: live, the video decodes ($n frames)" "[ $n -ge 40 ]"
+# On a black picture, the burned-in captions are the only bright pixels.
+VIDEO_SRC="videotestsrc pattern=black num-buffers=50" \
+  "$ROOT/pipelines/live-captions.sh" "$tmp/talk.wav" "$tmp/black.webm" \
+  "$tmp/black.srt" 2>/dev/null
+gst-launch-1.0 -q filesrc location="$tmp/black.webm" ! matroskademux ! vp8dec \
+  ! videoconvert ! video/x-raw,format=GRAY8 ! filesink location="$tmp/gray"
+bright=$(tr -d '\000-\200' < "$tmp/gray" | wc -c)
+check "captions: burned into the picture ($bright bright pixels)" "[ $bright -gt 1000 ]"
 
 # ---- bilingual commentary (Hibiki): 3 s programme, 48 kHz stereo
 gst-launch-1.0 -q audiotestsrc num-buffers=1 samplesperbuffer=144000 freq=220 \

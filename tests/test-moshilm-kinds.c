@@ -42,15 +42,21 @@ data_path (const gchar *a, const gchar *b)
 
 /* Deterministic user codes, [N][nu]. */
 static guint16 *
-user_codes (gint nu)
+user_codes_seeded (gint nu, guint32 seed)
 {
-  GRand *rand = g_rand_new_with_seed (1234);
+  GRand *rand = g_rand_new_with_seed (seed);
   guint16 *c = g_new (guint16, N * nu);
 
   for (gint i = 0; i < N * nu; i++)
     c[i] = (guint16) g_rand_int_range (rand, 0, CARD);
   g_rand_free (rand);
   return c;
+}
+
+static guint16 *
+user_codes (gint nu)
+{
+  return user_codes_seeded (nu, 1234);
 }
 
 /* Mimi-tiny's codes for frames of zeros from a fresh encoder, [n][nu]. */
@@ -386,9 +392,11 @@ GST_END_TEST;
 GST_START_TEST (test_translation)
 {
   const gint nu = 8, dq = 8;
-  guint16 *user = user_codes (nu);
+  guint16 *user = NULL;
   guint16 *sil = silence_codes (nu, SILENCE_FRAMES);
   guint16 marker[8];
+  gboolean eos_seen = FALSE;
+  guint32 seed;
   GArray *frames = g_array_new (FALSE, FALSE, sizeof (int) * 9);
   Lib l;
   Lm *lm;
@@ -404,25 +412,49 @@ GST_START_TEST (test_translation)
   for (j = 0; j < nu; j++)
     marker[j] = CARD;
   /* Kyutai's run_inference: the first frame twice, the input, one frame of
-   * `card` codes, then silence until the text EOS. */
-  lib_step (&l, user, nu, out);
-  for (j = 0; j < N; j++)
-    if (lib_step (&l, user + j * nu, nu, out))
-      g_array_append_val (frames, out);
-  for (j = 0; j <= TAIL_MAX; j++) {
-    const guint16 *c = j == 0 ? marker : sil + MIN (j - 1, 24) * nu;
+   * `card` codes, then silence until the text EOS.  The input is the first
+   * (deterministic) one after which the random model does write an EOS,
+   * so that both ends (EOS and the 30 s limit) are exercised. */
+  for (seed = 1; seed <= 200 && !eos_seen; seed++) {
+    g_free (user);
+    user = user_codes_seeded (nu, seed);
+    g_array_set_size (frames, 0);
+    lm_gen_reset (l.g);
+    lib_step (&l, user, nu, out);
+    for (j = 0; j < N; j++)
+      if (lib_step (&l, user + j * nu, nu, out))
+        g_array_append_val (frames, out);
+    for (j = 0; j <= TAIL_MAX; j++) {
+      const guint16 *c = j == 0 ? marker : sil + MIN (j - 1, 24) * nu;
 
-    if (lib_step (&l, c, nu, out)) {
-      g_array_append_val (frames, out);
-      if ((gint) frames->len > N && out[0] == eos_id)
-        break;
+      if (lib_step (&l, c, nu, out)) {
+        g_array_append_val (frames, out);
+        if ((gint) frames->len > N && out[0] == eos_id) {
+          eos_seen = TRUE;
+          break;
+        }
+      }
     }
   }
+  GST_INFO ("seed %u: EOS %s", seed - 1, eos_seen ? "seen" : "never");
   n_out = frames->len;
   fail_unless (n_out >= N);
 
   lm = lm_new ("hibiki-tiny", nu);
   push_user (lm, user, nu, 0, N);
+  /* Streaming: one frame out per frame in, max_delay (2) - 1 behind (the
+   * first frame is fed twice), as the latency says. */
+  fail_unless_equals_int (gst_harness_buffers_in_queue (lm->h), N - 1);
+  {
+    GstQuery *q = gst_query_new_latency ();
+    GstClockTime min, max;
+    gboolean live;
+
+    fail_unless (gst_pad_peer_query (lm->h->sinkpad, q));
+    gst_query_parse_latency (q, &live, &min, &max);
+    fail_unless_equals_uint64 (min, 2 * FRAME_NS);
+    gst_query_unref (q);
+  }
   fail_unless (gst_harness_push_event (lm->h, gst_event_new_eos ()));
   for (j = 0; j < n_out; j++) {
     GstMapInfo map;

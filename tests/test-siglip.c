@@ -816,6 +816,12 @@ test_resize (void)
       moshi_image_fit_square (src, 0, H, W * 3, TRUE, dst, 8, &err));
   g_assert_error (err, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT);
   g_clear_error (&err);
+  /* A row stride too small for the picture, though not for its square. */
+  g_assert_false (
+      moshi_image_fit_square (src, W, H, H * 3, TRUE, dst, 8, &err));
+  g_assert_error (err, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT);
+  g_test_message ("expected error: %s", err->message);
+  g_clear_error (&err);
   g_free (cb);
   g_free (half);
   g_free (src);

@@ -11,9 +11,9 @@
 #include <immintrin.h>
 #endif
 
-/* exp(x) on [-87, 88] (clamped, so no inf/denormal): x = n ln2 + r with
- * |r| <= ln2/2, exp(r) by Cephes' expf polynomial, 2^n through the exponent
- * bits.  n is rounded with the 1.5 * 2^23 trick so both versions compute
+/* exp(x) on [-87, 88] (0 below, exp(88) above: no inf or denormals; NaN
+ * stays NaN): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' expf
+ * polynomial, 2^n through the exponent bits.  n is rounded with the 1.5 * 2^23 trick so both versions compute
  * the same thing. */
 #define EXP_HI 88.0f
 #define EXP_LO -87.0f
@@ -33,7 +33,9 @@
 static inline float
 exp_scalar (float x)
 {
-  x = x < EXP_LO ? EXP_LO : (x > EXP_HI ? EXP_HI : x);
+  if (x < EXP_LO)
+    return 0.0f; /* also exp(-inf) */
+  x = x > EXP_HI ? EXP_HI : x;
   float t = x * LOG2E + ROUND_MAGIC;
   float n = t - ROUND_MAGIC;
   int32_t ti;
@@ -85,8 +87,11 @@ softmax_row_generic (float *x, int n)
 AVX2 static inline __m256
 exp_avx2 (__m256 x)
 {
-  x = _mm256_min_ps (_mm256_max_ps (x, _mm256_set1_ps (EXP_LO)),
-      _mm256_set1_ps (EXP_HI));
+  /* Below EXP_LO (and -inf) the result is 0.  max/min return their second
+   * operand when one is NaN, so NaN goes through as NaN. */
+  const __m256 keep = _mm256_cmp_ps (x, _mm256_set1_ps (EXP_LO), _CMP_NLT_UQ);
+  x = _mm256_min_ps (_mm256_set1_ps (EXP_HI),
+      _mm256_max_ps (_mm256_set1_ps (EXP_LO), x));
   __m256 t =
       _mm256_fmadd_ps (x, _mm256_set1_ps (LOG2E), _mm256_set1_ps (ROUND_MAGIC));
   __m256 n = _mm256_sub_ps (t, _mm256_set1_ps (ROUND_MAGIC));
@@ -104,7 +109,7 @@ exp_avx2 (__m256 x)
       _mm256_add_ps (r, _mm256_set1_ps (1.0f)));
   __m256i bits =
       _mm256_slli_epi32 (_mm256_add_epi32 (ni, _mm256_set1_epi32 (127)), 23);
-  return _mm256_mul_ps (y, _mm256_castsi256_ps (bits));
+  return _mm256_and_ps (keep, _mm256_mul_ps (y, _mm256_castsi256_ps (bits)));
 }
 
 AVX2 static void

@@ -13,6 +13,7 @@
 #include "image-resize.h"
 #include "model-error.h"
 #include "moshivis-image.h"
+#include "vec-math.h"
 #include "safetensors.h"
 
 static gchar *
@@ -747,6 +748,61 @@ test_random_model (void)
   moshivis_image_encoder_unref (b);
 }
 
+/* The vectorised GELU and softmax (vec-math.c) against double precision,
+ * over the range the tower sees and beyond (run at each CPU level). */
+static void
+test_vec_math (void)
+{
+  const int n = 4001;
+  float *x = g_new (float, n), *y = g_new (float, n);
+  for (int i = 0; i < n; i++)
+    x[i] = -40.0f + 80.0f * i / (n - 1);
+  moshi_gelu_tanh (y, x, n);
+  double max_err = 0;
+  for (int i = 0; i < n; i++) {
+    double v = x[i];
+    double ref =
+        0.5 * v * (1.0 + tanh (sqrt (2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+    max_err = MAX (max_err, fabs (y[i] - ref) / MAX (1.0, fabs (ref)));
+  }
+  g_test_message ("gelu_tanh max rel error %.3e", max_err);
+  g_assert_cmpfloat (max_err, <, 1e-6);
+
+  /* Softmax rows of odd lengths (vector tails), wide ranges, one -inf. */
+  const int rows = 3, len = 37;
+  float *s = g_new (float, rows *len);
+  double *e = g_new (double, len);
+  for (int r = 0; r < rows; r++)
+    for (int i = 0; i < len; i++)
+      s[r * len + i] = (float) ((i * 7919 % 101) - 50) * (r + 1) * 0.5f;
+  s[5] = -INFINITY;
+  float *orig = g_memdup2 (s, rows * len * sizeof (float));
+  moshi_softmax_rows (s, rows, len, len);
+  for (int r = 0; r < rows; r++) {
+    double m = -INFINITY, sum = 0, err = 0, total = 0;
+    for (int i = 0; i < len; i++)
+      m = MAX (m, orig[r * len + i]);
+    for (int i = 0; i < len; i++)
+      sum += (e[i] = exp ((double) orig[r * len + i] - m));
+    for (int i = 0; i < len; i++) {
+      err = MAX (err, fabs (s[r * len + i] - e[i] / sum));
+      total += s[r * len + i];
+    }
+    g_assert_cmpfloat (err, <, 1e-6);
+    g_assert_cmpfloat (fabs (total - 1.0), <, 1e-5);
+  }
+  g_assert_cmpfloat (s[5], ==, 0.0f);
+  /* NaN in, NaN out (a broken activation must not look healthy). */
+  x[0] = NAN;
+  moshi_gelu_tanh (y, x, 9);
+  g_assert_true (isnan (y[0]));
+  g_free (orig);
+  g_free (e);
+  g_free (s);
+  g_free (x);
+  g_free (y);
+}
+
 /* ------------------------------------------------------------ resize --- */
 
 static void
@@ -844,6 +900,7 @@ main (int argc, char **argv)
   g_test_add_func ("/siglip/bad-images", test_bad_images);
   g_test_add_func ("/siglip/alloc-failures", test_alloc_failures);
   g_test_add_func ("/siglip/random-model", test_random_model);
+  g_test_add_func ("/siglip/vec-math", test_vec_math);
   g_test_add_func ("/siglip/center-square", test_center_square);
   g_test_add_func ("/siglip/resize", test_resize);
   return g_test_run ();

@@ -13,8 +13,8 @@
 
 /* exp(x) on [-87, 88] (0 below, exp(88) above: no inf or denormals; NaN
  * stays NaN): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' expf
- * polynomial, 2^n through the exponent bits.  n is rounded with the 1.5 * 2^23 trick so both versions compute
- * the same thing. */
+ * polynomial, 2^n through the exponent bits.  n is rounded with the
+ * 1.5 * 2^23 trick so both versions compute the same thing. */
 #define EXP_HI 88.0f
 #define EXP_LO -87.0f
 #define LOG2E 1.44269504088896341f

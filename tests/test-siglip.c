@@ -236,6 +236,51 @@ test_encode (void)
   st_unref (v);
 }
 
+/* Any picture through encode_fit: the model's own size is encoded as is, a
+ * camera-shaped one equals encoding the resized square by hand. */
+static void
+test_encode_fit (void)
+{
+  MoshiVisImageEncoder *e = load_tiny ();
+  StFile *v = open_vectors ();
+  int S;
+  uint8_t *img = ref_image (v, "image_u8", &S);
+  const size_t n = (size_t) 16 * 64;
+  float *ref = ref_f32 (v, "xa_src", n), *a = g_new (float, n);
+  float *b = g_new (float, n);
+  GError *err = NULL;
+  g_assert_true (
+      moshivis_image_encoder_encode_fit (e, img, S, S, 3 * S, TRUE, a, &err));
+  g_assert_no_error (err);
+  assert_close ("xa_src (encode_fit)", a, ref, n, 1e-4);
+  /* A 4:3 picture, cropped or squeezed. */
+  const int W = 160, H = 120;
+  uint8_t *pic = g_malloc (W * H * 3), *sq = g_malloc (S * S * 3);
+  for (int i = 0; i < W * H * 3; i++)
+    pic[i] = (uint8_t) ((i * 2654435761u) >> 24);
+  for (int crop = 0; crop <= 1; crop++) {
+    g_assert_true (
+        moshivis_image_encoder_encode_fit (e, pic, W, H, 3 * W, crop, a, &err));
+    g_assert_true (
+        moshi_image_fit_square (pic, W, H, 3 * W, crop, sq, S, &err));
+    g_assert_true (moshivis_image_encoder_encode (e, sq, S, S, 3 * S, b, &err));
+    g_assert_no_error (err);
+    g_assert_cmpmem (a, n * sizeof (float), b, n * sizeof (float));
+  }
+  g_assert_false (
+      moshivis_image_encoder_encode_fit (e, pic, W, 0, 3 * W, TRUE, a, &err));
+  g_assert_error (err, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT);
+  g_clear_error (&err);
+  g_free (pic);
+  g_free (sq);
+  g_free (a);
+  g_free (b);
+  g_free (ref);
+  g_free (img);
+  st_unref (v);
+  moshivis_image_encoder_unref (e);
+}
+
 typedef struct {
   MoshiVisImageEncoder *e;
   const uint8_t *img;
@@ -892,6 +937,7 @@ main (int argc, char **argv)
   g_test_add_func ("/siglip/tower", test_tower);
   g_test_add_func ("/siglip/tower-interpolated", test_tower_interpolated);
   g_test_add_func ("/siglip/encode", test_encode);
+  g_test_add_func ("/siglip/encode-fit", test_encode_fit);
   g_test_add_func ("/siglip/concurrent", test_concurrent);
   g_test_add_func ("/siglip/bf16", test_bf16);
   g_test_add_func ("/siglip/bf16-storage", test_bf16_storage);

@@ -38,9 +38,9 @@ exp_scalar (float x)
   x = x > EXP_HI ? EXP_HI : x;
   float t = x * LOG2E + ROUND_MAGIC;
   float n = t - ROUND_MAGIC;
-  int32_t ti;
+  uint32_t ti; /* unsigned: NaN inputs give garbage bits, never UB */
   memcpy (&ti, &t, 4);
-  int32_t ni = ti - 0x4B400000;
+  uint32_t ni = ti - 0x4B400000u;
   float r = x - n * LN2_HI - n * LN2_LO;
   float p = P0;
   p = p * r + P1;
@@ -49,7 +49,7 @@ exp_scalar (float x)
   p = p * r + P4;
   p = p * r + P5;
   float y = p * r * r + r + 1.0f;
-  int32_t bits = (ni + 127) << 23;
+  uint32_t bits = (ni + 127u) << 23;
   float s;
   memcpy (&s, &bits, 4);
   return y * s;

@@ -14,7 +14,7 @@
 /* exp(x) on [-87, 88] (0 below, exp(88) above: no inf or denormals; NaN
  * stays NaN): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' expf
  * polynomial, 2^n through the exponent bits.  n is rounded with the
- * 1.5 * 2^23 trick so both versions compute the same thing. */
+ * 1.5 * 2^23 trick so every version computes the same thing. */
 #define EXP_HI 88.0f
 #define EXP_LO -87.0f
 #define LOG2E 1.44269504088896341f
@@ -175,12 +175,91 @@ softmax_row_avx2 (float *x, int n)
   for (; i < n; i++)
     x[i] *= 1.0f / s;
 }
+
+/* The same 16 lanes at a time. */
+#define AVX512 __attribute__ ((target ("avx512f")))
+
+AVX512 static inline __m512
+exp_avx512 (__m512 x)
+{
+  const __mmask16 keep =
+      _mm512_cmp_ps_mask (x, _mm512_set1_ps (EXP_LO), _CMP_NLT_UQ);
+  x = _mm512_min_ps (_mm512_set1_ps (EXP_HI),
+      _mm512_max_ps (_mm512_set1_ps (EXP_LO), x));
+  __m512 t =
+      _mm512_fmadd_ps (x, _mm512_set1_ps (LOG2E), _mm512_set1_ps (ROUND_MAGIC));
+  __m512 n = _mm512_sub_ps (t, _mm512_set1_ps (ROUND_MAGIC));
+  __m512i ni = _mm512_sub_epi32 (_mm512_castps_si512 (t),
+      _mm512_set1_epi32 (0x4B400000));
+  __m512 r = _mm512_fnmadd_ps (n, _mm512_set1_ps (LN2_HI), x);
+  r = _mm512_fnmadd_ps (n, _mm512_set1_ps (LN2_LO), r);
+  __m512 p = _mm512_set1_ps (P0);
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P1));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P2));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P3));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P4));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P5));
+  __m512 y = _mm512_fmadd_ps (_mm512_mul_ps (p, r), r,
+      _mm512_add_ps (r, _mm512_set1_ps (1.0f)));
+  __m512i bits =
+      _mm512_slli_epi32 (_mm512_add_epi32 (ni, _mm512_set1_epi32 (127)), 23);
+  return _mm512_maskz_mul_ps (keep, y, _mm512_castsi512_ps (bits));
+}
+
+AVX512 static void
+gelu_tanh_avx512 (float *dst, const float *src, size_t n)
+{
+  size_t i = 0;
+  const __m512 k = _mm512_set1_ps (-2.0f * GELU_K);
+  const __m512 c = _mm512_set1_ps (GELU_C), one = _mm512_set1_ps (1.0f);
+  for (; i + 16 <= n; i += 16) {
+    __m512 x = _mm512_loadu_ps (src + i);
+    __m512 x2 = _mm512_mul_ps (x, x);
+    __m512 u = _mm512_mul_ps (k, _mm512_fmadd_ps (_mm512_mul_ps (c, x2), x, x));
+    __m512 d = _mm512_add_ps (one, exp_avx512 (u));
+    _mm512_storeu_ps (dst + i, _mm512_div_ps (x, d));
+  }
+  gelu_tanh_generic (dst + i, src + i, n - i);
+}
+
+AVX512 static void
+softmax_row_avx512 (float *x, int n)
+{
+  int i = 0;
+  __m512 vm = _mm512_set1_ps (-INFINITY);
+  for (; i + 16 <= n; i += 16)
+    vm = _mm512_max_ps (vm, _mm512_loadu_ps (x + i));
+  float m = _mm512_reduce_max_ps (vm);
+  for (; i < n; i++)
+    m = x[i] > m ? x[i] : m;
+  __m512 mm = _mm512_set1_ps (m), vs = _mm512_setzero_ps ();
+  for (i = 0; i + 16 <= n; i += 16) {
+    __m512 e = exp_avx512 (_mm512_sub_ps (_mm512_loadu_ps (x + i), mm));
+    _mm512_storeu_ps (x + i, e);
+    vs = _mm512_add_ps (vs, e);
+  }
+  float s = _mm512_reduce_add_ps (vs);
+  for (; i < n; i++) {
+    x[i] = exp_scalar (x[i] - m);
+    s += x[i];
+  }
+  const float inv = 1.0f / s;
+  __m512 vinv = _mm512_set1_ps (inv);
+  for (i = 0; i + 16 <= n; i += 16)
+    _mm512_storeu_ps (x + i, _mm512_mul_ps (_mm512_loadu_ps (x + i), vinv));
+  for (; i < n; i++)
+    x[i] *= inv;
+}
 #endif
 
 void
 moshi_gelu_tanh (float *dst, const float *src, size_t n)
 {
 #if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    gelu_tanh_avx512 (dst, src, n);
+    return;
+  }
   if (moshi_cpu_level () >= MOSHI_CPU_AVX2) {
     gelu_tanh_avx2 (dst, src, n);
     return;
@@ -193,6 +272,11 @@ void
 moshi_softmax_rows (float *x, int rows, int n, size_t ld)
 {
 #if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    for (int r = 0; r < rows; r++)
+      softmax_row_avx512 (x + (size_t) r * ld, n);
+    return;
+  }
   if (moshi_cpu_level () >= MOSHI_CPU_AVX2) {
     for (int r = 0; r < rows; r++)
       softmax_row_avx2 (x + (size_t) r * ld, n);

@@ -7,7 +7,6 @@
 #include "image-resize.h"
 #include "model-error.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define CFG_ERROR(...) \

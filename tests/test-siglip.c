@@ -479,7 +479,7 @@ test_checkpoint_errors (void)
 }
 
 /* The whole checkpoint in BF16: loads, and the output stays close (the
- * weights themselves changed by ~0.4 %). */
+ * weights themselves changed by up to 0.2 %). */
 static void
 test_bf16 (void)
 {

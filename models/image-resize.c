@@ -156,7 +156,10 @@ moshi_image_fit_square (const uint8_t *src, int w, int h, int stride,
     gboolean center_crop, uint8_t *dst, int side, GError **error)
 {
   int x = 0, y = 0, m;
-  if (center_crop && src && w > 0 && h > 0) {
+  /* The crop is checked against the whole picture's rows, not only the
+   * square's. */
+  if (center_crop && src && w > 0 && h > 0 && stride >= 3 * w && w <= MAX_SIDE
+      && h <= MAX_SIDE) {
     moshi_image_center_square (w, h, &x, &y, &m);
     return moshi_image_resize_rgb (src + (size_t) y * stride + (size_t) x * 3,
         m, m, stride, dst, side, side, 3 * side, error);

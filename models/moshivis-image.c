@@ -4,9 +4,9 @@
 
 #include "alloc.h"
 #include "blas.h"
+#include "image-resize.h"
 #include "model-error.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define CFG_ERROR(...) \
@@ -256,5 +256,32 @@ moshivis_image_encoder_encode (MoshiVisImageEncoder *e, const uint8_t *rgb,
     image_adapter_forward (e->adapter, v, n, out);
   moshi_blas_unlock ();
   moshi_free (v);
+  return ok;
+}
+
+gboolean
+moshivis_image_encoder_encode_fit (MoshiVisImageEncoder *e, const uint8_t *rgb,
+    int width, int height, int stride, gboolean center_crop, float *out,
+    GError **error)
+{
+  if (!e) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+        "MoshiVis image encoder: no encoder");
+    return FALSE;
+  }
+  const int S = e->cfg.vision.image_size;
+  if (width == S && height == S)
+    return moshivis_image_encoder_encode (e, rgb, width, height, stride, out,
+        error);
+  uint8_t *sq = moshi_alloc ((size_t) 3 * S * S);
+  if (!sq) {
+    g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_IO,
+        "MoshiVis image encoder: out of memory for a %dx%d picture", S, S);
+    return FALSE;
+  }
+  gboolean ok = moshi_image_fit_square (rgb, width, height, stride, center_crop,
+                    sq, S, error)
+      && moshivis_image_encoder_encode (e, sq, S, S, 3 * S, out, error);
+  moshi_free (sq);
   return ok;
 }

@@ -67,4 +67,12 @@ gboolean moshivis_image_encoder_encode (MoshiVisImageEncoder *e,
     const uint8_t *rgb, int width, int height, int stride, float *out,
     GError **error);
 
+/* Any picture: optionally cropped to its largest centred square, resized
+ * (moshi_image_fit_square: PIL-style bicubic) to the trained image_size
+ * square unless it already is one, then encoded.  out holds
+ * moshivis_image_encoder_tokens (e, S, S) x dim floats, S = image_size. */
+gboolean moshivis_image_encoder_encode_fit (MoshiVisImageEncoder *e,
+    const uint8_t *rgb, int width, int height, int stride, gboolean center_crop,
+    float *out, GError **error);
+
 G_END_DECLS

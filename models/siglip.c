@@ -535,16 +535,18 @@ typedef struct {
   float *out; /* [N][D] */
   float *scores; /* [threads][N][N] */
   int N, D, H;
+  gint next_head; /* heads are taken in turn: a thread that the OS
+                   * delays for a while simply does fewer of them */
 } AttnJob;
 
 static void
 attn_part (void *ctx, int index, int count)
 {
-  const AttnJob *j = ctx;
+  AttnJob *j = ctx;
   const int N = j->N, D = j->D, hd = D / j->H;
   const float scale = 1.0f / sqrtf ((float) hd);
   float *s = j->scores + (size_t) index * N * N;
-  for (int h = index; h < j->H; h += count) {
+  for (int h; (h = g_atomic_int_add (&j->next_head, 1)) < j->H;) {
     const float *q = j->qkv + h * hd, *k = q + D, *v = q + 2 * D;
     gemm_nt (N, N, hd, scale, q, 3 * D, k, 3 * D, 0.0f, s, N);
     moshi_softmax_rows (s, N, N, N);
@@ -678,7 +680,7 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     moshi_add_scaled_rows (x, h, NULL, N, D);
   }
 
-  AttnJob attn = { qkv, y, scores, N, D, H };
+  AttnJob attn = { qkv, y, scores, N, D, H, 0 };
   const float eps = c->layer_norm_eps;
   for (int li = 0; li < c->num_layers; li++) {
     const SiglipLayer *l = &m->layers[li];
@@ -690,6 +692,7 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     run_rows (pool, ROWS_ADD_BIAS, qkv, NULL, NULL, l->qkv_b, N, 3 * D, 0, 0);
     if (pool)
       moshi_blas_set_threads (1);
+    attn.next_head = 0;
     moshi_pool_run (pool, attn_part, &attn);
     if (pool)
       moshi_blas_set_threads (threads);

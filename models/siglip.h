@@ -74,7 +74,7 @@ SiglipModel *siglip_model_new_random (const SiglipConfig *cfg, uint64_t seed,
 void siglip_model_free (SiglipModel *m);
 const SiglipConfig *siglip_model_config (const SiglipModel *m);
 /* Stores the layers' weight matrices (99.5 % of the tower) as bf16,
- * rounded to nearest even: half the memory, ~0.4 % weight error.  A BF16
+ * rounded to nearest even: half the memory, <= 0.2 % weight error.  A BF16
  * checkpoint is kept in bf16 as loaded (no rounding).  IO error when out of
  * memory (the model stays usable). */
 gboolean siglip_model_to_bf16 (SiglipModel *m, GError **error);
@@ -109,7 +109,7 @@ gboolean siglip_forward_pixels (const SiglipModel *m, const float *pixels,
 
 /* Bicubic resize (PyTorch interpolate, A = -0.75, align_corners = False, no
  * antialias) of a [gh][gw][C] table to [oh][ow][C]: the HF position-table
- * interpolation. Exposed for tests. */
+ * interpolation. */
 void siglip_resize_table (const float *src, int gh, int gw, int C, float *dst,
     int oh, int ow);
 

@@ -11,10 +11,10 @@
 #include <immintrin.h>
 #endif
 
-/* exp(x) on [-87, 88] (clamped, so no inf/denormal): x = n ln2 + r with
- * |r| <= ln2/2, exp(r) by Cephes' expf polynomial, 2^n through the exponent
- * bits.  n is rounded with the 1.5 * 2^23 trick so both versions compute
- * the same thing. */
+/* exp(x) on [-87, 88] (0 below, exp(88) above: no inf or denormals; NaN
+ * stays NaN): x = n ln2 + r with |r| <= ln2/2, exp(r) by Cephes' expf
+ * polynomial, 2^n through the exponent bits.  n is rounded with the
+ * 1.5 * 2^23 trick so every version computes the same thing. */
 #define EXP_HI 88.0f
 #define EXP_LO -87.0f
 #define LOG2E 1.44269504088896341f
@@ -33,12 +33,14 @@
 static inline float
 exp_scalar (float x)
 {
-  x = x < EXP_LO ? EXP_LO : (x > EXP_HI ? EXP_HI : x);
+  if (x < EXP_LO)
+    return 0.0f; /* also exp(-inf) */
+  x = x > EXP_HI ? EXP_HI : x;
   float t = x * LOG2E + ROUND_MAGIC;
   float n = t - ROUND_MAGIC;
-  int32_t ti;
+  uint32_t ti; /* unsigned: NaN inputs give garbage bits, never UB */
   memcpy (&ti, &t, 4);
-  int32_t ni = ti - 0x4B400000;
+  uint32_t ni = ti - 0x4B400000u;
   float r = x - n * LN2_HI - n * LN2_LO;
   float p = P0;
   p = p * r + P1;
@@ -47,7 +49,7 @@ exp_scalar (float x)
   p = p * r + P4;
   p = p * r + P5;
   float y = p * r * r + r + 1.0f;
-  int32_t bits = (ni + 127) << 23;
+  uint32_t bits = (ni + 127u) << 23;
   float s;
   memcpy (&s, &bits, 4);
   return y * s;
@@ -85,8 +87,11 @@ softmax_row_generic (float *x, int n)
 AVX2 static inline __m256
 exp_avx2 (__m256 x)
 {
-  x = _mm256_min_ps (_mm256_max_ps (x, _mm256_set1_ps (EXP_LO)),
-      _mm256_set1_ps (EXP_HI));
+  /* Below EXP_LO (and -inf) the result is 0.  max/min return their second
+   * operand when one is NaN, so NaN goes through as NaN. */
+  const __m256 keep = _mm256_cmp_ps (x, _mm256_set1_ps (EXP_LO), _CMP_NLT_UQ);
+  x = _mm256_min_ps (_mm256_set1_ps (EXP_HI),
+      _mm256_max_ps (_mm256_set1_ps (EXP_LO), x));
   __m256 t =
       _mm256_fmadd_ps (x, _mm256_set1_ps (LOG2E), _mm256_set1_ps (ROUND_MAGIC));
   __m256 n = _mm256_sub_ps (t, _mm256_set1_ps (ROUND_MAGIC));
@@ -104,7 +109,7 @@ exp_avx2 (__m256 x)
       _mm256_add_ps (r, _mm256_set1_ps (1.0f)));
   __m256i bits =
       _mm256_slli_epi32 (_mm256_add_epi32 (ni, _mm256_set1_epi32 (127)), 23);
-  return _mm256_mul_ps (y, _mm256_castsi256_ps (bits));
+  return _mm256_and_ps (keep, _mm256_mul_ps (y, _mm256_castsi256_ps (bits)));
 }
 
 AVX2 static void
@@ -170,12 +175,91 @@ softmax_row_avx2 (float *x, int n)
   for (; i < n; i++)
     x[i] *= 1.0f / s;
 }
+
+/* The same 16 lanes at a time. */
+#define AVX512 __attribute__ ((target ("avx512f")))
+
+AVX512 static inline __m512
+exp_avx512 (__m512 x)
+{
+  const __mmask16 keep =
+      _mm512_cmp_ps_mask (x, _mm512_set1_ps (EXP_LO), _CMP_NLT_UQ);
+  x = _mm512_min_ps (_mm512_set1_ps (EXP_HI),
+      _mm512_max_ps (_mm512_set1_ps (EXP_LO), x));
+  __m512 t =
+      _mm512_fmadd_ps (x, _mm512_set1_ps (LOG2E), _mm512_set1_ps (ROUND_MAGIC));
+  __m512 n = _mm512_sub_ps (t, _mm512_set1_ps (ROUND_MAGIC));
+  __m512i ni = _mm512_sub_epi32 (_mm512_castps_si512 (t),
+      _mm512_set1_epi32 (0x4B400000));
+  __m512 r = _mm512_fnmadd_ps (n, _mm512_set1_ps (LN2_HI), x);
+  r = _mm512_fnmadd_ps (n, _mm512_set1_ps (LN2_LO), r);
+  __m512 p = _mm512_set1_ps (P0);
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P1));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P2));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P3));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P4));
+  p = _mm512_fmadd_ps (p, r, _mm512_set1_ps (P5));
+  __m512 y = _mm512_fmadd_ps (_mm512_mul_ps (p, r), r,
+      _mm512_add_ps (r, _mm512_set1_ps (1.0f)));
+  __m512i bits =
+      _mm512_slli_epi32 (_mm512_add_epi32 (ni, _mm512_set1_epi32 (127)), 23);
+  return _mm512_maskz_mul_ps (keep, y, _mm512_castsi512_ps (bits));
+}
+
+AVX512 static void
+gelu_tanh_avx512 (float *dst, const float *src, size_t n)
+{
+  size_t i = 0;
+  const __m512 k = _mm512_set1_ps (-2.0f * GELU_K);
+  const __m512 c = _mm512_set1_ps (GELU_C), one = _mm512_set1_ps (1.0f);
+  for (; i + 16 <= n; i += 16) {
+    __m512 x = _mm512_loadu_ps (src + i);
+    __m512 x2 = _mm512_mul_ps (x, x);
+    __m512 u = _mm512_mul_ps (k, _mm512_fmadd_ps (_mm512_mul_ps (c, x2), x, x));
+    __m512 d = _mm512_add_ps (one, exp_avx512 (u));
+    _mm512_storeu_ps (dst + i, _mm512_div_ps (x, d));
+  }
+  gelu_tanh_generic (dst + i, src + i, n - i);
+}
+
+AVX512 static void
+softmax_row_avx512 (float *x, int n)
+{
+  int i = 0;
+  __m512 vm = _mm512_set1_ps (-INFINITY);
+  for (; i + 16 <= n; i += 16)
+    vm = _mm512_max_ps (vm, _mm512_loadu_ps (x + i));
+  float m = _mm512_reduce_max_ps (vm);
+  for (; i < n; i++)
+    m = x[i] > m ? x[i] : m;
+  __m512 mm = _mm512_set1_ps (m), vs = _mm512_setzero_ps ();
+  for (i = 0; i + 16 <= n; i += 16) {
+    __m512 e = exp_avx512 (_mm512_sub_ps (_mm512_loadu_ps (x + i), mm));
+    _mm512_storeu_ps (x + i, e);
+    vs = _mm512_add_ps (vs, e);
+  }
+  float s = _mm512_reduce_add_ps (vs);
+  for (; i < n; i++) {
+    x[i] = exp_scalar (x[i] - m);
+    s += x[i];
+  }
+  const float inv = 1.0f / s;
+  __m512 vinv = _mm512_set1_ps (inv);
+  for (i = 0; i + 16 <= n; i += 16)
+    _mm512_storeu_ps (x + i, _mm512_mul_ps (_mm512_loadu_ps (x + i), vinv));
+  for (; i < n; i++)
+    x[i] *= inv;
+}
 #endif
 
 void
 moshi_gelu_tanh (float *dst, const float *src, size_t n)
 {
 #if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    gelu_tanh_avx512 (dst, src, n);
+    return;
+  }
   if (moshi_cpu_level () >= MOSHI_CPU_AVX2) {
     gelu_tanh_avx2 (dst, src, n);
     return;
@@ -188,6 +272,11 @@ void
 moshi_softmax_rows (float *x, int rows, int n, size_t ld)
 {
 #if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    for (int r = 0; r < rows; r++)
+      softmax_row_avx512 (x + (size_t) r * ld, n);
+    return;
+  }
   if (moshi_cpu_level () >= MOSHI_CPU_AVX2) {
     for (int r = 0; r < rows; r++)
       softmax_row_avx2 (x + (size_t) r * ld, n);

@@ -1,8 +1,8 @@
 /* Elementwise kernels of the vision tower, where a library expf/tanhf per
  * element would cost as much as a good share of the matrix products (one
- * 448 image: ~120 M GELUs and ~450 M softmax exponentials).  AVX2+FMA
- * versions are chosen at run time (cpu.h; also used on AVX-512 machines),
- * with a portable C fallback.  Both use the same exp approximation
+ * 448 image: ~120 M GELUs and ~450 M softmax exponentials).  AVX-512 and
+ * AVX2+FMA versions are chosen at run time (cpu.h), with a portable C
+ * fallback.  All use the same exp approximation
  * (Cody-Waite reduction + degree-6 polynomial, ~2 ulp). */
 #pragma once
 #include <stddef.h>

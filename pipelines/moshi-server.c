@@ -268,11 +268,32 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
             "audio before the handshake");
         return;
       }
-      if (!ms_ogg_check_pages (p + 1, len - 1, &err)
-          || !ms_session_push_audio (c->session, p + 1, len - 1, &err)) {
+      if (!ms_ogg_check_pages (p + 1, len - 1, &err)) {
         client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
         g_error_free (err);
         return;
+      }
+      {
+        /* opus-recorder (Kyutai's client) writes the AudioContext's rate,
+         * e.g. 44100, in OpusHead: protocol.h says why it is rewritten. */
+        guint32 old_rate = 0;
+        guint8 *fixed = c->audio_in == 0
+            ? ms_ogg_fix_opus_head_rate (p + 1, len - 1, &old_rate)
+            : NULL;
+        gboolean ok;
+
+        if (fixed)
+          slog ("session %u: OpusHead input rate %u Hz read as 24000 Hz "
+                "(informational field; not an Opus decoder rate)",
+              c->id, old_rate);
+        ok = ms_session_push_audio (c->session, fixed ? fixed : p + 1, len - 1,
+            &err);
+        g_free (fixed);
+        if (!ok) {
+          client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
+          g_error_free (err);
+          return;
+        }
       }
       c->audio_in++;
       break;

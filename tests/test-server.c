@@ -191,6 +191,36 @@ test_multi_packet_pages (void)
   g_ptr_array_unref (big);
 }
 
+/* opus-recorder (Kyutai's client) writes its AudioContext's rate in
+ * OpusHead, e.g. 44100; GStreamer's oggdemux + opusdec would refuse it
+ * ("no common format"): the server reads it as 24000 (protocol.h). */
+static void
+test_opus_head_44100 (void)
+{
+  gsize len = g_bytes_get_size (pages->pdata[0]);
+  guint8 *head = g_memdup2 (g_bytes_get_data (pages->pdata[0], NULL), len);
+  TsClient *c = connect_ready (server.url, "");
+  gsize hdr;
+  guint32 crc;
+
+  hdr = 27 + head[26];
+  g_assert_cmpmem (head + hdr, 8, "OpusHead", 8);
+  head[hdr + 12] = 44100 & 0xff;
+  head[hdr + 13] = 44100 >> 8;
+  head[hdr + 14] = head[hdr + 15] = 0;
+  memset (head + 22, 0, 4);
+  crc = ms_ogg_crc (head, len);
+  for (guint i = 0; i < 4; i++)
+    head[22 + i] = (crc >> (8 * i)) & 0xff;
+  ts_client_send (c, 1, head, len);
+  send_pages (c, 1, pages->len);
+  g_assert_true (ts_client_wait (c, enough_audio,
+      GUINT_TO_POINTER ((guint) (duration / 0.02 * 0.7)), 60));
+  g_assert_null (c->error);
+  ts_client_free (c, FALSE);
+  g_free (head);
+}
+
 /* A client that restarts its encoder: a second Ogg stream (new serial,
  * BOS) in the same session. */
 static void
@@ -745,6 +775,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/static-files", test_static_files);
   g_test_add_func ("/server/roundtrip", test_roundtrip);
   g_test_add_func ("/server/multi-packet-pages", test_multi_packet_pages);
+  g_test_add_func ("/server/opus-head-44100", test_opus_head_44100);
   g_test_add_func ("/server/second-stream", test_second_stream);
   g_test_add_func ("/server/image-ignored", test_image_ignored);
   g_test_add_func ("/server/params", test_params);

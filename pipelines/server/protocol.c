@@ -128,6 +128,59 @@ ms_ogg_check_pages (const guint8 *data, gsize len, GError **error)
   return pages;
 }
 
+static gboolean
+is_opus_rate (guint32 r)
+{
+  return r == 0 || r == 8000 || r == 12000 || r == 16000 || r == 24000
+      || r == 48000;
+}
+
+guint8 *
+ms_ogg_fix_opus_head_rate (const guint8 *data, gsize len, guint32 *old_rate)
+{
+  gsize off = 0;
+
+  while (off + 27 <= len) {
+    const guint8 *p = data + off;
+    gsize hdr = 27 + (gsize) p[26], body = 0;
+
+    if (hdr > len - off)
+      return NULL;
+    for (guint i = 0; i < p[26]; i++)
+      body += p[27 + i];
+    if (hdr + body > len - off)
+      return NULL;
+    /* A BOS page whose first packet is an OpusHead (>= 19 bytes). */
+    if ((p[5] & 0x02) && body >= 19 && p[26] > 0 && p[27] >= 19
+        && !memcmp (p + hdr, "OpusHead", 8)) {
+      const guint8 *r = p + hdr + 12;
+      guint32 rate = (guint32) r[0] | (guint32) r[1] << 8 | (guint32) r[2] << 16
+          | (guint32) r[3] << 24;
+
+      if (!is_opus_rate (rate)) {
+        guint8 *out = g_memdup2 (data, len), *q = out + off;
+        guint32 crc;
+
+        q[hdr + 12] = 24000 & 0xff;
+        q[hdr + 13] = (24000 >> 8) & 0xff;
+        q[hdr + 14] = 0;
+        q[hdr + 15] = 0;
+        memset (q + 22, 0, 4);
+        crc = ms_ogg_crc (q, hdr + body);
+        q[22] = crc & 0xff;
+        q[23] = (crc >> 8) & 0xff;
+        q[24] = (crc >> 16) & 0xff;
+        q[25] = crc >> 24;
+        if (old_rate)
+          *old_rate = rate;
+        return out;
+      }
+    }
+    off += hdr + body;
+  }
+  return NULL;
+}
+
 void
 ms_params_init (MsParams *p)
 {

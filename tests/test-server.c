@@ -64,6 +64,49 @@ enough_audio (TsClient *c, gpointer want)
   return ts_client_count (c, 1) >= GPOINTER_TO_UINT (want) || c->closed;
 }
 
+/* The metadata must pass the zod schemas of Kyutai's clients
+ * (kyutai-labs/moshi client/src/pages/Conversation/hooks/useServerInfo.ts,
+ * and kyutai-labs/moshivis's, which wants three more fields): one missing
+ * field or a wrong type and the client drops the whole message. */
+static void
+check_client_schema (GBytes *payload, gint want_image_size)
+{
+  static const gchar *numbers[] = { "text_temperature", "text_topk",
+    "audio_temperature", "audio_topk", "pad_mult", "repetition_penalty_context",
+    "repetition_penalty", "text_temperature_gating_influence",
+    "image_resolution" };
+  static const gchar *strings[] = { "lm_model_file", "instance_name",
+    "base_filename" };
+  static const gchar *build[] = { "build_timestamp", "build_date", "git_branch",
+    "git_timestamp", "git_date", "git_hash", "git_describe",
+    "rustc_host_triple", "rustc_version", "cargo_target_triple" };
+  JsonParser *parser = json_parser_new ();
+  JsonObject *o, *b;
+  gsize len;
+  const gchar *p = g_bytes_get_data (payload, &len);
+
+  g_assert_true (json_parser_load_from_data (parser, p, len, NULL));
+  o = json_node_get_object (json_parser_get_root (parser));
+  g_assert_nonnull (o);
+  for (guint i = 0; i < G_N_ELEMENTS (numbers); i++) {
+    JsonNode *n = json_object_get_member (o, numbers[i]);
+
+    g_assert_nonnull (n);
+    g_assert_true (JSON_NODE_HOLDS_VALUE (n));
+    g_assert_true (json_node_get_value_type (n) == G_TYPE_INT64
+        || json_node_get_value_type (n) == G_TYPE_DOUBLE);
+  }
+  for (guint i = 0; i < G_N_ELEMENTS (strings); i++)
+    g_assert_nonnull (json_object_get_string_member (o, strings[i]));
+  b = json_object_get_object_member (o, "build_info");
+  g_assert_nonnull (b);
+  for (guint i = 0; i < G_N_ELEMENTS (build); i++)
+    g_assert_nonnull (json_object_get_string_member (b, build[i]));
+  g_assert_cmpint (json_object_get_int_member (o, "image_resolution"), ==,
+      want_image_size);
+  g_object_unref (parser);
+}
+
 static void
 test_handshake (void)
 {
@@ -82,6 +125,7 @@ test_handshake (void)
   g_assert_no_error (err);
   g_assert_true (JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)));
   g_object_unref (parser);
+  check_client_schema (msg_at (c, 1)->payload, 0);
   ts_client_free (c, FALSE);
 }
 
@@ -589,6 +633,8 @@ test_vision_server (void)
   g_assert_false (c->closed);
   g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
   g_assert_cmpint (msg_at (c, 1)->kind, ==, 4);
+  /* The tiny MoshiVis' image encoder takes 56x56 pictures. */
+  check_client_schema (msg_at (c, 1)->payload, 56);
   send_pages (c, 0, pages->len / 2);
   g_assert_true (ts_client_wait (c, enough_colored, GUINT_TO_POINTER (3), 60));
   g_assert_false (c->closed);

@@ -70,6 +70,7 @@ typedef struct {
   gchar *peer;
   SoupWebsocketConnection *ws;
   MsSession *session;
+  GBytes *image; /* vision: the last picture given to the session */
   MsParams params;
   gboolean handshaken, closing;
   gint64 started, last_rx;
@@ -150,6 +151,7 @@ client_free (Client *c)
     g_object_unref (c->ws);
   }
   ms_params_clear (&c->params);
+  g_clear_pointer (&c->image, g_bytes_unref);
   g_free (c->peer);
   g_free (c);
 }
@@ -308,11 +310,23 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
          * Kyutai's servers ignore it or restart). */
         GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
 
-        slog ("session %u: new image, %" G_GSIZE_FORMAT " bytes", c->id,
-            len - 1);
-        if (!ms_session_push_image (c->session, img, &err)) {
-          client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
-          g_error_free (err);
+        if (c->image && g_bytes_equal (c->image, img)) {
+          /* kyutai-labs/moshivis's client sends its picture twice (two
+           * runs of its sending effect race): encoding it again would
+           * only cost CPU. */
+          slog ("session %u: the same image again (%" G_GSIZE_FORMAT
+                " bytes), ignored",
+              c->id, len - 1);
+        } else {
+          slog ("session %u: new image, %" G_GSIZE_FORMAT " bytes", c->id,
+              len - 1);
+          if (!ms_session_push_image (c->session, img, &err)) {
+            client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
+            g_error_free (err);
+          } else {
+            g_clear_pointer (&c->image, g_bytes_unref);
+            c->image = g_bytes_ref (img);
+          }
         }
         g_bytes_unref (img);
       } else if (c->handshaken) {
@@ -321,7 +335,8 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
         GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
 
         slog ("session %u: image, %" G_GSIZE_FORMAT " bytes", c->id, len - 1);
-        start_session (c, img);
+        if (start_session (c, img))
+          c->image = g_bytes_ref (img);
         g_bytes_unref (img);
       }
       break;

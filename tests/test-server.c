@@ -638,6 +638,9 @@ test_vision_server (void)
   send_pages (c, 0, pages->len / 2);
   g_assert_true (ts_client_wait (c, enough_colored, GUINT_TO_POINTER (3), 60));
   g_assert_false (c->closed);
+  /* The same picture again (kyutai-labs/moshivis's client sends it
+   * twice): ignored, the conversation goes on. */
+  ts_client_send (c, 8, g_bytes_get_data (card, NULL), g_bytes_get_size (card));
   n7 = ts_client_count (c, 7);
   /* A new picture: taken, the conversation goes on. */
   ts_client_send (c, 8, g_bytes_get_data (ball, NULL), g_bytes_get_size (ball));

@@ -210,6 +210,32 @@ test_params (void)
   ms_params_clear (&p);
   g_hash_table_unref (q);
 
+  /* image_url: only a path of the web root. */
+  {
+    const gchar *ok[] = { "/assets/images/demo/image1.jpg", "/a.png" };
+    const gchar *bad[] = { "", "a.png", "//host/a.png", "http://h/a.png",
+      "/../a.png", "/x/..%2Fa.png", "/a\\b.png" };
+
+    for (guint i = 0; i < G_N_ELEMENTS (ok) + G_N_ELEMENTS (bad); i++) {
+      gboolean good = i < G_N_ELEMENTS (ok);
+      const gchar *v = good ? ok[i] : bad[i - G_N_ELEMENTS (ok)];
+
+      q = g_hash_table_new (g_str_hash, g_str_equal);
+      g_hash_table_insert (q, (gpointer) "image_url", (gpointer) v);
+      ms_params_init (&p);
+      ms_params_parse (&p, q);
+      if (good) {
+        g_assert_cmpstr (p.image_url, ==, v);
+        g_assert_cmpstr (p.invalid->str, ==, "");
+      } else {
+        g_assert_null (p.image_url);
+        g_assert_true (g_str_has_prefix (p.invalid->str, "image_url="));
+      }
+      ms_params_clear (&p);
+      g_hash_table_unref (q);
+    }
+  }
+
   ms_params_init (&p);
   ms_params_parse (&p, NULL);
   g_assert_false (p.has_seed);

@@ -668,6 +668,73 @@ test_vision_server (void)
   g_assert_cmpint (ts_server_stop (&vs), ==, 0);
 }
 
+/* kyutai-labs/moshi's client in its vision mode names a picture of its
+ * page (?image_url=/assets/...) instead of sending it: the server reads it
+ * from its web root.  Other URLs are refused, a missing file waits for a
+ * kind-8 image. */
+static void
+test_vision_image_url (void)
+{
+  gchar *dir = g_dir_make_tmp ("moshi-webroot-XXXXXX", NULL);
+  gchar *sub = g_build_filename (dir, "assets", NULL);
+  gchar *index = g_build_filename (dir, "index.html", NULL);
+  gchar *pic = g_build_filename (sub, "pic.png", NULL);
+  gchar *a_root = g_strconcat ("--web-root=", dir, NULL);
+  const gchar *args[] = { "--vision",
+    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", a_root, NULL };
+  GBytes *card = make_png (64, 48, "smpte");
+  TsServer vs;
+  TsClient *c;
+  GError *err = NULL;
+
+  g_mkdir (sub, 0700);
+  g_assert_true (g_file_set_contents (index, "<html></html>", -1, NULL));
+  g_assert_true (g_file_set_contents (pic, g_bytes_get_data (card, NULL),
+      g_bytes_get_size (card), NULL));
+  g_assert_true (ts_server_start (&vs, args));
+
+  /* The picture from the web root: handshake without a kind-8 message. */
+  c = connect_ready (vs.url, "?image_url=%2Fassets%2Fpic.png");
+  check_client_schema (msg_at (c, 1)->payload, 56);
+  send_pages (c, 0, pages->len / 2);
+  g_assert_true (ts_client_wait (c, enough_colored, GUINT_TO_POINTER (3), 60));
+  g_assert_false (c->closed);
+  ts_client_free (c, FALSE);
+
+  /* Outside the web root, another host, missing: no session until a
+   * kind-8 image comes. */
+  {
+    const gchar *bad[] = { "?image_url=/../etc/passwd",
+      "?image_url=//example.com/x.jpg",
+      "?image_url=http%3A%2F%2F127.0.0.1%2Fx.jpg",
+      "?image_url=/assets/nope.png" };
+
+    for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+      c = ts_client_connect (vs.url, bad[i], &err);
+      g_assert_no_error (err);
+      ts_client_wait (c, has_messages, GUINT_TO_POINTER (1), 1.5);
+      g_assert_cmpuint (c->messages->len, ==, 0);
+      ts_client_send (c, 8, g_bytes_get_data (card, NULL),
+          g_bytes_get_size (card));
+      g_assert_true (
+          ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 30));
+      g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+      ts_client_free (c, FALSE);
+    }
+  }
+  g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+  g_bytes_unref (card);
+  g_unlink (pic);
+  g_unlink (index);
+  g_rmdir (sub);
+  g_rmdir (dir);
+  g_free (a_root);
+  g_free (pic);
+  g_free (index);
+  g_free (sub);
+  g_free (dir);
+}
+
 static void
 test_token (void)
 {
@@ -838,6 +905,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/idle-timeout", test_idle_timeout);
   g_test_add_func ("/server/sequential-sessions", test_sequential_sessions);
   g_test_add_func ("/server/vision", test_vision_server);
+  g_test_add_func ("/server/vision-image-url", test_vision_image_url);
   g_test_add_func ("/server/token", test_token);
   g_test_add_func ("/server/tls", test_tls);
   g_test_add_func ("/server/shutdown-with-sessions",

@@ -202,6 +202,7 @@ ms_params_clear (MsParams *p)
   if (p->invalid)
     g_string_free (p->invalid, TRUE);
   p->ignored = p->invalid = NULL;
+  g_clear_pointer (&p->image_url, g_free);
 }
 
 static void
@@ -311,6 +312,16 @@ ms_params_parse (MsParams *p, GHashTable *query)
         p->center_crop = 0;
       else
         note (p->invalid, key, val);
+    } else if (!strcmp (key, "image_url")) {
+      /* Only a path of our own web root: no scheme, no host ("//..."), no
+       * "..", no backslash. */
+      if (val[0] == '/' && val[1] != '/' && !strstr (val, "..")
+          && !strchr (val, '\\') && strlen (val) < 1024) {
+        g_free (p->image_url);
+        p->image_url = g_strdup (val);
+      } else {
+        note (p->invalid, key, val);
+      }
     } else if (!strcmp (key, "token") || !strcmp (key, "worker_auth_id")) {
       /* Access token: checked by the front, never logged. */
     } else {

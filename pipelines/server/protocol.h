@@ -68,6 +68,11 @@ typedef struct {
   gint image_resolution; /* -1 = unset */
   gint xa_start; /* MoshiVis gate delay in steps; -1 = unset */
   gint center_crop; /* MoshiVis: -1 = unset, 0 or 1 */
+  /* MoshiVis: image_url as kyutai-labs/moshi's client sends it in its
+   * vision mode (instead of a kind-8 image): a path of this server's web
+   * root ("/assets/..."); NULL = unset.  Other URLs are refused (invalid):
+   * the server fetches nothing from elsewhere. */
+  gchar *image_url;
   /* Parameters received but not supported by moshilm: "name=value, ..." */
   GString *ignored;
   /* Malformed values: "name=value, ..." */

@@ -176,6 +176,11 @@ static const gchar *click_js =
     ".find(b => b.textContent.trim() == 'Connect');"
     " if (!b) return 'no button'; b.click(); return 'clicked'; })()";
 
+static const gchar *disconnect_js =
+    "(() => { const b = [...document.querySelectorAll('button')]"
+    ".find(b => b.textContent.trim() == 'Disconnect');"
+    " if (!b) return 'no button'; b.click(); return 'clicked'; })()";
+
 /* Vision: the first picture of the gallery (a button whose background is
  * the image; clicking it connects).  kyutai-labs/moshi's client shows its
  * gallery after "Go to Moshi Vision"; kyutai-labs/moshivis's at once. */
@@ -454,6 +459,27 @@ main (int argc, char **argv)
     g_object_unref (p);
   } else
     g_string_append (why, " no page state;");
+  /* Then the client's Disconnect button: a clean close, no error. */
+  if (clicked) {
+    gchar *r = eval_string_gesture (disconnect_js, TRUE), *closed = NULL;
+
+    deadline = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+    while (!g_strcmp0 (r, "clicked") && g_get_monotonic_time () < deadline) {
+      g_free (closed);
+      closed = eval_string ("JSON.stringify([window.kyutaiStats.closed,"
+                            " window.kyutaiStats.recvErrors])");
+      if (closed && !g_str_has_prefix (closed, "[null"))
+        break;
+      pump (0.2);
+    }
+    g_print ("Disconnect: %s, close and errors: %s\n", r ? r : "?",
+        closed ? closed : "?");
+    if (g_strcmp0 (r, "clicked") || !closed
+        || g_str_has_prefix (closed, "[null") || !strstr (closed, ",[]]"))
+      g_string_append (why, " Disconnect did not close cleanly;");
+    g_free (closed);
+    g_free (r);
+  }
   status = why->len ? 1 : 0;
   g_print ("%s:%s\n", status ? "FAIL" : "PASS",
       why->len ? why->str : " Kyutai's client talked to moshi-server");

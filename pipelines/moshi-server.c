@@ -515,16 +515,18 @@ on_websocket (SoupServer *server, SoupServerMessage *msg, const char *path,
     } else if (c->params.image_url) {
       gsize n = 0;
       gchar *img = web_root_read (srv, c->params.image_url, &n, NULL);
+      gchar *safe = g_strescape (c->params.image_url, NULL);
 
       if (img) {
         slog ("session %u: image from image_url %s, %" G_GSIZE_FORMAT " bytes",
-            c->id, c->params.image_url, n);
+            c->id, safe, n);
         c->url_image = g_bytes_new_take (img, n);
       } else {
         slog ("session %u: image_url %s: no such file in the web root; "
               "waiting for an image (kind 8)",
-            c->id, c->params.image_url);
+            c->id, safe);
       }
+      g_free (safe);
     }
     /* The handshake goes out when the pipeline runs: from the loop, so
      * that the upgrade response is sent first. A vision session waits

@@ -31,6 +31,7 @@ enum {
   PROP_INTERVAL,
   PROP_SCENE_THRESHOLD,
   PROP_CENTER_CROP,
+  PROP_IMAGE_SIZE,
 };
 
 #define DEFAULT_THREADS 1
@@ -605,6 +606,9 @@ gst_moshi_vis_get_property (GObject *object, guint prop_id, GValue *value,
     case PROP_CENTER_CROP:
       g_value_set_boolean (value, self->center_crop);
       break;
+    case PROP_IMAGE_SIZE:
+      g_value_set_int (value, self->size);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -669,6 +673,11 @@ gst_moshi_vis_class_init (GstMoshiVisClass *klass)
           DEFAULT_CENTER_CROP,
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
               | GST_PARAM_MUTABLE_READY));
+  g_object_class_install_property (gobject_class, PROP_IMAGE_SIZE,
+      g_param_spec_int ("image-size", "Image size",
+          "Side of the square picture the image encoder takes, in pixels "
+          "(0 until the model is loaded)",
+          0, G_MAXINT, 0, G_PARAM_READABLE | G_PARAM_STATIC_STRINGS));
 
   gst_element_class_add_static_pad_template (element_class, &sink_template);
   gst_element_class_add_static_pad_template (element_class, &src_template);

@@ -70,6 +70,8 @@ typedef struct {
   gchar *peer;
   SoupWebsocketConnection *ws;
   MsSession *session;
+  GBytes *image; /* vision: the last picture given to the session */
+  GBytes *url_image; /* vision: read from image_url, not yet used */
   MsParams params;
   gboolean handshaken, closing;
   gint64 started, last_rx;
@@ -150,6 +152,8 @@ client_free (Client *c)
     g_object_unref (c->ws);
   }
   ms_params_clear (&c->params);
+  g_clear_pointer (&c->image, g_bytes_unref);
+  g_clear_pointer (&c->url_image, g_bytes_unref);
   g_free (c->peer);
   g_free (c);
 }
@@ -231,8 +235,17 @@ start_idle_cb (gpointer data)
   Client *c = data;
 
   c->start_idle = 0;
-  if (!c->closing && !c->srv->opt.vision)
+  if (c->closing || c->session)
+    return G_SOURCE_REMOVE;
+  if (!c->srv->opt.vision) {
     start_session (c, NULL);
+  } else if (c->url_image) {
+    GBytes *img = g_steal_pointer (&c->url_image);
+
+    if (start_session (c, img))
+      c->image = g_bytes_ref (img);
+    g_bytes_unref (img);
+  }
   return G_SOURCE_REMOVE;
 }
 
@@ -268,11 +281,32 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
             "audio before the handshake");
         return;
       }
-      if (!ms_ogg_check_pages (p + 1, len - 1, &err)
-          || !ms_session_push_audio (c->session, p + 1, len - 1, &err)) {
+      if (!ms_ogg_check_pages (p + 1, len - 1, &err)) {
         client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
         g_error_free (err);
         return;
+      }
+      {
+        /* opus-recorder (Kyutai's client) writes the AudioContext's rate,
+         * e.g. 44100, in OpusHead: protocol.h says why it is rewritten. */
+        guint32 old_rate = 0;
+        guint8 *fixed = c->audio_in == 0
+            ? ms_ogg_fix_opus_head_rate (p + 1, len - 1, &old_rate)
+            : NULL;
+        gboolean ok;
+
+        if (fixed)
+          slog ("session %u: OpusHead input rate %u Hz read as 24000 Hz "
+                "(informational field; not an Opus decoder rate)",
+              c->id, old_rate);
+        ok = ms_session_push_audio (c->session, fixed ? fixed : p + 1, len - 1,
+            &err);
+        g_free (fixed);
+        if (!ok) {
+          client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
+          g_error_free (err);
+          return;
+        }
       }
       c->audio_in++;
       break;
@@ -287,11 +321,23 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
          * Kyutai's servers ignore it or restart). */
         GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
 
-        slog ("session %u: new image, %" G_GSIZE_FORMAT " bytes", c->id,
-            len - 1);
-        if (!ms_session_push_image (c->session, img, &err)) {
-          client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
-          g_error_free (err);
+        if (c->image && g_bytes_equal (c->image, img)) {
+          /* kyutai-labs/moshivis's client sends its picture twice (two
+           * runs of its sending effect race): encoding it again would
+           * only cost CPU. */
+          slog ("session %u: the same image again (%" G_GSIZE_FORMAT
+                " bytes), ignored",
+              c->id, len - 1);
+        } else {
+          slog ("session %u: new image, %" G_GSIZE_FORMAT " bytes", c->id,
+              len - 1);
+          if (!ms_session_push_image (c->session, img, &err)) {
+            client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
+            g_error_free (err);
+          } else {
+            g_clear_pointer (&c->image, g_bytes_unref);
+            c->image = g_bytes_ref (img);
+          }
         }
         g_bytes_unref (img);
       } else if (c->handshaken) {
@@ -300,7 +346,8 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
         GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
 
         slog ("session %u: image, %" G_GSIZE_FORMAT " bytes", c->id, len - 1);
-        start_session (c, img);
+        if (start_session (c, img))
+          c->image = g_bytes_ref (img);
         g_bytes_unref (img);
       }
       break;
@@ -387,6 +434,32 @@ authorized (Server *srv, SoupServerMessage *msg, GHashTable *query)
   return FALSE;
 }
 
+/* The contents of a regular file under the web root (path from the URL,
+ * "/" = index.html), or NULL. */
+static gchar *
+web_root_read (Server *srv, const gchar *path, gsize *len, gchar **canon_out)
+{
+  gchar *file, *canon, *contents = NULL;
+
+  if (!path || path[0] != '/' || strstr (path, "..") || strchr (path, '\\'))
+    return NULL;
+  file = g_build_filename (srv->web_root_canon,
+      strcmp (path, "/") ? path : "/index.html", NULL);
+  canon = g_canonicalize_filename (file, NULL);
+  g_free (file);
+  if (!g_str_has_prefix (canon, srv->web_root_canon)
+      || !g_file_test (canon, G_FILE_TEST_IS_REGULAR)
+      || !g_file_get_contents (canon, &contents, len, NULL)) {
+    g_free (canon);
+    return NULL;
+  }
+  if (canon_out)
+    *canon_out = canon;
+  else
+    g_free (canon);
+  return contents;
+}
+
 static void
 on_websocket (SoupServer *server, SoupServerMessage *msg, const char *path,
     SoupWebsocketConnection *ws, gpointer data)
@@ -434,10 +507,31 @@ on_websocket (SoupServer *server, SoupServerMessage *msg, const char *path,
     if (c->params.invalid->len)
       slog ("session %u: invalid parameters, ignored: %s", c->id,
           c->params.invalid->str);
+    /* kyutai-labs/moshi's client, in its vision mode, names a picture of
+     * its own page (image_url) instead of sending it (kind 8): read it
+     * from the web root. */
+    if (c->params.image_url && !srv->opt.vision) {
+      slog ("session %u: image_url ignored: not a vision model", c->id);
+    } else if (c->params.image_url) {
+      gsize n = 0;
+      gchar *img = web_root_read (srv, c->params.image_url, &n, NULL);
+      gchar *safe = g_strescape (c->params.image_url, NULL);
+
+      if (img) {
+        slog ("session %u: image from image_url %s, %" G_GSIZE_FORMAT " bytes",
+            c->id, safe, n);
+        c->url_image = g_bytes_new_take (img, n);
+      } else {
+        slog ("session %u: image_url %s: no such file in the web root; "
+              "waiting for an image (kind 8)",
+            c->id, safe);
+      }
+      g_free (safe);
+    }
     /* The handshake goes out when the pipeline runs: from the loop, so
      * that the upgrade response is sent first. A vision session waits
-     * for its image (kind 8) instead. */
-    if (!srv->opt.vision)
+     * for its image (kind 8) instead, unless image_url gave one. */
+    if (!srv->opt.vision || c->url_image)
       c->start_idle = g_idle_add (start_idle_cb, c);
   }
   if (query)
@@ -470,7 +564,7 @@ on_http (SoupServer *server, SoupServerMessage *msg, const char *path,
 {
   Server *srv = data;
   const gchar *method = soup_server_message_get_method (msg);
-  gchar *file, *canon, *contents = NULL;
+  gchar *canon = NULL, *contents;
   gsize len = 0;
   SoupMessageHeaders *h = soup_server_message_get_response_headers (msg);
 
@@ -478,16 +572,8 @@ on_http (SoupServer *server, SoupServerMessage *msg, const char *path,
     soup_server_message_set_status (msg, SOUP_STATUS_METHOD_NOT_ALLOWED, NULL);
     return;
   }
-  if (!path || path[0] != '/' || strstr (path, "..") || strchr (path, '\\')) {
-    soup_server_message_set_status (msg, SOUP_STATUS_NOT_FOUND, NULL);
-    return;
-  }
-  file = g_build_filename (srv->web_root_canon,
-      strcmp (path, "/") ? path : "/index.html", NULL);
-  canon = g_canonicalize_filename (file, NULL);
-  if (!g_str_has_prefix (canon, srv->web_root_canon)
-      || !g_file_test (canon, G_FILE_TEST_IS_REGULAR)
-      || !g_file_get_contents (canon, &contents, &len, NULL)) {
+  contents = web_root_read (srv, path, &len, &canon);
+  if (!contents) {
     soup_server_message_set_status (msg, SOUP_STATUS_NOT_FOUND, NULL);
   } else {
     soup_message_headers_replace (h, "Cache-Control", "no-cache");
@@ -499,7 +585,6 @@ on_http (SoupServer *server, SoupServerMessage *msg, const char *path,
   }
   g_free (contents);
   g_free (canon);
-  g_free (file);
 }
 
 /* --- main ---------------------------------------------------------------- */

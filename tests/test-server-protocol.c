@@ -102,6 +102,55 @@ test_pages (void)
   g_byte_array_unref (a);
 }
 
+/* Sets page 1's OpusHead input rate and its CRC. */
+static void
+set_head_rate (GByteArray *a, guint32 rate)
+{
+  guint32 crc;
+
+  for (guint i = 0; i < 4; i++)
+    a->data[28 + 12 + i] = (rate >> (8 * i)) & 0xff;
+  memset (a->data + 22, 0, 4);
+  crc = ms_ogg_crc (a->data, 28 + 19);
+  for (guint i = 0; i < 4; i++)
+    a->data[22 + i] = (crc >> (8 * i)) & 0xff;
+}
+
+static void
+test_opus_head_rate (void)
+{
+  GByteArray *a = sample_pages ();
+  const guint32 fine[] = { 0, 8000, 12000, 16000, 24000, 48000 };
+  guint32 old = 0;
+  guint8 *fixed;
+
+  for (guint i = 0; i < G_N_ELEMENTS (fine); i++) {
+    set_head_rate (a, fine[i]);
+    g_assert_null (ms_ogg_fix_opus_head_rate (a->data, a->len, &old));
+  }
+  /* opus-recorder on a 44.1 kHz AudioContext (Kyutai's client). */
+  set_head_rate (a, 44100);
+  g_assert_cmpuint (ms_ogg_check_pages (a->data, a->len, NULL), ==, 2);
+  fixed = ms_ogg_fix_opus_head_rate (a->data, a->len, &old);
+  g_assert_nonnull (fixed);
+  g_assert_cmpuint (old, ==, 44100);
+  g_assert_cmpuint (ms_ogg_check_pages (fixed, a->len, NULL), ==, 2);
+  g_assert_cmpuint (fixed[28 + 12] | fixed[28 + 13] << 8 | fixed[28 + 14] << 16
+          | (guint32) fixed[28 + 15] << 24,
+      ==, 24000);
+  /* Nothing else changed but the rate and the CRC. */
+  for (guint i = 0; i < a->len; i++)
+    if (!(i >= 22 && i < 26) && !(i >= 40 && i < 44))
+      g_assert_cmpint (fixed[i], ==, a->data[i]);
+  g_free (fixed);
+  /* Only on a BOS page; the OpusTags page alone is left as is. */
+  g_assert_null (ms_ogg_fix_opus_head_rate (a->data + 47, a->len - 47, NULL));
+  /* Truncated input never reads past its end (ASan) nor fixes half a page. */
+  for (guint n = 0; n < 47; n++)
+    g_assert_null (ms_ogg_fix_opus_head_rate (a->data, n, NULL));
+  g_byte_array_unref (a);
+}
+
 static void
 test_random (void)
 {
@@ -118,6 +167,7 @@ test_random (void)
     if (n >= 27 && round % 4 == 1)
       buf[26] = g_rand_int_range (r, 0, 4);
     g_assert_cmpuint (ms_ogg_check_pages (buf, n, NULL), ==, 0);
+    g_free (ms_ogg_fix_opus_head_rate (buf, n, NULL)); /* bounds (ASan) */
   }
   g_rand_free (r);
 }
@@ -160,6 +210,32 @@ test_params (void)
   ms_params_clear (&p);
   g_hash_table_unref (q);
 
+  /* image_url: only a path of the web root. */
+  {
+    const gchar *ok[] = { "/assets/images/demo/image1.jpg", "/a.png" };
+    const gchar *bad[] = { "", "a.png", "//host/a.png", "http://h/a.png",
+      "/../a.png", "/x/..%2Fa.png", "/a\\b.png" };
+
+    for (guint i = 0; i < G_N_ELEMENTS (ok) + G_N_ELEMENTS (bad); i++) {
+      gboolean good = i < G_N_ELEMENTS (ok);
+      const gchar *v = good ? ok[i] : bad[i - G_N_ELEMENTS (ok)];
+
+      q = g_hash_table_new (g_str_hash, g_str_equal);
+      g_hash_table_insert (q, (gpointer) "image_url", (gpointer) v);
+      ms_params_init (&p);
+      ms_params_parse (&p, q);
+      if (good) {
+        g_assert_cmpstr (p.image_url, ==, v);
+        g_assert_cmpstr (p.invalid->str, ==, "");
+      } else {
+        g_assert_null (p.image_url);
+        g_assert_true (g_str_has_prefix (p.invalid->str, "image_url="));
+      }
+      ms_params_clear (&p);
+      g_hash_table_unref (q);
+    }
+  }
+
   ms_params_init (&p);
   ms_params_parse (&p, NULL);
   g_assert_false (p.has_seed);
@@ -173,6 +249,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server-protocol/messages", test_messages);
   g_test_add_func ("/server-protocol/crc", test_crc);
   g_test_add_func ("/server-protocol/pages", test_pages);
+  g_test_add_func ("/server-protocol/opus-head-rate", test_opus_head_rate);
   g_test_add_func ("/server-protocol/random", test_random);
   g_test_add_func ("/server-protocol/params", test_params);
   return g_test_run ();

@@ -64,6 +64,49 @@ enough_audio (TsClient *c, gpointer want)
   return ts_client_count (c, 1) >= GPOINTER_TO_UINT (want) || c->closed;
 }
 
+/* The metadata must pass the zod schemas of Kyutai's clients
+ * (kyutai-labs/moshi client/src/pages/Conversation/hooks/useServerInfo.ts,
+ * and kyutai-labs/moshivis's, which wants three more fields): one missing
+ * field or a wrong type and the client drops the whole message. */
+static void
+check_client_schema (GBytes *payload, gint want_image_size)
+{
+  static const gchar *numbers[] = { "text_temperature", "text_topk",
+    "audio_temperature", "audio_topk", "pad_mult", "repetition_penalty_context",
+    "repetition_penalty", "text_temperature_gating_influence",
+    "image_resolution" };
+  static const gchar *strings[] = { "lm_model_file", "instance_name",
+    "base_filename" };
+  static const gchar *build[] = { "build_timestamp", "build_date", "git_branch",
+    "git_timestamp", "git_date", "git_hash", "git_describe",
+    "rustc_host_triple", "rustc_version", "cargo_target_triple" };
+  JsonParser *parser = json_parser_new ();
+  JsonObject *o, *b;
+  gsize len;
+  const gchar *p = g_bytes_get_data (payload, &len);
+
+  g_assert_true (json_parser_load_from_data (parser, p, len, NULL));
+  o = json_node_get_object (json_parser_get_root (parser));
+  g_assert_nonnull (o);
+  for (guint i = 0; i < G_N_ELEMENTS (numbers); i++) {
+    JsonNode *n = json_object_get_member (o, numbers[i]);
+
+    g_assert_nonnull (n);
+    g_assert_true (JSON_NODE_HOLDS_VALUE (n));
+    g_assert_true (json_node_get_value_type (n) == G_TYPE_INT64
+        || json_node_get_value_type (n) == G_TYPE_DOUBLE);
+  }
+  for (guint i = 0; i < G_N_ELEMENTS (strings); i++)
+    g_assert_nonnull (json_object_get_string_member (o, strings[i]));
+  b = json_object_get_object_member (o, "build_info");
+  g_assert_nonnull (b);
+  for (guint i = 0; i < G_N_ELEMENTS (build); i++)
+    g_assert_nonnull (json_object_get_string_member (b, build[i]));
+  g_assert_cmpint (json_object_get_int_member (o, "image_resolution"), ==,
+      want_image_size);
+  g_object_unref (parser);
+}
+
 static void
 test_handshake (void)
 {
@@ -82,6 +125,7 @@ test_handshake (void)
   g_assert_no_error (err);
   g_assert_true (JSON_NODE_HOLDS_OBJECT (json_parser_get_root (parser)));
   g_object_unref (parser);
+  check_client_schema (msg_at (c, 1)->payload, 0);
   ts_client_free (c, FALSE);
 }
 
@@ -189,6 +233,36 @@ test_multi_packet_pages (void)
   g_assert_null (c->error);
   ts_client_free (c, FALSE);
   g_ptr_array_unref (big);
+}
+
+/* opus-recorder (Kyutai's client) writes its AudioContext's rate in
+ * OpusHead, e.g. 44100; GStreamer's oggdemux + opusdec would refuse it
+ * ("no common format"): the server reads it as 24000 (protocol.h). */
+static void
+test_opus_head_44100 (void)
+{
+  gsize len = g_bytes_get_size (pages->pdata[0]);
+  guint8 *head = g_memdup2 (g_bytes_get_data (pages->pdata[0], NULL), len);
+  TsClient *c = connect_ready (server.url, "");
+  gsize hdr;
+  guint32 crc;
+
+  hdr = 27 + head[26];
+  g_assert_cmpmem (head + hdr, 8, "OpusHead", 8);
+  head[hdr + 12] = 44100 & 0xff;
+  head[hdr + 13] = 44100 >> 8;
+  head[hdr + 14] = head[hdr + 15] = 0;
+  memset (head + 22, 0, 4);
+  crc = ms_ogg_crc (head, len);
+  for (guint i = 0; i < 4; i++)
+    head[22 + i] = (crc >> (8 * i)) & 0xff;
+  ts_client_send (c, 1, head, len);
+  send_pages (c, 1, pages->len);
+  g_assert_true (ts_client_wait (c, enough_audio,
+      GUINT_TO_POINTER ((guint) (duration / 0.02 * 0.7)), 60));
+  g_assert_null (c->error);
+  ts_client_free (c, FALSE);
+  g_free (head);
 }
 
 /* A client that restarts its encoder: a second Ogg stream (new serial,
@@ -559,9 +633,14 @@ test_vision_server (void)
   g_assert_false (c->closed);
   g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
   g_assert_cmpint (msg_at (c, 1)->kind, ==, 4);
+  /* The tiny MoshiVis' image encoder takes 56x56 pictures. */
+  check_client_schema (msg_at (c, 1)->payload, 56);
   send_pages (c, 0, pages->len / 2);
   g_assert_true (ts_client_wait (c, enough_colored, GUINT_TO_POINTER (3), 60));
   g_assert_false (c->closed);
+  /* The same picture again (kyutai-labs/moshivis's client sends it
+   * twice): ignored, the conversation goes on. */
+  ts_client_send (c, 8, g_bytes_get_data (card, NULL), g_bytes_get_size (card));
   n7 = ts_client_count (c, 7);
   /* A new picture: taken, the conversation goes on. */
   ts_client_send (c, 8, g_bytes_get_data (ball, NULL), g_bytes_get_size (ball));
@@ -587,6 +666,73 @@ test_vision_server (void)
   g_bytes_unref (card);
   g_bytes_unref (ball);
   g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+}
+
+/* kyutai-labs/moshi's client in its vision mode names a picture of its
+ * page (?image_url=/assets/...) instead of sending it: the server reads it
+ * from its web root.  Other URLs are refused, a missing file waits for a
+ * kind-8 image. */
+static void
+test_vision_image_url (void)
+{
+  gchar *dir = g_dir_make_tmp ("moshi-webroot-XXXXXX", NULL);
+  gchar *sub = g_build_filename (dir, "assets", NULL);
+  gchar *index = g_build_filename (dir, "index.html", NULL);
+  gchar *pic = g_build_filename (sub, "pic.png", NULL);
+  gchar *a_root = g_strconcat ("--web-root=", dir, NULL);
+  const gchar *args[] = { "--vision",
+    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", a_root, NULL };
+  GBytes *card = make_png (64, 48, "smpte");
+  TsServer vs;
+  TsClient *c;
+  GError *err = NULL;
+
+  g_mkdir (sub, 0700);
+  g_assert_true (g_file_set_contents (index, "<html></html>", -1, NULL));
+  g_assert_true (g_file_set_contents (pic, g_bytes_get_data (card, NULL),
+      g_bytes_get_size (card), NULL));
+  g_assert_true (ts_server_start (&vs, args));
+
+  /* The picture from the web root: handshake without a kind-8 message. */
+  c = connect_ready (vs.url, "?image_url=%2Fassets%2Fpic.png");
+  check_client_schema (msg_at (c, 1)->payload, 56);
+  send_pages (c, 0, pages->len / 2);
+  g_assert_true (ts_client_wait (c, enough_colored, GUINT_TO_POINTER (3), 60));
+  g_assert_false (c->closed);
+  ts_client_free (c, FALSE);
+
+  /* Outside the web root, another host, missing: no session until a
+   * kind-8 image comes. */
+  {
+    const gchar *bad[] = { "?image_url=/../etc/passwd",
+      "?image_url=//example.com/x.jpg",
+      "?image_url=http%3A%2F%2F127.0.0.1%2Fx.jpg",
+      "?image_url=/assets/nope.png" };
+
+    for (guint i = 0; i < G_N_ELEMENTS (bad); i++) {
+      c = ts_client_connect (vs.url, bad[i], &err);
+      g_assert_no_error (err);
+      ts_client_wait (c, has_messages, GUINT_TO_POINTER (1), 1.5);
+      g_assert_cmpuint (c->messages->len, ==, 0);
+      ts_client_send (c, 8, g_bytes_get_data (card, NULL),
+          g_bytes_get_size (card));
+      g_assert_true (
+          ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 30));
+      g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+      ts_client_free (c, FALSE);
+    }
+  }
+  g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+  g_bytes_unref (card);
+  g_unlink (pic);
+  g_unlink (index);
+  g_rmdir (sub);
+  g_rmdir (dir);
+  g_free (a_root);
+  g_free (pic);
+  g_free (index);
+  g_free (sub);
+  g_free (dir);
 }
 
 static void
@@ -745,6 +891,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/static-files", test_static_files);
   g_test_add_func ("/server/roundtrip", test_roundtrip);
   g_test_add_func ("/server/multi-packet-pages", test_multi_packet_pages);
+  g_test_add_func ("/server/opus-head-44100", test_opus_head_44100);
   g_test_add_func ("/server/second-stream", test_second_stream);
   g_test_add_func ("/server/image-ignored", test_image_ignored);
   g_test_add_func ("/server/params", test_params);
@@ -758,6 +905,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server/idle-timeout", test_idle_timeout);
   g_test_add_func ("/server/sequential-sessions", test_sequential_sessions);
   g_test_add_func ("/server/vision", test_vision_server);
+  g_test_add_func ("/server/vision-image-url", test_vision_image_url);
   g_test_add_func ("/server/token", test_token);
   g_test_add_func ("/server/tls", test_tls);
   g_test_add_func ("/server/shutdown-with-sessions",

@@ -128,6 +128,59 @@ ms_ogg_check_pages (const guint8 *data, gsize len, GError **error)
   return pages;
 }
 
+static gboolean
+is_opus_rate (guint32 r)
+{
+  return r == 0 || r == 8000 || r == 12000 || r == 16000 || r == 24000
+      || r == 48000;
+}
+
+guint8 *
+ms_ogg_fix_opus_head_rate (const guint8 *data, gsize len, guint32 *old_rate)
+{
+  gsize off = 0;
+
+  while (off + 27 <= len) {
+    const guint8 *p = data + off;
+    gsize hdr = 27 + (gsize) p[26], body = 0;
+
+    if (hdr > len - off)
+      return NULL;
+    for (guint i = 0; i < p[26]; i++)
+      body += p[27 + i];
+    if (hdr + body > len - off)
+      return NULL;
+    /* A BOS page whose first packet is an OpusHead (>= 19 bytes). */
+    if ((p[5] & 0x02) && body >= 19 && p[26] > 0 && p[27] >= 19
+        && !memcmp (p + hdr, "OpusHead", 8)) {
+      const guint8 *r = p + hdr + 12;
+      guint32 rate = (guint32) r[0] | (guint32) r[1] << 8 | (guint32) r[2] << 16
+          | (guint32) r[3] << 24;
+
+      if (!is_opus_rate (rate)) {
+        guint8 *out = g_memdup2 (data, len), *q = out + off;
+        guint32 crc;
+
+        q[hdr + 12] = 24000 & 0xff;
+        q[hdr + 13] = (24000 >> 8) & 0xff;
+        q[hdr + 14] = 0;
+        q[hdr + 15] = 0;
+        memset (q + 22, 0, 4);
+        crc = ms_ogg_crc (q, hdr + body);
+        q[22] = crc & 0xff;
+        q[23] = (crc >> 8) & 0xff;
+        q[24] = (crc >> 16) & 0xff;
+        q[25] = crc >> 24;
+        if (old_rate)
+          *old_rate = rate;
+        return out;
+      }
+    }
+    off += hdr + body;
+  }
+  return NULL;
+}
+
 void
 ms_params_init (MsParams *p)
 {
@@ -149,6 +202,7 @@ ms_params_clear (MsParams *p)
   if (p->invalid)
     g_string_free (p->invalid, TRUE);
   p->ignored = p->invalid = NULL;
+  g_clear_pointer (&p->image_url, g_free);
 }
 
 static void
@@ -258,6 +312,16 @@ ms_params_parse (MsParams *p, GHashTable *query)
         p->center_crop = 0;
       else
         note (p->invalid, key, val);
+    } else if (!strcmp (key, "image_url")) {
+      /* Only a path of our own web root: no scheme, no host ("//..."), no
+       * "..", no backslash. */
+      if (val[0] == '/' && val[1] != '/' && !strstr (val, "..")
+          && !strchr (val, '\\') && strlen (val) < 1024) {
+        g_free (p->image_url);
+        p->image_url = g_strdup (val);
+      } else {
+        note (p->invalid, key, val);
+      }
     } else if (!strcmp (key, "token") || !strcmp (key, "worker_auth_id")) {
       /* Access token: checked by the front, never logged. */
     } else {

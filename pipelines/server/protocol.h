@@ -47,6 +47,18 @@ guint32 ms_ogg_crc (const guint8 *data, gsize len);
  * with error set. */
 guint ms_ogg_check_pages (const guint8 *data, gsize len, GError **error);
 
+/* Opus decoders run at 8, 12, 16, 24 or 48 kHz, and OpusHead's "input
+ * sample rate" field is informational only (RFC 7845, 5.1): an encoder
+ * writes there the rate of its source, e.g. 44100 from opus-recorder (Kyutai's
+ * web client) on a 44.1 kHz AudioContext.  GStreamer's oggdemux puts it in
+ * the caps (rate=44100), which opusdec then refuses.  data must be whole
+ * pages (ms_ogg_check_pages).  When a BOS page holds an OpusHead whose rate
+ * is not one of the five Opus rates (nor 0, unspecified), returns a copy
+ * of data with that field set to 24000 (the protocol's rate) and the page
+ * CRC recomputed, and the old value in *old_rate; else NULL. */
+guint8 *ms_ogg_fix_opus_head_rate (const guint8 *data, gsize len,
+    guint32 *old_rate);
+
 /* Session settings from the /api/chat query (Kyutai's client names). */
 typedef struct {
   gdouble text_temperature, audio_temperature; /* -1 = model default */
@@ -56,6 +68,11 @@ typedef struct {
   gint image_resolution; /* -1 = unset */
   gint xa_start; /* MoshiVis gate delay in steps; -1 = unset */
   gint center_crop; /* MoshiVis: -1 = unset, 0 or 1 */
+  /* MoshiVis: image_url as kyutai-labs/moshi's client sends it in its
+   * vision mode (instead of a kind-8 image): a path of this server's web
+   * root ("/assets/..."); NULL = unset.  Other URLs are refused (invalid):
+   * the server fetches nothing from elsewhere. */
+  gchar *image_url;
   /* Parameters received but not supported by moshilm: "name=value, ..." */
   GString *ignored;
   /* Malformed values: "name=value, ..." */

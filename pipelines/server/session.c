@@ -487,6 +487,17 @@ ms_session_push_audio (MsSession *s, const guint8 *data, gsize len,
   return TRUE;
 }
 
+/* The picture side moshivis really encodes; 0 without a vision branch. */
+static gint
+vision_image_size (MsSession *s)
+{
+  gint size = 0;
+
+  if (s->vis)
+    g_object_get (s->vis, "image-size", &size, NULL);
+  return size;
+}
+
 gchar *
 ms_session_metadata_json (MsSession *s)
 {
@@ -528,6 +539,25 @@ ms_session_metadata_json (MsSession *s)
   json_builder_add_int_value (b, 0);
   json_builder_set_member_name (b, "repetition_penalty");
   json_builder_add_double_value (b, 1.0);
+  /* And those kyutai-labs/moshivis's client requires too (its schema
+   * drops the whole message without them): the side of the pictures
+   * moshivis really encodes (0: not a vision session, as Kyutai's Rust
+   * server when no resolution was asked), no gating influence on the text
+   * temperature (moshilm has none), and a name for the session as its
+   * servers make one for their logs. */
+  json_builder_set_member_name (b, "image_resolution");
+  json_builder_add_int_value (b, vision_image_size (s));
+  json_builder_set_member_name (b, "text_temperature_gating_influence");
+  json_builder_add_double_value (b, 0.0);
+  json_builder_set_member_name (b, "base_filename");
+  {
+    gint64 now = g_get_real_time ();
+    gchar *base = g_strdup_printf ("gst-moshi-%" G_GINT64_FORMAT "-%06d",
+        now / G_USEC_PER_SEC, (gint) (now % G_USEC_PER_SEC));
+
+    json_builder_add_string_value (b, base);
+    g_free (base);
+  }
   json_builder_set_member_name (b, "build_info");
   json_builder_begin_object (b);
   {

@@ -45,6 +45,19 @@ case "${MOSHI_MODEL:-}" in
   ""|*tests/data/conformance*) echo ">> (tiny random-weight LM: the reply is NOT meaningful; see README for Kyutai's weights)";;
 esac
 
+echo ">> MoshiVis: a spoken question about a picture (moshivis-describe.sh)"
+gst-launch-1.0 -q videotestsrc num-buffers=1 pattern=smpte \
+  ! video/x-raw,width=320,height=240 ! pngenc \
+  ! filesink location=/tmp/gst-moshi-picture.png
+vis_log=$(MIMI_MODEL="$USER_MIMI_MODEL" GREEDY=1 pipelines/moshivis-describe.sh \
+  /tmp/gst-moshi-picture.png "$SAMPLE" /tmp/gst-moshi-vis-answer.wav \
+  /tmp/gst-moshi-vis-answer.srt 2>&1) || { echo "$vis_log"; exit 1; }
+echo "$vis_log" | grep -E '^MoshiVis:' || true
+echo ">> Answer: /tmp/gst-moshi-vis-answer.wav, words: /tmp/gst-moshi-vis-answer.srt"
+case "$vis_log" in
+  *RANDOM-WEIGHT*) echo ">> (tiny random-weight MoshiVis: it looks at the picture, but the answer is NOT meaningful)";;
+esac
+
 echo ">> Speed of the full-size Mimi architecture on this machine (random weights,"
 echo ">> same compute as the real checkpoint; one thread, 80 ms frames):"
 build/tests/bench-mimi --seconds 5 | sed -n 's/^\(encode RTF\|decode RTF\|enc+dec RTF\|encode ms\/frame\|decode ms\/frame\).*/   &/p'

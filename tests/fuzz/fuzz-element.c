@@ -54,8 +54,14 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   g_setenv ("GST_PLUGIN_SYSTEM_PATH_1_0", "", TRUE);
   g_setenv ("GST_PLUGIN_PATH_1_0", "", TRUE);
   g_setenv ("GST_REGISTRY_FORK", "no", TRUE);
-  if (!g_getenv ("GST_REGISTRY"))
-    g_setenv ("GST_REGISTRY", "/dev/null", TRUE);
+  /* Never /dev/null: GStreamer writes its registry to a temporary file
+   * renamed over this path. */
+  if (!g_getenv ("GST_REGISTRY")) {
+    gchar *reg = g_build_filename (g_get_tmp_dir (),
+        "gst-moshi-fuzz-registry.bin", NULL);
+    g_setenv ("GST_REGISTRY", reg, TRUE);
+    g_free (reg);
+  }
   gst_init (NULL, NULL);
   /* A critical warning is a bug too. */
   g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_ERROR);

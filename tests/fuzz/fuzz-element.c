@@ -1,21 +1,23 @@
-/* libFuzzer target: arbitrary audio/x-mimi caps and buffers into mimidec or
- * moshilm (FUZZ_ELEMENT=mimidec|moshilm, default mimidec) on the tiny
- * conformance models, through a GstHarness.
+/* libFuzzer target: arbitrary caps, buffers and events into mimidec,
+ * moshilm or mimienc (FUZZ_ELEMENT=mimidec|moshilm|mimienc, default
+ * mimidec) on the tiny conformance models, through a GstHarness.
  *
  * The element and the whole plugin, with libmoshi-models, are compiled into
- * this program with the fuzzer's instrumentation (see meson.build) and
- * registered statically; no system plugin is loaded.
+ * this program with the sanitizers (see meson.build) and registered
+ * statically; no system plugin is loaded.
  *
  * Input: byte 0 = codebooks field, byte 1 = caps flags, byte 2 = property
  * flags, then records [length][flags][length bytes of payload] pushed as
  * one buffer each (flags: DISCONT, no PTS, PTS backwards, EOS, flush,
- * a new caps event, gap).
+ * a new caps event, gap).  For mimienc the caps are PCM ones (format, rate,
+ * channels, layout) and a buffer is its payload repeated to 32x its length
+ * (PCM frames are 7680 bytes), NaN and infinite samples included.
  *
  * Properties checked beyond "no crash, leak, critical warning or hang": a
- * push that returns
- * GST_FLOW_ERROR has posted an ERROR message; every output buffer of mimidec
- * is whole 1920-sample F32 frames, every audio buffer of moshilm whole
- * frames of its codebooks. */
+ * push that returns GST_FLOW_ERROR has posted an ERROR message; every
+ * output buffer of mimidec is whole 1920-sample F32 frames, every
+ * audio/x-mimi buffer of moshilm and mimienc whole frames of its
+ * codebooks. */
 #include <gst/audio/audio.h>
 #include <gst/check/gstharness.h>
 #include <gst/gst.h>
@@ -26,7 +28,8 @@
 
 GST_PLUGIN_STATIC_DECLARE (moshi);
 
-static gboolean is_lm;
+static gboolean is_lm, is_enc;
+static const char *element;
 static gchar *model;
 
 int LLVMFuzzerInitialize (int *argc, char ***argv);
@@ -39,6 +42,8 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   (void) argv;
   const char *el = g_getenv ("FUZZ_ELEMENT");
   is_lm = el && strcmp (el, "moshilm") == 0;
+  is_enc = el && strcmp (el, "mimienc") == 0;
+  element = is_lm ? "moshilm" : is_enc ? "mimienc" : "mimidec";
   const char *dir = g_getenv ("MOSHI_TEST_DATA");
   if (!dir)
     dir = MOSHI_TEST_DATA_DIR;
@@ -49,19 +54,24 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   g_setenv ("GST_PLUGIN_SYSTEM_PATH_1_0", "", TRUE);
   g_setenv ("GST_PLUGIN_PATH_1_0", "", TRUE);
   g_setenv ("GST_REGISTRY_FORK", "no", TRUE);
-  if (!g_getenv ("GST_REGISTRY"))
-    g_setenv ("GST_REGISTRY", "/dev/null", TRUE);
+  /* Never /dev/null: GStreamer writes its registry to a temporary file
+   * renamed over this path. */
+  if (!g_getenv ("GST_REGISTRY")) {
+    gchar *reg = g_build_filename (g_get_tmp_dir (),
+        "gst-moshi-fuzz-registry.bin", NULL);
+    g_setenv ("GST_REGISTRY", reg, TRUE);
+    g_free (reg);
+  }
   gst_init (NULL, NULL);
   /* A critical warning is a bug too. */
   g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_ERROR);
   GST_PLUGIN_STATIC_REGISTER (moshi);
   /* An element that stays started keeps the model in the plugin's model
    * cache, so that each input does not load it again. */
-  GstElement *pin =
-      gst_element_factory_make (is_lm ? "moshilm" : "mimidec", "pin");
+  GstElement *pin = gst_element_factory_make (element, "pin");
   g_object_set (pin, "model", model, NULL);
   if (gst_element_set_state (pin, GST_STATE_PAUSED) == GST_STATE_CHANGE_FAILURE)
-    g_error ("cannot start %s on %s", is_lm ? "moshilm" : "mimidec", model);
+    g_error ("cannot start %s on %s", element, model);
   return 0;
 }
 
@@ -96,9 +106,26 @@ drain (GstHarness *h, gsize frame_bytes)
     gst_event_unref (e);
 }
 
+/* mimienc: PCM caps, mostly the ones it accepts (F32LE or S16LE, 24 kHz,
+ * mono), sometimes not. */
+static GstCaps *
+make_pcm_caps (guint8 cb, guint8 flags, guint8 extra)
+{
+  gint rate = (flags & 8) ? (gint) extra * 1000 : 24000;
+  gint channels = (flags & 32) ? (gint) extra : 1;
+  return gst_caps_new_simple ("audio/x-raw", "format", G_TYPE_STRING,
+      (flags & 1)       ? "S16LE"
+          : (flags & 2) ? "U8"
+                        : "F32LE",
+      "rate", G_TYPE_INT, rate, "channels", G_TYPE_INT, channels, "layout",
+      G_TYPE_STRING, (flags & 16) ? "non-interleaved" : "interleaved", NULL);
+}
+
 static GstCaps *
 make_caps (guint8 cb, guint8 flags, guint8 extra)
 {
+  if (is_enc)
+    return make_pcm_caps (cb, flags, extra);
   GstCaps *caps = gst_caps_new_empty_simple ("audio/x-mimi");
   GstStructure *s = gst_caps_get_structure (caps, 0);
   if (!(flags & 1)) {
@@ -128,8 +155,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   const guint8 cb = data[0], cflags = data[1], pflags = data[2];
   size_t pos = 3;
 
-  GstElement *e =
-      gst_element_factory_make (is_lm ? "moshilm" : "mimidec", NULL);
+  GstElement *e = gst_element_factory_make (element, NULL);
   g_assert (e);
   GstBus *bus = gst_bus_new ();
   gst_element_set_bus (e, bus);
@@ -145,7 +171,9 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   gst_harness_set_src_caps (h, make_caps (cb, cflags, pflags));
 
   gsize out_frame = 0;
-  if (!is_lm)
+  if (is_enc)
+    g_object_set (e, "codebooks", 1 + (pflags % 8), NULL);
+  else if (!is_lm)
     out_frame = 1920 * sizeof (float);
 
   GstClockTime pts = 0;
@@ -154,8 +182,20 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     size_t len = MIN (data[pos], size - pos - 2);
     guint8 rf = data[pos + 1];
     pos += 2;
-    GstBuffer *buf =
-        len ? gst_buffer_new_memdup (data + pos, len) : gst_buffer_new ();
+    GstBuffer *buf;
+    if (is_enc && len > 0) {
+      /* PCM frames are 4-8 KB: the payload, repeated to 32x its length
+       * plus the flags byte's low bits (so odd sizes happen too). */
+      gsize n = len * 32 + (rf >> 6);
+      buf = gst_buffer_new_allocate (NULL, n, NULL);
+      GstMapInfo map;
+      gst_buffer_map (buf, &map, GST_MAP_WRITE);
+      for (gsize k = 0; k < n; k++)
+        map.data[k] = data[pos + k % len];
+      gst_buffer_unmap (buf, &map);
+    } else {
+      buf = len ? gst_buffer_new_memdup (data + pos, len) : gst_buffer_new ();
+    }
     pos += len;
     if (rf & 1)
       GST_BUFFER_FLAG_SET (buf, GST_BUFFER_FLAG_DISCONT);
@@ -187,7 +227,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       gst_harness_push_event (h,
           gst_event_new_gap (pts, 80 * GST_MSECOND * (1 + (rf >> 7))));
     GstCaps *oc = gst_pad_get_current_caps (h->sinkpad);
-    if (is_lm && oc) {
+    if ((is_lm || is_enc) && oc) {
       gint n;
       if (gst_structure_get_int (gst_caps_get_structure (oc, 0), "codebooks",
               &n))

@@ -142,8 +142,10 @@ moshivis_image_encoder_load (const char *path, const MoshiVisImageConfig *cfg,
   if (e->tower)
     e->adapter =
         image_adapter_load (f, MOSHIVIS_IMAGE_PREFIX, &cfg->adapter, error);
+  /* A file truncated while it was read fails the load (see mapguard.h). */
+  gboolean ok = e->adapter && st_finish_load (f, error);
   st_unref (f);
-  if (!e->adapter) {
+  if (!ok) {
     moshivis_image_encoder_unref (e);
     return NULL;
   }

@@ -139,6 +139,7 @@ enum {
   PROP_SEED,
   PROP_GREEDY,
   PROP_XA_START,
+  PROP_VISION_TIMEOUT,
 };
 
 #define DEFAULT_MODEL NULL
@@ -150,6 +151,9 @@ enum {
 #define DEFAULT_GREEDY FALSE
 /* Kyutai's web client's "gate delay": 16 steps (1.28 s). */
 #define DEFAULT_XA_START 16
+/* How long a file pipeline's audio waits for the picture of its time, by
+ * default; an image encode takes seconds on a CPU (docs/performance.md). */
+#define DEFAULT_VISION_TIMEOUT 120
 #define GATE_META "GstMoshiGateMeta"
 
 #define TEXT_CAPS "text/x-raw, format = (string) utf8"
@@ -196,6 +200,7 @@ static void gst_moshi_lm_release_pad (GstElement *element, GstPad *pad);
 static void images_clear (GstMoshiLm *self);
 static void vision_advance (GstMoshiLm *self, GstClockTime pos);
 static void vision_unblock (GstMoshiLm *self, gboolean unblock);
+static void vision_failed (GstMoshiLm *self);
 static GstPad *gst_moshi_lm_request_new_pad (GstElement *element,
     GstPadTemplate *templ, const gchar *name, const GstCaps *caps);
 
@@ -294,6 +299,14 @@ gst_moshi_lm_class_init (GstMoshiLmClass *klass)
           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
               | GST_PARAM_MUTABLE_READY));
 
+  g_object_class_install_property (gobject_class, PROP_VISION_TIMEOUT,
+      g_param_spec_uint ("vision-timeout", "Vision timeout",
+          "MoshiVis, file pipelines: seconds the audio waits for the picture "
+          "of its time on vision_sink before going on without it",
+          0, G_MAXUINT, DEFAULT_VISION_TIMEOUT,
+          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS
+              | GST_PARAM_MUTABLE_PLAYING));
+
   g_object_class_install_property (gobject_class, PROP_GREEDY,
       g_param_spec_boolean ("greedy", "Greedy",
           "Always take the most probable text token and audio code (no "
@@ -366,6 +379,7 @@ gst_moshi_lm_init (GstMoshiLm *self)
   self->seed = DEFAULT_SEED;
   self->greedy = DEFAULT_GREEDY;
   self->xa_start = DEFAULT_XA_START;
+  self->vision_timeout = DEFAULT_VISION_TIMEOUT;
   g_mutex_init (&self->vision_lock);
   g_cond_init (&self->vision_cond);
   g_queue_init (&self->images);
@@ -415,6 +429,9 @@ gst_moshi_lm_set_property (GObject *object, guint prop_id, const GValue *value,
     case PROP_XA_START:
       self->xa_start = g_value_get_int (value);
       break;
+    case PROP_VISION_TIMEOUT:
+      self->vision_timeout = g_value_get_uint (value);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
       break;
@@ -459,6 +476,9 @@ gst_moshi_lm_get_property (GObject *object, guint prop_id, GValue *value,
       break;
     case PROP_XA_START:
       g_value_set_int (value, self->xa_start);
+      break;
+    case PROP_VISION_TIMEOUT:
+      g_value_set_uint (value, self->vision_timeout);
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -918,6 +938,17 @@ vision_advance (GstMoshiLm *self, GstClockTime pos)
     self->vision_pos = pos;
 }
 
+/* The vision stream will say nothing more (an error on it): the audio must
+ * not wait for it. */
+static void
+vision_failed (GstMoshiLm *self)
+{
+  g_mutex_lock (&self->vision_lock);
+  self->vision_eos = TRUE;
+  g_cond_broadcast (&self->vision_cond);
+  g_mutex_unlock (&self->vision_lock);
+}
+
 /* Lets a vision_sink waiting for the audio go (EOS, stop) or not. */
 static void
 vision_unblock (GstMoshiLm *self, gboolean unblock)
@@ -1008,6 +1039,8 @@ gst_moshi_lm_vision_event (GstPad *pad, GstObject *parent, GstEvent *event)
           (NULL));
       ok = FALSE;
     }
+    if (!ok)
+      vision_failed (self);
     if (ok) {
       self->vision_tokens = tokens;
       self->vision_dim = dim;
@@ -1058,6 +1091,7 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
     gst_buffer_unref (buffer);
     GST_ELEMENT_ERROR (self, CORE, NEGOTIATION, (NULL),
         ("an image embedding arrived before its caps"));
+    vision_failed (self);
     return GST_FLOW_NOT_NEGOTIATED;
   }
   pts = GST_BUFFER_PTS (buffer);
@@ -1071,6 +1105,7 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
             want),
         (NULL));
     gst_buffer_unref (buffer);
+    vision_failed (self);
     return GST_FLOW_ERROR;
   }
   GST_OBJECT_LOCK (self);
@@ -1092,6 +1127,7 @@ gst_moshi_lm_vision_chain (GstPad *pad, GstObject *parent, GstBuffer *buffer)
     GST_ELEMENT_ERROR (self, STREAM, FORMAT,
         ("Cannot use the image: %s", err->message), (NULL));
     g_clear_error (&err);
+    vision_failed (self);
     return GST_FLOW_ERROR;
   }
   g_mutex_lock (&self->vision_lock);
@@ -1132,10 +1168,31 @@ gst_moshi_lm_wait_vision (GstMoshiLm *self, GstClockTime pts)
   if (!linked)
     return;
   g_mutex_lock (&self->vision_lock);
-  while (!self->vision_eos && !self->vision_unblock
-      && (!GST_CLOCK_TIME_IS_VALID (self->vision_pos)
-          || self->vision_pos <= pts))
-    g_cond_wait (&self->vision_cond, &self->vision_lock);
+  {
+    /* A vision branch that stalls must not stall the conversation for
+     * ever: after VISION_WAIT_S without news, stop waiting (warned once;
+     * a flush or a new stream waits again). */
+    guint wait_s;
+    GST_OBJECT_LOCK (self);
+    wait_s = self->vision_timeout;
+    GST_OBJECT_UNLOCK (self);
+    gint64 until = g_get_monotonic_time () + wait_s * G_TIME_SPAN_SECOND;
+    while (!self->vision_eos && !self->vision_unblock
+        && (!GST_CLOCK_TIME_IS_VALID (self->vision_pos)
+            || self->vision_pos <= pts)) {
+      if (!g_cond_wait_until (&self->vision_cond, &self->vision_lock, until)) {
+        self->vision_eos = TRUE;
+        g_mutex_unlock (&self->vision_lock);
+        GST_ELEMENT_WARNING (self, STREAM, FAILED,
+            ("The pictures on vision_sink did not reach %" GST_TIME_FORMAT
+             " within %u s (vision-timeout): the conversation goes on "
+             "without waiting for them.",
+                GST_TIME_ARGS (pts), wait_s),
+            (NULL));
+        return;
+      }
+    }
+  }
   g_mutex_unlock (&self->vision_lock);
 }
 

@@ -89,6 +89,7 @@ struct _GstMoshiLm {
    * there (keys and values) and applied at the next step */
   GstPad *visionpad; /* requested, or NULL */
   gint xa_start; /* property */
+  guint vision_timeout; /* property, seconds */
   gboolean has_xa; /* the model can look at images */
   gboolean vision_requested; /* a vision_sink was asked for: report gates */
   gint vision_tokens, vision_dim; /* from the vision_sink caps */

@@ -243,6 +243,48 @@ GST_START_TEST (test_timed_image)
 
 GST_END_TEST;
 
+/* From files, a vision stream that goes silent (no GAP, no EOS) holds the
+ * audio only for vision-timeout seconds, with a warning; one that failed
+ * holds it not at all. */
+GST_START_TEST (test_silent_or_failed_vision)
+{
+  const gchar *model = g_getenv ("MOSHIVIS_TINY");
+  Lm *vis = lm_new (model, TRUE);
+  g_object_set (vis->e, "vision-timeout", 1u, NULL);
+  gst_harness_set_live (vis->h, FALSE);
+  GstBuffer *img = image_embedding ();
+  GST_BUFFER_PTS (img) = 0;
+  fail_unless_equals_int (gst_harness_push (vis->hv, img), GST_FLOW_OK);
+  for (gint t = 0; t < 4; t++) {
+    fail_unless_equals_int (gst_harness_push (vis->h, user_frame (t)),
+        GST_FLOW_OK);
+    g_free (pull_codes (vis->h));
+  }
+  GstMessage *m = gst_bus_pop_filtered (vis->bus, GST_MESSAGE_WARNING);
+  fail_unless (m != NULL, "no warning about the silent vision stream");
+  GError *err = NULL;
+  gst_message_parse_warning (m, &err, NULL);
+  fail_unless (strstr (err->message, "vision-timeout") != NULL, "%s",
+      err->message);
+  g_error_free (err);
+  gst_message_unref (m);
+  lm_free (vis);
+
+  /* A broken embedding: an error, and the audio goes on at once. */
+  vis = lm_new (model, TRUE);
+  g_object_set (vis->e, "vision-timeout", 3600u, NULL);
+  gst_harness_set_live (vis->h, FALSE);
+  GstBuffer *bad = gst_buffer_new_allocate (NULL, 12, NULL);
+  gst_buffer_memset (bad, 0, 0, 12);
+  fail_unless_equals_int (gst_harness_push (vis->hv, bad), GST_FLOW_ERROR);
+  for (gint t = 0; t < 4; t++)
+    fail_unless_equals_int (gst_harness_push (vis->h, user_frame (t)),
+        GST_FLOW_OK);
+  lm_free (vis);
+}
+
+GST_END_TEST;
+
 GST_START_TEST (test_bad_embeddings)
 {
   const gchar *model = g_getenv ("MOSHIVIS_TINY");
@@ -324,6 +366,7 @@ moshilm_vision_suite (void)
   suite_add_tcase (s, tc);
   tcase_add_test (tc, test_image_mid_stream);
   tcase_add_test (tc, test_timed_image);
+  tcase_add_test (tc, test_silent_or_failed_vision);
   tcase_add_test (tc, test_bad_embeddings);
   tcase_add_test (tc, test_model_cannot_look);
   return s;

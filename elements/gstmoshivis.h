@@ -28,6 +28,7 @@ struct _GstMoshiVis {
   GstClockTime interval;
   gdouble scene_threshold;
   gboolean center_crop;
+  MoshiWeightType quantize;
 
   /* between READY->PAUSED and PAUSED->READY */
   gchar *model_path;

@@ -388,24 +388,40 @@ load_tokenizer (const gchar *path, gpointer user_data, GError **error)
   return sp_model_load (path, error);
 }
 
+typedef struct {
+  const gchar *config;
+  MoshiWeightType weights;
+} VisionLoad;
+
 static gpointer
 load_vision (const gchar *path, gpointer user_data, GError **error)
 {
-  const gchar *config = user_data;
+  const VisionLoad *v = user_data;
   MoshiVisImageConfig cfg;
   moshivis_image_config_default (&cfg);
-  if (config && !moshivis_image_config_load_json (&cfg, config, error))
+  if (v->config && !moshivis_image_config_load_json (&cfg, v->config, error))
     return NULL;
-  return moshivis_image_encoder_load (path, &cfg, error);
+  MoshiVisImageEncoder *e = moshivis_image_encoder_load (path, &cfg, error);
+  if (e && !moshivis_image_encoder_quantize (e, v->weights, error)) {
+    moshivis_image_encoder_unref (e);
+    return NULL;
+  }
+  return e;
 }
 
 MoshiVisImageEncoder *
 gst_moshi_model_cache_acquire_vision (const gchar *path, const gchar *config,
-    GError **error)
+    MoshiWeightType weights, GError **error)
 {
-  return gst_moshi_model_cache_acquire (GST_MOSHI_MODEL_KIND_VISION, path,
-      load_vision, (gpointer) config,
-      (GDestroyNotify) moshivis_image_encoder_unref, error);
+  VisionLoad v = { config, weights };
+  gchar *kind = weights == MOSHI_WEIGHTS_F32
+      ? g_strdup (GST_MOSHI_MODEL_KIND_VISION)
+      : g_strdup_printf ("%s:%s", GST_MOSHI_MODEL_KIND_VISION,
+          moshi_weight_type_name (weights));
+  MoshiVisImageEncoder *e = gst_moshi_model_cache_acquire (kind, path,
+      load_vision, &v, (GDestroyNotify) moshivis_image_encoder_unref, error);
+  g_free (kind);
+  return e;
 }
 
 void

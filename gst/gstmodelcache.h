@@ -59,11 +59,12 @@ LmModel *gst_moshi_model_cache_acquire_lm (const gchar *path,
     const gchar *config, MoshiWeightType weights, GError **error);
 void gst_moshi_model_cache_release_lm (LmModel *model);
 
-/* MoshiVis image encoders (tower + adapter): kind "moshivis-image".
- * `config` is the config.json beside the weights or NULL (defaults). */
+/* MoshiVis image encoders (tower + adapter): kind "moshivis-image[:type]"
+ * (the tower's storage: none = float32, bf16, q8).  `config` is the
+ * config.json beside the weights or NULL (defaults). */
 #define GST_MOSHI_MODEL_KIND_VISION "moshivis-image"
 MoshiVisImageEncoder *gst_moshi_model_cache_acquire_vision (const gchar *path,
-    const gchar *config, GError **error);
+    const gchar *config, MoshiWeightType weights, GError **error);
 void gst_moshi_model_cache_release_vision (MoshiVisImageEncoder *model);
 
 /* SentencePiece tokenizers: kind "sentencepiece". */

@@ -287,3 +287,22 @@ moshivis_image_encoder_encode_fit (MoshiVisImageEncoder *e, const uint8_t *rgb,
   moshi_free (sq);
   return ok;
 }
+
+gboolean
+moshivis_image_encoder_quantize (MoshiVisImageEncoder *e, MoshiWeightType type,
+    GError **error)
+{
+  switch (type) {
+    case MOSHI_WEIGHTS_F32:
+      return TRUE;
+    case MOSHI_WEIGHTS_BF16:
+      return siglip_model_to_bf16 (e->tower, error);
+    case MOSHI_WEIGHTS_Q8:
+      return siglip_model_to_q8 (e->tower, error);
+    default:
+      g_set_error (error, MOSHI_MODEL_ERROR, MOSHI_MODEL_ERROR_ARGUMENT,
+          "the vision tower is offered in float32, bf16 or q8, not %s",
+          moshi_weight_type_name (type));
+      return FALSE;
+  }
+}

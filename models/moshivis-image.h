@@ -13,6 +13,7 @@
 
 #include "image-adapter.h"
 #include "siglip.h"
+#include "weight-type.h"
 
 G_BEGIN_DECLS
 
@@ -57,6 +58,11 @@ int moshivis_image_encoder_tokens (const MoshiVisImageEncoder *e, int width,
 int moshivis_image_encoder_dim (const MoshiVisImageEncoder *e);
 /* Threads for this encoder's encodes (1 by default).  Encodes are
  * serialized process-wide (blas.h): concurrent callers wait their turn. */
+/* Stores the tower's layer matrices as `type` before the encoder is
+ * shared: MOSHI_WEIGHTS_F32 (as loaded), BF16 or Q8 (see siglip.h for the
+ * errors); Q4 is not offered for the tower (ARGUMENT error). */
+gboolean moshivis_image_encoder_quantize (MoshiVisImageEncoder *e,
+    MoshiWeightType type, GError **error);
 void moshivis_image_encoder_set_threads (MoshiVisImageEncoder *e,
     int n_threads);
 

@@ -4,6 +4,7 @@
 #include "alloc.h"
 #include "blas.h"
 #include "kernels.h"
+#include "linear.h"
 #include "model-error.h"
 #include "vec-math.h"
 #include "weights.h"
@@ -20,6 +21,7 @@
 typedef struct {
   float *f32;
   uint16_t *bf16;
+  MoshiLinear q8; /* q8.in > 0: packed int8 instead (siglip_model_to_q8) */
 } SigMat;
 
 typedef struct {
@@ -50,6 +52,7 @@ mat_clear (SigMat *w)
 {
   moshi_free (w->f32);
   moshi_free (w->bf16);
+  moshi_linear_clear (&w->q8);
   w->f32 = NULL;
   w->bf16 = NULL;
 }
@@ -354,6 +357,50 @@ siglip_model_to_bf16 (SiglipModel *m, GError **error)
   return TRUE;
 }
 
+/* [rows][cols] as packed q8, from float32 or bf16. */
+static gboolean
+mat_to_q8 (SigMat *w, int rows, int cols)
+{
+  if (w->q8.in)
+    return TRUE;
+  const size_t n = (size_t) rows * cols;
+  float *f = w->f32;
+  if (!f) {
+    f = moshi_alloc (n * sizeof (float));
+    if (!f)
+      return FALSE;
+    for (size_t i = 0; i < n; i++) {
+      uint32_t u = (uint32_t) w->bf16[i] << 16;
+      memcpy (&f[i], &u, 4);
+    }
+  }
+  gboolean ok = moshi_linear_init (&w->q8, f, cols, rows, MOSHI_WEIGHTS_Q8);
+  if (f != w->f32)
+    moshi_free (f);
+  if (!ok) {
+    memset (&w->q8, 0, sizeof w->q8);
+    return FALSE;
+  }
+  moshi_free (w->f32);
+  moshi_free (w->bf16);
+  w->f32 = NULL;
+  w->bf16 = NULL;
+  return TRUE;
+}
+
+gboolean
+siglip_model_to_q8 (SiglipModel *m, GError **error)
+{
+  const int D = m->cfg.hidden_size, F = m->cfg.intermediate_size;
+  for (int i = 0; i < m->cfg.num_layers; i++) {
+    SiglipLayer *l = &m->layers[i];
+    if (!mat_to_q8 (&l->qkv_w, 3 * D, D) || !mat_to_q8 (&l->out_w, D, D)
+        || !mat_to_q8 (&l->fc1_w, F, D) || !mat_to_q8 (&l->fc2_w, D, F))
+      return oom (error, "q8 weights", (size_t) F * D * sizeof (float));
+  }
+  return TRUE;
+}
+
 size_t
 siglip_model_weight_bytes (const SiglipModel *m)
 {
@@ -366,7 +413,8 @@ siglip_model_weight_bytes (const SiglipModel *m)
     const SigMat *w[4] = { &l->qkv_w, &l->out_w, &l->fc1_w, &l->fc2_w };
     const size_t n[4] = { 3 * D * D, D * D, F * D, D * F };
     for (int k = 0; k < 4; k++)
-      bytes += n[k] * (w[k]->bf16 ? 2 : 4);
+      bytes += w[k]->q8.in ? moshi_linear_bytes (&w[k]->q8)
+                           : n[k] * (w[k]->bf16 ? 2 : 4);
     bytes += (4 * D + 3 * D + D + F + D) * sizeof (float);
   }
   return bytes;
@@ -475,6 +523,18 @@ gemm_nt (int M, int N, int K, float alpha, const float *A, int lda,
 {
   cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, A, lda,
       B, ldb, beta, C, ldc);
+}
+
+/* C[M][N] (+)= A[M][K] W^T through the layer matrix `mat`: OpenBLAS on
+ * the float values `w`, or our int8 kernels when it is stored as q8. */
+static void
+mat_product (const SigMat *mat, const float *w, MoshiPool *pool, int M, int N,
+    int K, const float *A, gboolean accumulate, float *C)
+{
+  if (mat->q8.in)
+    moshi_linear_forward (&mat->q8, pool, A, M, accumulate, C);
+  else
+    gemm_nt (M, N, K, 1.0f, A, K, w, K, accumulate ? 1.0f : 0.0f, C, N);
 }
 
 /* Row-parallel elementwise steps.  BLAS threads the GEMMs itself; these
@@ -590,7 +650,7 @@ layer_weights (MoshiPool *pool, const SiglipLayer *l, int D, int F, float *ws,
     { ws, ws + 3 * dd, ws + 4 * dd, ws + 4 * dd + fd } };
   gboolean any = FALSE;
   for (int k = 0; k < 4; k++) {
-    out[k] = j.w[k]->bf16 ? j.dst[k] : j.w[k]->f32;
+    out[k] = j.w[k]->bf16 ? j.dst[k] : j.w[k]->f32; /* NULL for q8 */
     any = any || j.w[k]->bf16;
   }
   if (any)
@@ -688,7 +748,7 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     layer_weights (pool, l, D, F, ws, w);
     /* x += out(softmax(q k^T / sqrt(hd)) v) */
     run_rows (pool, ROWS_LAYER_NORM, y, x, l->ln1_w, l->ln1_b, N, D, eps, 0);
-    gemm_nt (N, 3 * D, D, 1.0f, y, D, w[0], D, 0.0f, qkv, 3 * D);
+    mat_product (&l->qkv_w, w[0], pool, N, 3 * D, D, y, FALSE, qkv);
     run_rows (pool, ROWS_ADD_BIAS, qkv, NULL, NULL, l->qkv_b, N, 3 * D, 0, 0);
     if (pool)
       moshi_blas_set_threads (1);
@@ -696,13 +756,13 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     moshi_pool_run (pool, attn_part, &attn);
     if (pool)
       moshi_blas_set_threads (threads);
-    gemm_nt (N, D, D, 1.0f, y, D, w[1], D, 1.0f, x, D);
+    mat_product (&l->out_w, w[1], pool, N, D, D, y, TRUE, x);
     run_rows (pool, ROWS_ADD_BIAS, x, NULL, NULL, l->out_b, N, D, 0, 0);
     /* x += fc2(gelu(fc1(LN2(x)))) */
     run_rows (pool, ROWS_LAYER_NORM, y, x, l->ln2_w, l->ln2_b, N, D, eps, 0);
-    gemm_nt (N, F, D, 1.0f, y, D, w[2], D, 0.0f, h, F);
+    mat_product (&l->fc1_w, w[2], pool, N, F, D, y, FALSE, h);
     run_rows (pool, ROWS_BIAS_ACT, h, NULL, NULL, l->fc1_b, N, F, 0, c->act);
-    gemm_nt (N, D, F, 1.0f, h, F, w[3], F, 1.0f, x, D);
+    mat_product (&l->fc2_w, w[3], pool, N, D, F, h, TRUE, x);
     run_rows (pool, ROWS_ADD_BIAS, x, NULL, NULL, l->fc2_b, N, D, 0, 0);
   }
   if (pre_postln)

@@ -2,7 +2,7 @@
  * default) with random weights, against this machine's float32 GEMM peak
  * measured in the same run.
  *
- *   bench-vision [--size S] [--runs R] [--max-threads T] [--bf16]
+ *   bench-vision [--size S] [--runs R] [--max-threads T] [--bf16 | --q8]
  *
  * For 1..T threads: seconds per image (median of R runs), achieved GFLOP/s
  * (FLOPs counted from the shapes: siglip_flops), the cblas_sgemm rate of a
@@ -86,7 +86,7 @@ int
 main (int argc, char **argv)
 {
   int size = 448, runs = 3, max_threads = 2;
-  gboolean bf16 = FALSE;
+  gboolean bf16 = FALSE, q8 = FALSE;
   GOptionEntry entries[] = {
     { "size", 's', 0, G_OPTION_ARG_INT, &size, "Image side (448)", "S" },
     { "runs", 'r', 0, G_OPTION_ARG_INT, &runs, "Timed runs per setting (3)",
@@ -95,6 +95,8 @@ main (int argc, char **argv)
         "T" },
     { "bf16", 0, 0, G_OPTION_ARG_NONE, &bf16,
         "Layer matrices stored as bf16, widened per layer", NULL },
+    { "q8", 0, 0, G_OPTION_ARG_NONE, &q8,
+        "Layer matrices as q8, products in int8 (VNNI where present)", NULL },
     { NULL },
   };
   GError *err = NULL;
@@ -113,7 +115,8 @@ main (int argc, char **argv)
   siglip_config_default (&cfg);
   gint64 t0 = g_get_monotonic_time ();
   SiglipModel *m = siglip_model_new_random (&cfg, 42, &err);
-  if (!m || (bf16 && !siglip_model_to_bf16 (m, &err))) {
+  if (!m || (bf16 && !siglip_model_to_bf16 (m, &err))
+      || (q8 && !siglip_model_to_q8 (m, &err))) {
     fprintf (stderr, "%s\n", err->message);
     return 1;
   }
@@ -171,7 +174,9 @@ main (int argc, char **argv)
   getrusage (RUSAGE_SELF, &ru);
   printf ("\npeak RSS %.0f MiB (weights %.0f MiB, %s)\n", ru.ru_maxrss / 1024.0,
       siglip_model_weight_bytes (m) / 1048576.0,
-      bf16 ? "layer matrices in bf16" : "float32");
+      q8         ? "layer matrices in q8"
+          : bf16 ? "layer matrices in bf16"
+                 : "float32");
   g_free (wall);
   g_free (cpu);
   g_free (peak);

@@ -11,6 +11,7 @@
 #include <gst/check/gstcheck.h>
 #include <gst/check/gstharness.h>
 #include <gst/video/video.h>
+#include <math.h>
 #include <string.h>
 
 #include "gst-test-util.h"
@@ -274,6 +275,54 @@ GST_START_TEST (test_center_crop_and_resize)
 
 GST_END_TEST;
 
+/* quantize=q8: the stated error (cosine > 0.999 to the float32
+ * reference); q4 is refused with a message. */
+GST_START_TEST (test_quantize)
+{
+  gfloat *xa_src;
+  guint8 *img = ref_image (&xa_src);
+  GstHarness *hx = make_harness ("quantize=q8", S, S);
+  gst_harness_push (hx, frame_from (img, S, S, 0));
+  GstBuffer *out = gst_harness_pull (hx);
+  GstMapInfo map;
+  gst_buffer_map (out, &map, GST_MAP_READ);
+  const gfloat *o = (const gfloat *) map.data;
+  gdouble dot = 0, na = 0, nb = 0;
+  for (gint i = 0; i < TOKENS * DIM; i++) {
+    dot += (gdouble) o[i] * xa_src[i];
+    na += (gdouble) o[i] * o[i];
+    nb += (gdouble) xa_src[i] * xa_src[i];
+  }
+  fail_unless (dot / sqrt (na * nb) > 0.999, "q8 cosine %g",
+      dot / sqrt (na * nb));
+  gst_buffer_unmap (out, &map);
+  gst_buffer_unref (out);
+  gst_harness_teardown (hx);
+
+  GstElement *e = gst_element_factory_make ("moshivis", NULL);
+  gst_util_set_object_arg (G_OBJECT (e), "quantize", "q4");
+  g_object_set (e, "model", tiny_model (), NULL);
+  GstBus *bus = gst_bus_new ();
+  gst_element_set_bus (e, bus);
+  fail_unless_equals_int (gst_element_set_state (e, GST_STATE_PAUSED),
+      GST_STATE_CHANGE_FAILURE);
+  GstMessage *m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+  fail_unless (m != NULL);
+  GError *err = NULL;
+  gst_message_parse_error (m, &err, NULL);
+  fail_unless (strstr (err->message, "q4") != NULL, "%s", err->message);
+  g_error_free (err);
+  gst_message_unref (m);
+  gst_element_set_state (e, GST_STATE_NULL);
+  gst_element_set_bus (e, NULL);
+  gst_object_unref (bus);
+  gst_object_unref (e);
+  g_free (img);
+  g_free (xa_src);
+}
+
+GST_END_TEST;
+
 GST_START_TEST (test_bad_input)
 {
   /* Too small to hold one patch: refused at negotiation. */
@@ -349,6 +398,7 @@ moshivis_suite (void)
   tcase_add_test (tc, test_scene_change);
   tcase_add_test (tc, test_force_key_unit);
   tcase_add_test (tc, test_center_crop_and_resize);
+  tcase_add_test (tc, test_quantize);
   tcase_add_test (tc, test_bad_input);
   tcase_add_test (tc, test_flush_looks_again);
   return s;

@@ -22,10 +22,8 @@ ts_sample_path (void)
       "hello.wav", NULL);
 }
 
-/* The server dies with its test: an aborted test must not leave it
- * running (and holding the test's output pipes). */
-static void
-child_setup (gpointer unused)
+void
+ts_child_setup (gpointer unused)
 {
   prctl (PR_SET_PDEATHSIG, SIGKILL);
 }
@@ -55,7 +53,7 @@ ts_server_start (TsServer *s, const gchar *const *args)
     g_ptr_array_add (argv, g_strdup (args[i]));
   g_ptr_array_add (argv, NULL);
   l = g_subprocess_launcher_new (G_SUBPROCESS_FLAGS_STDOUT_PIPE);
-  g_subprocess_launcher_set_child_setup (l, child_setup, NULL, NULL);
+  g_subprocess_launcher_set_child_setup (l, ts_child_setup, NULL, NULL);
   if (!g_getenv ("GST_PLUGIN_PATH"))
     g_subprocess_launcher_setenv (l, "GST_PLUGIN_PATH",
         MOSHI_BUILD_ROOT "/elements", TRUE);

@@ -13,6 +13,11 @@ typedef struct {
   gchar *url; /* http://127.0.0.1:PORT */
 } TsServer;
 
+/* GSubprocessLauncher child setup: the child (server, browser) dies with
+ * its test, so an aborted test leaves nothing running (nor holding the
+ * test's output pipes). */
+void ts_child_setup (gpointer unused);
+
 /* Starts build/pipelines/moshi-server with the tiny models and args
  * (NULL-terminated); waits for its "listening on" line. */
 gboolean ts_server_start (TsServer *s, const gchar *const *args);

@@ -23,110 +23,17 @@
  * the query (image_url), which the server reads from its web root.  The
  * text must come as kind 7 (coloured text).
  * Usage: test-kyutai-client [SCREENSHOT.png] */
+#include "browser-client.h"
 #include "server-client.h"
 
 #include <gst/gst.h>
 #include <json-glib/json-glib.h>
-#include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
-
-static SoupWebsocketConnection *devtools;
-static gint next_id = 1;
-static JsonNode *reply;
-static gint reply_id;
-
-static void
-child_setup (gpointer unused)
-{
-  prctl (PR_SET_PDEATHSIG, SIGKILL);
-}
-
-static void
-on_devtools (SoupWebsocketConnection *ws, gint type, GBytes *msg, gpointer data)
-{
-  JsonParser *p = json_parser_new ();
-  gsize len;
-  const gchar *s = g_bytes_get_data (msg, &len);
-
-  if (json_parser_load_from_data (p, s, len, NULL)) {
-    JsonObject *o = json_node_get_object (json_parser_get_root (p));
-
-    if (o && json_object_has_member (o, "id")
-        && json_object_get_int_member (o, "id") == reply_id) {
-      g_clear_pointer (&reply, json_node_unref);
-      reply = json_node_copy (json_parser_get_root (p));
-    }
-  }
-  g_object_unref (p);
-}
-
-/* Sends a DevTools command and waits for its answer ("result" object). */
-static JsonObject *
-devtools_call (const gchar *method, const gchar *params_json)
-{
-  gchar *cmd;
-  gint64 deadline = g_get_monotonic_time () + 20 * G_USEC_PER_SEC;
-
-  g_clear_pointer (&reply, json_node_unref);
-  reply_id = next_id++;
-  cmd = g_strdup_printf ("{\"id\":%d,\"method\":\"%s\",\"params\":%s}",
-      reply_id, method, params_json ? params_json : "{}");
-  soup_websocket_connection_send_text (devtools, cmd);
-  g_free (cmd);
-  while (!reply && g_get_monotonic_time () < deadline)
-    g_main_context_iteration (NULL, TRUE);
-  if (!reply)
-    return NULL;
-  return json_object_get_object_member (json_node_get_object (reply), "result");
-}
-
-static gchar *
-eval_string_gesture (const gchar *expr, gboolean gesture)
-{
-  gchar *params, *q = g_strescape (expr, NULL), *out = NULL;
-  JsonObject *r;
-
-  params = g_strdup_printf ("{\"expression\":\"%s\",\"returnByValue\":true,"
-                            "\"userGesture\":%s}",
-      q, gesture ? "true" : "false");
-  r = devtools_call ("Runtime.evaluate", params);
-  if (r && json_object_has_member (r, "result")) {
-    JsonObject *v = json_object_get_object_member (r, "result");
-
-    if (json_object_has_member (v, "value")
-        && JSON_NODE_HOLDS_VALUE (json_object_get_member (v, "value")))
-      out = g_strdup (json_object_get_string_member (v, "value"));
-  }
-  g_free (params);
-  g_free (q);
-  return out;
-}
-
-static gchar *
-eval_string (const gchar *expr)
-{
-  return eval_string_gesture (expr, FALSE);
-}
-
-static gint64
-stat_int (JsonObject *o, const gchar *k)
-{
-  return json_object_has_member (o, k) ? json_object_get_int_member (o, k) : 0;
-}
-
-static void
-on_ws_ready (GObject *src, GAsyncResult *res, gpointer data)
-{
-  devtools =
-      soup_session_websocket_connect_finish (SOUP_SESSION (src), res, NULL);
-  *(gboolean *) data = TRUE;
-}
 
 static JsonObject *
-eval_json (const gchar *expr, JsonParser *p)
+eval_json (TsBrowser *b, const gchar *expr, JsonParser *p)
 {
-  gchar *s = eval_string (expr);
+  gchar *s = ts_browser_eval (b, expr, FALSE);
   JsonObject *o = NULL;
 
   if (s && json_parser_load_from_data (p, s, -1, NULL))
@@ -143,7 +50,7 @@ member_int (JsonObject *o, const gchar *obj, const gchar *k)
   if (!o || !json_object_has_member (o, obj))
     return 0;
   m = json_object_get_object_member (o, obj);
-  return m ? stat_int (m, k) : 0;
+  return m ? ts_json_int (m, k) : 0;
 }
 
 static guint
@@ -152,15 +59,6 @@ array_len (JsonObject *o, const gchar *k)
   return o && json_object_has_member (o, k)
       ? json_array_get_length (json_object_get_array_member (o, k))
       : 0;
-}
-
-static void
-pump (gdouble seconds)
-{
-  gint64 until = g_get_monotonic_time () + seconds * G_USEC_PER_SEC;
-
-  while (g_get_monotonic_time () < until)
-    g_main_context_iteration (NULL, FALSE), g_usleep (10000);
 }
 
 /* What the page shows and what the probe counted, as one JSON object. */
@@ -196,23 +94,20 @@ int
 main (int argc, char **argv)
 {
   gchar *browser = NULL;
-  const gchar *cands[] = { "chromium", "chromium-browser", "google-chrome" };
   const gchar *dist = g_getenv ("KYUTAI_CLIENT_DIST");
   const gchar *secs_env = g_getenv ("KYUTAI_CLIENT_SECONDS");
   gdouble talk_s = secs_env ? g_ascii_strtod (secs_env, NULL) : 20;
   gboolean vision = !g_strcmp0 (g_getenv ("KYUTAI_CLIENT_VISION"), "1");
   gchar *web_root_arg, *index_html;
   const gchar *server_args[] = { "--idle-timeout=60", NULL, NULL, NULL, NULL };
-  gchar *tmp, *wav, *url, *port_file, *port_text = NULL, *ws_url = NULL;
+  gchar *wav, *url, *start_error = NULL;
   gchar *probe = NULL, *probe_path;
-  GSubprocessLauncher *l;
-  GSubprocess *chrome = NULL;
+  TsBrowser *b;
   GError *err = NULL;
   TsServer server;
-  SoupSession *http;
   int status = 1;
   gint64 deadline, talk_until = 0;
-  gboolean done = FALSE, clicked = FALSE;
+  gboolean clicked = FALSE;
   gchar *last = NULL;
   GString *why = g_string_new (NULL);
 
@@ -230,12 +125,7 @@ main (int argc, char **argv)
     return 77;
   }
   g_free (index_html);
-  for (guint i = 0; i < G_N_ELEMENTS (cands) && !browser; i++)
-    browser = g_find_program_in_path (cands[i]);
-  if (g_getenv ("MOSHI_CHROMIUM")) {
-    g_free (browser);
-    browser = g_strdup (g_getenv ("MOSHI_CHROMIUM"));
-  }
+  browser = ts_browser_find ();
   if (!browser) {
     g_print ("SKIP: no Chromium found (apt-get install chromium)\n");
     return 77;
@@ -257,116 +147,34 @@ main (int argc, char **argv)
     g_free (browser);
     return 1;
   }
-  tmp = g_dir_make_tmp ("moshi-kyutai-XXXXXX", NULL);
   wav = ts_sample_path ();
   url =
       g_strdup_printf ("%s/%s", server.url, vision ? "?worker_addr=same" : "");
-  {
-    gchar *fake = g_strdup_printf ("--use-file-for-fake-audio-capture=%s", wav);
-    gchar *udd = g_strdup_printf ("--user-data-dir=%s", tmp);
-    const gchar *args[] = { browser, "--headless=new", "--no-sandbox",
-      "--disable-gpu", "--no-first-run", "--no-default-browser-check",
-      "--remote-debugging-port=0", udd, "--use-fake-device-for-media-stream",
-      "--use-fake-ui-for-media-stream", fake,
-      "--autoplay-policy=no-user-gesture-required", "--window-size=1100,900",
-      "about:blank", NULL };
-
-    l = g_subprocess_launcher_new (
-        G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE);
-    g_subprocess_launcher_set_child_setup (l, child_setup, NULL, NULL);
-    chrome = g_subprocess_launcher_spawnv (l, args, &err);
-    g_object_unref (l);
-    g_free (fake);
-    g_free (udd);
-  }
-  if (!chrome) {
-    g_print ("FAIL: cannot start %s: %s\n", browser, err->message);
+  b = ts_browser_start (browser, wav, "about:blank", "1100,900", &start_error);
+  if (!b) {
+    g_print ("FAIL: %s\n", start_error);
     goto out;
   }
-  port_file = g_build_filename (tmp, "DevToolsActivePort", NULL);
-  deadline = g_get_monotonic_time () + 30 * G_USEC_PER_SEC;
-  while (!g_file_get_contents (port_file, &port_text, NULL, NULL)
-      && g_get_monotonic_time () < deadline)
-    g_usleep (100000);
-  g_free (port_file);
-  if (!port_text) {
-    g_print ("FAIL: Chromium did not open its DevTools port\n");
-    goto out;
-  }
-  http = soup_session_new ();
-  {
-    gchar *list_url =
-        g_strdup_printf ("http://127.0.0.1:%d/json/list", atoi (port_text));
-    deadline = g_get_monotonic_time () + 20 * G_USEC_PER_SEC;
-    while (!ws_url && g_get_monotonic_time () < deadline) {
-      SoupMessage *m = soup_message_new ("GET", list_url);
-      GBytes *body = soup_session_send_and_read (http, m, NULL, NULL);
-      JsonParser *p = json_parser_new ();
-
-      if (body
-          && json_parser_load_from_data (p, g_bytes_get_data (body, NULL),
-              g_bytes_get_size (body), NULL)) {
-        JsonArray *a = json_node_get_array (json_parser_get_root (p));
-
-        for (guint i = 0; a && i < json_array_get_length (a); i++) {
-          JsonObject *t = json_array_get_object_element (a, i);
-
-          if (!g_strcmp0 (json_object_get_string_member (t, "type"), "page")
-              && json_object_has_member (t, "webSocketDebuggerUrl"))
-            ws_url = g_strdup (
-                json_object_get_string_member (t, "webSocketDebuggerUrl"));
-        }
-      }
-      if (body)
-        g_bytes_unref (body);
-      g_object_unref (p);
-      g_object_unref (m);
-      if (!ws_url)
-        g_usleep (200000);
-    }
-    g_free (list_url);
-  }
-  if (!ws_url) {
-    g_print ("FAIL: no page target in Chromium\n");
-    g_object_unref (http);
-    goto out;
-  }
-  {
-    SoupMessage *m = soup_message_new ("GET", ws_url);
-
-    soup_session_websocket_connect_async (http, m, NULL, NULL,
-        G_PRIORITY_DEFAULT, NULL, on_ws_ready, &done);
-    while (!done)
-      g_main_context_iteration (NULL, TRUE);
-    g_object_unref (m);
-  }
-  if (!devtools) {
-    g_print ("FAIL: cannot connect to Chromium's DevTools\n");
-    g_object_unref (http);
-    goto out;
-  }
-  soup_websocket_connection_set_max_incoming_payload_size (devtools, 0);
-  g_signal_connect (devtools, "message", G_CALLBACK (on_devtools), NULL);
 
   /* The probe first, then the client's page. */
   {
-    JsonBuilder *b = json_builder_new ();
+    JsonBuilder *jb = json_builder_new ();
     JsonGenerator *g = json_generator_new ();
     gchar *params;
 
-    json_builder_begin_object (b);
-    json_builder_set_member_name (b, "source");
-    json_builder_add_string_value (b, probe);
-    json_builder_end_object (b);
-    json_generator_set_root (g, json_builder_get_root (b));
+    json_builder_begin_object (jb);
+    json_builder_set_member_name (jb, "source");
+    json_builder_add_string_value (jb, probe);
+    json_builder_end_object (jb);
+    json_generator_set_root (g, json_builder_get_root (jb));
     params = json_generator_to_data (g, NULL);
-    devtools_call ("Page.enable", NULL);
-    devtools_call ("Page.addScriptToEvaluateOnNewDocument", params);
+    ts_browser_call (b, "Page.enable", NULL);
+    ts_browser_call (b, "Page.addScriptToEvaluateOnNewDocument", params);
     g_free (params);
     g_object_unref (g);
-    g_object_unref (b);
+    g_object_unref (jb);
     params = g_strdup_printf ("{\"url\":\"%s\"}", url);
-    devtools_call ("Page.navigate", params);
+    ts_browser_call (b, "Page.navigate", params);
     g_free (params);
   }
 
@@ -377,7 +185,7 @@ main (int argc, char **argv)
     gchar *r;
 
     if (!clicked) {
-      r = eval_string_gesture (vision ? click_vision_js : click_js, TRUE);
+      r = ts_browser_eval (b, vision ? click_vision_js : click_js, TRUE);
       if (!g_strcmp0 (r, "clicked")) {
         clicked = TRUE;
         talk_until = g_get_monotonic_time () + talk_s * G_USEC_PER_SEC;
@@ -387,7 +195,7 @@ main (int argc, char **argv)
       g_free (r);
     } else {
       JsonParser *p = json_parser_new ();
-      JsonObject *o = eval_json (state_js, p);
+      JsonObject *o = eval_json (b, state_js, p);
 
       if (o) {
         g_free (last);
@@ -397,23 +205,11 @@ main (int argc, char **argv)
       if (g_get_monotonic_time () > talk_until)
         break;
     }
-    pump (0.5);
+    ts_pump (0.5);
   }
   g_print ("page state: %s\n", last ? last : "(none)");
-  if (argc > 1) {
-    JsonObject *r =
-        devtools_call ("Page.captureScreenshot", "{\"format\":\"png\"}");
-
-    if (r && json_object_has_member (r, "data")) {
-      gsize n;
-      guchar *png =
-          g_base64_decode (json_object_get_string_member (r, "data"), &n);
-
-      if (g_file_set_contents (argv[1], (const gchar *) png, n, NULL))
-        g_print ("screenshot: %s\n", argv[1]);
-      g_free (png);
-    }
-  }
+  if (argc > 1 && ts_browser_screenshot (b, argv[1]))
+    g_print ("screenshot: %s\n", argv[1]);
   if (!clicked)
     g_string_append (why, " no Connect button;");
   if (last) {
@@ -436,7 +232,7 @@ main (int argc, char **argv)
       g_string_append (why, " too little audio sent;");
     if (member_int (s, "recv", "1") < 10 * talk_s / 2)
       g_string_append (why, " too little audio received;");
-    if (stat_int (s, "decodedSamples") < 16000 * talk_s / 2)
+    if (ts_json_int (s, "decodedSamples") < 16000 * talk_s / 2)
       g_string_append (why, " too little audio decoded by the client;");
     if (!strlen (json_object_get_string_member (o, "text")))
       g_string_append (why, " no text shown;");
@@ -461,16 +257,18 @@ main (int argc, char **argv)
     g_string_append (why, " no page state;");
   /* Then the client's Disconnect button: a clean close, no error. */
   if (clicked) {
-    gchar *r = eval_string_gesture (disconnect_js, TRUE), *closed = NULL;
+    gchar *r = ts_browser_eval (b, disconnect_js, TRUE), *closed = NULL;
 
     deadline = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
     while (!g_strcmp0 (r, "clicked") && g_get_monotonic_time () < deadline) {
       g_free (closed);
-      closed = eval_string ("JSON.stringify([window.kyutaiStats.closed,"
-                            " window.kyutaiStats.recvErrors])");
+      closed = ts_browser_eval (b,
+          "JSON.stringify([window.kyutaiStats.closed,"
+          " window.kyutaiStats.recvErrors])",
+          FALSE);
       if (closed && !g_str_has_prefix (closed, "[null"))
         break;
-      pump (0.2);
+      ts_pump (0.2);
     }
     g_print ("Disconnect: %s, close and errors: %s\n", r ? r : "?",
         closed ? closed : "?");
@@ -483,31 +281,16 @@ main (int argc, char **argv)
   status = why->len ? 1 : 0;
   g_print ("%s:%s\n", status ? "FAIL" : "PASS",
       why->len ? why->str : " Kyutai's client talked to moshi-server");
-  g_signal_handlers_disconnect_by_func (devtools, on_devtools, NULL);
-  g_clear_object (&devtools);
-  g_object_unref (http);
 out:
-  if (chrome) {
-    g_subprocess_send_signal (chrome, SIGTERM);
-    g_subprocess_wait (chrome, NULL, NULL);
-    g_object_unref (chrome);
-  }
+  ts_browser_free (b);
   if (ts_server_stop (&server) != 0 && status == 0) {
     g_print ("FAIL: the server did not exit cleanly\n");
     status = 1;
   }
-  {
-    gchar *rm[] = { "rm", "-rf", tmp, NULL };
-    g_spawn_sync (NULL, rm, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL, NULL, NULL,
-        NULL, NULL);
-  }
-  g_clear_pointer (&reply, json_node_unref);
   g_clear_error (&err);
   g_string_free (why, TRUE);
   g_free (last);
-  g_free (port_text);
-  g_free (ws_url);
-  g_free (tmp);
+  g_free (start_error);
   g_free (wav);
   g_free (url);
   g_free (probe);

@@ -928,6 +928,14 @@ test_resize (void)
   g_assert_true (
       moshi_image_resize_rgb (src, W, H, W * 3, dst, W, H, W * 3, &err));
   g_assert_cmpmem (src, W * H * 3, dst, W * H * 3);
+  /* A region at its own size (pointer + the whole picture's stride):
+   * exactly the region's pixels, nothing read outside it. */
+  uint8_t *region = g_malloc (10 * 10 * 3);
+  g_assert_true (moshi_image_resize_rgb (src + 3 * (W * 3) + 5 * 3, 10, 10,
+      W * 3, region, 10, 10, 30, &err));
+  for (int r = 0; r < 10; r++)
+    g_assert_cmpmem (region + r * 30, 30, src + (3 + r) * W * 3 + 5 * 3, 30);
+  g_free (region);
   /* A flat colour stays flat, up and down (weights are normalised). */
   memset (src, 0, W * H * 3);
   for (int i = 0; i < W * H; i++) {
@@ -956,6 +964,14 @@ test_resize (void)
   for (int y = 4; y < 28; y++)
     for (int x = 4; x < 28; x++)
       g_assert_cmpint (abs (half[(y * 32 + x) * 3] - 128), <=, 1);
+  /* Shrunk 8x, every pixel, edges included, stays grey. */
+  uint8_t eighth[8 * 8 * 3];
+  g_assert_true (
+      moshi_image_resize_rgb (cb, 64, 64, 192, eighth, 8, 8, 24, &err));
+  for (int i = 0; i < 8 * 8 * 3; i++) {
+    g_assert_cmpint (eighth[i], >=, 120);
+    g_assert_cmpint (eighth[i], <=, 135);
+  }
   /* Bad arguments. */
   g_assert_false (
       moshi_image_resize_rgb (NULL, W, H, W * 3, dst, 8, 8, 24, &err));

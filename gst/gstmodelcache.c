@@ -220,6 +220,16 @@ gst_moshi_model_cache_loads (void)
   return n;
 }
 
+/* The same file stored at another precision is another model: "base",
+ * or "base:<type>" when not float32. */
+static gchar *
+kind_for_weights (const gchar *base, MoshiWeightType weights)
+{
+  return weights == MOSHI_WEIGHTS_F32
+      ? g_strdup (base)
+      : g_strdup_printf ("%s:%s", base, moshi_weight_type_name (weights));
+}
+
 static gpointer
 load_mimi (const gchar *path, gpointer user_data, GError **error)
 {
@@ -230,11 +240,7 @@ MimiModel *
 gst_moshi_model_cache_acquire_mimi (const gchar *path, MoshiWeightType weights,
     GError **error)
 {
-  /* The same file stored at another precision is another model. */
-  gchar *kind = weights == MOSHI_WEIGHTS_F32
-      ? g_strdup (GST_MOSHI_MODEL_KIND_MIMI)
-      : g_strdup_printf ("%s:%s", GST_MOSHI_MODEL_KIND_MIMI,
-          moshi_weight_type_name (weights));
+  gchar *kind = kind_for_weights (GST_MOSHI_MODEL_KIND_MIMI, weights);
   MimiModel *m = gst_moshi_model_cache_acquire (kind, path, load_mimi,
       GINT_TO_POINTER (weights), (GDestroyNotify) mimi_model_unref, error);
   g_free (kind);
@@ -414,10 +420,7 @@ gst_moshi_model_cache_acquire_vision (const gchar *path, const gchar *config,
     MoshiWeightType weights, GError **error)
 {
   VisionLoad v = { config, weights };
-  gchar *kind = weights == MOSHI_WEIGHTS_F32
-      ? g_strdup (GST_MOSHI_MODEL_KIND_VISION)
-      : g_strdup_printf ("%s:%s", GST_MOSHI_MODEL_KIND_VISION,
-          moshi_weight_type_name (weights));
+  gchar *kind = kind_for_weights (GST_MOSHI_MODEL_KIND_VISION, weights);
   MoshiVisImageEncoder *e = gst_moshi_model_cache_acquire (kind, path,
       load_vision, &v, (GDestroyNotify) moshivis_image_encoder_unref, error);
   g_free (kind);

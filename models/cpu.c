@@ -5,9 +5,42 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 static MoshiCpuLevel detected = MOSHI_CPU_GENERIC;
 static MoshiCpuLevel active = MOSHI_CPU_GENERIC;
 static gboolean has_vnni;
+static gboolean has_amx; /* AMX-BF16 usable by this process */
+static gboolean amx_enabled = TRUE;
+
+#if defined(__x86_64__)
+/* AMX-TILE + AMX-BF16 (+ AVX512-BF16 for the conversions), enabled by the
+ * OS in XCR0 and granted to this process: Linux hands out the 8 KB tile
+ * state only on request (arch_prctl ARCH_REQ_XCOMP_PERM, kernel >= 5.16). */
+static gboolean
+detect_amx (void)
+{
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count (7, 0, &a, &b, &c, &d))
+    return FALSE;
+  const gboolean tile = (d >> 24) & 1, bf16 = (d >> 22) & 1;
+  const gboolean osxsave = __get_cpuid (1, &a, &b, &c, &d) && ((c >> 27) & 1);
+  if (!tile || !bf16 || !osxsave)
+    return FALSE;
+  if (!__get_cpuid_count (7, 1, &a, &b, &c, &d) || !((a >> 5) & 1))
+    return FALSE;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if (((lo >> 17) & 3) != 3)
+    return FALSE;
+  const long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  return syscall (SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#endif
 
 static void
 cpu_init_once (void)
@@ -21,6 +54,8 @@ cpu_init_once (void)
       && __builtin_cpu_supports ("avx512vl"))
     detected = MOSHI_CPU_AVX512;
   has_vnni = __builtin_cpu_supports ("avx512vnni");
+  if (detected == MOSHI_CPU_AVX512)
+    has_amx = detect_amx ();
 #endif
   active = detected;
   const char *env = g_getenv ("MOSHI_CPU");
@@ -29,8 +64,10 @@ cpu_init_once (void)
       active = MOSHI_CPU_GENERIC;
     else if (strcmp (env, "avx2") == 0)
       active = MIN (detected, MOSHI_CPU_AVX2);
-    else if (strcmp (env, "avx512") == 0)
+    else if (strcmp (env, "avx512") == 0) {
       active = MIN (detected, MOSHI_CPU_AVX512);
+      amx_enabled = FALSE;
+    }
   }
 }
 
@@ -63,6 +100,20 @@ moshi_cpu_has_avx512_vnni (void)
 {
   cpu_init ();
   return has_vnni && active >= MOSHI_CPU_AVX512;
+}
+
+gboolean
+moshi_cpu_has_amx (void)
+{
+  cpu_init ();
+  return has_amx && amx_enabled && active >= MOSHI_CPU_AVX512;
+}
+
+void
+moshi_cpu_set_amx (gboolean enabled)
+{
+  cpu_init ();
+  amx_enabled = enabled;
 }
 
 const char *

@@ -2,6 +2,7 @@
 
 #include "alloc.h"
 #include "cpu.h"
+#include "gemm-amx.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -1064,6 +1065,10 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
     int ldc)
 {
   if (M <= 0 || B->N <= 0)
+    return;
+  if (B->type == MOSHI_WEIGHTS_BF16 && M >= MOSHI_AMX_MIN_ROWS
+      && moshi_cpu_has_amx ()
+      && moshi_gemm_amx_bf16 (pool, M, A, lda, B, bias, accumulate, C, ldc))
     return;
   PackedJob job = { select_panel (), M, A, lda, B, bias, accumulate, C, ldc,
     NULL, NULL, NULL };

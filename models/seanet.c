@@ -1,6 +1,7 @@
 #include "seanet.h"
 
 #include "alloc.h"
+#include "gemm-amx.h"
 #include "model-error.h"
 #include "weights.h"
 
@@ -46,32 +47,56 @@ seanet_alloc (Seanet *net, const SeanetConfig *cfg, gboolean decoder)
     net->down = g_new0 (MoshiConv1d, cfg->n_ratios);
 }
 
+/* Rows (time steps) that stage i's resblocks see for one call. */
+static int
+stage_rows (const Seanet *net, int i, int frame_samples)
+{
+  const SeanetConfig *c = &net->cfg;
+  int rows = frame_samples;
+  if (net->is_decoder) {
+    rows = frame_samples / seanet_hop (c);
+    for (int k = 0; k <= i; k++)
+      rows *= c->ratios[k];
+  } else {
+    for (int k = 0; k < i; k++)
+      rows /= stage_ratio (net, k);
+  }
+  return rows;
+}
+
 /* Visits every conv of the network in nn.Sequential order with its index,
  * so loading and random init share the architecture walk. */
 typedef struct {
   const StFile *f;
   const char *prefix;
   uint64_t *seed; /* random init when non-NULL */
-  MoshiWeightType type;
   GError **error;
 } Builder;
 
-static gboolean
-build_conv (Builder *b, MoshiConv1d *c, const char *name, int c_in, int c_out,
-    int k, int stride, int dilation)
+/* Storage for a layer whose matrix product has `rows` rows per frame. */
+static MoshiWeightType
+type_for_rows (const Seanet *net, int rows)
 {
+  return rows >= MOSHI_AMX_MIN_ROWS ? net->cfg.wide_weights : net->cfg.weights;
+}
+
+static gboolean
+build_conv (Builder *b, const Seanet *net, MoshiConv1d *c, const char *name,
+    int c_in, int c_out, int k, int stride, int dilation, int rows_out)
+{
+  const MoshiWeightType type = type_for_rows (net, rows_out);
   if (b->seed) {
     moshi_conv1d_random (c, b->seed, c_in, c_out, k, stride, dilation, TRUE,
-        b->type);
+        type);
     return TRUE;
   }
   return moshi_conv1d_load (c, b->f, name, c_in, c_out, k, stride, dilation,
-      TRUE, FALSE, b->type, b->error);
+      TRUE, FALSE, type, b->error);
 }
 
 static gboolean
 build_resblock (Builder *b, const Seanet *net, SeanetResBlock *r, int idx,
-    int dim, int j)
+    int dim, int j, int rows)
 {
   const SeanetConfig *c = &net->cfg;
   char name[256];
@@ -79,76 +104,84 @@ build_resblock (Builder *b, const Seanet *net, SeanetResBlock *r, int idx,
   int dilation = 1;
   for (int i = 0; i < j; i++)
     dilation *= c->dilation_base;
-  return build_conv (b, &r->conv_k,
+  return build_conv (b, net, &r->conv_k,
              weights_name (name, "%s.model.%d.block.1.conv.conv", b->prefix,
                  idx),
-             dim, hidden, c->residual_kernel_size, 1, dilation)
-      && build_conv (b, &r->conv_1,
+             dim, hidden, c->residual_kernel_size, 1, dilation, rows)
+      && build_conv (b, net, &r->conv_1,
           weights_name (name, "%s.model.%d.block.3.conv.conv", b->prefix, idx),
-          hidden, dim, 1, 1, 1);
+          hidden, dim, 1, 1, 1, rows);
 }
 
 static gboolean
 seanet_build (Seanet *net, Builder *b)
 {
   const SeanetConfig *c = &net->cfg;
-  const int nres = c->n_residual_layers;
+  const int nres = c->n_residual_layers, frame = c->frame_samples;
+  const int latent_rows = frame / seanet_hop (c);
   char name[256];
   int idx = 0;
 
   if (!net->is_decoder) {
-    if (!build_conv (b, &net->conv_in,
+    if (!build_conv (b, net, &net->conv_in,
             weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx++),
-            c->channels, c->n_filters, c->kernel_size, 1, 1))
+            c->channels, c->n_filters, c->kernel_size, 1, 1, frame))
       return FALSE;
     for (int i = 0; i < c->n_ratios; i++) {
       int ch = stage_channels (net, i), r = stage_ratio (net, i);
+      int rows = stage_rows (net, i, frame);
       for (int j = 0; j < nres; j++)
-        if (!build_resblock (b, net, &net->res[i * nres + j], idx++, ch, j))
+        if (!build_resblock (b, net, &net->res[i * nres + j], idx++, ch, j,
+                rows))
           return FALSE;
       idx++; /* ELU */
-      if (!build_conv (b, &net->down[i],
+      if (!build_conv (b, net, &net->down[i],
               weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx++),
-              ch, ch * 2, r * 2, r, 1))
+              ch, ch * 2, r * 2, r, 1, rows / r))
         return FALSE;
     }
     idx++; /* ELU */
-    return build_conv (b, &net->conv_out,
+    return build_conv (b, net, &net->conv_out,
         weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx),
-        c->n_filters << c->n_ratios, c->dimension, c->last_kernel_size, 1, 1);
+        c->n_filters << c->n_ratios, c->dimension, c->last_kernel_size, 1, 1,
+        latent_rows);
   }
 
-  if (!build_conv (b, &net->conv_in,
+  if (!build_conv (b, net, &net->conv_in,
           weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx++),
-          c->dimension, c->n_filters << c->n_ratios, c->kernel_size, 1, 1))
+          c->dimension, c->n_filters << c->n_ratios, c->kernel_size, 1, 1,
+          latent_rows))
     return FALSE;
   for (int i = 0; i < c->n_ratios; i++) {
     int ch = stage_channels (net, i), r = stage_ratio (net, i);
+    int rows = stage_rows (net, i, frame);
+    /* The transposed conv's product has a row per input row. */
+    const MoshiWeightType up_type = type_for_rows (net, rows / r);
     idx++; /* ELU */
     weights_name (name, "%s.model.%d.convtr.convtr", b->prefix, idx++);
     if (b->seed) {
       moshi_convtr1d_random (&net->up[i], b->seed, ch * 2, ch, r * 2, r, TRUE,
-          FALSE, b->type);
+          FALSE, up_type);
     } else if (!moshi_convtr1d_load (&net->up[i], b->f, name, ch * 2, ch, r * 2,
-                   r, TRUE, FALSE, b->type, b->error)) {
+                   r, TRUE, FALSE, up_type, b->error)) {
       return FALSE;
     }
     for (int j = 0; j < nres; j++)
-      if (!build_resblock (b, net, &net->res[i * nres + j], idx++, ch, j))
+      if (!build_resblock (b, net, &net->res[i * nres + j], idx++, ch, j, rows))
         return FALSE;
   }
   idx++; /* ELU */
-  return build_conv (b, &net->conv_out,
+  return build_conv (b, net, &net->conv_out,
       weights_name (name, "%s.model.%d.conv.conv", b->prefix, idx),
-      c->n_filters, c->channels, c->last_kernel_size, 1, 1);
+      c->n_filters, c->channels, c->last_kernel_size, 1, 1, frame);
 }
 
 gboolean
 seanet_load (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    const StFile *f, const char *prefix, MoshiWeightType type, GError **error)
+    const StFile *f, const char *prefix, GError **error)
 {
   seanet_alloc (net, cfg, decoder);
-  Builder b = { f, prefix, NULL, type, error };
+  Builder b = { f, prefix, NULL, error };
   if (!seanet_build (net, &b)) {
     seanet_clear (net);
     return FALSE;
@@ -158,10 +191,10 @@ seanet_load (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
 
 void
 seanet_random (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    uint64_t *seed, MoshiWeightType type)
+    uint64_t *seed)
 {
   seanet_alloc (net, cfg, decoder);
-  Builder b = { NULL, decoder ? "decoder" : "encoder", seed, type, NULL };
+  Builder b = { NULL, decoder ? "decoder" : "encoder", seed, NULL };
   seanet_build (net, &b);
 }
 
@@ -203,23 +236,6 @@ seanet_bytes (const Seanet *net)
     n += net->is_decoder ? moshi_convtr1d_bytes (&net->up[i])
                          : moshi_conv1d_bytes (&net->down[i]);
   return n;
-}
-
-/* Rows (time steps) that stage i's resblocks see for one call. */
-static int
-stage_rows (const Seanet *net, int i, int frame_samples)
-{
-  const SeanetConfig *c = &net->cfg;
-  int rows = frame_samples;
-  if (net->is_decoder) {
-    rows = frame_samples / seanet_hop (c);
-    for (int k = 0; k <= i; k++)
-      rows *= c->ratios[k];
-  } else {
-    for (int k = 0; k < i; k++)
-      rows /= stage_ratio (net, k);
-  }
-  return rows;
 }
 
 gboolean

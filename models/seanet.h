@@ -21,6 +21,13 @@ typedef struct {
   int n_ratios;
   int kernel_size, residual_kernel_size, last_kernel_size;
   int dilation_base, compress;
+  /* Storage of the weights: `weights` for layers that see few rows per
+   * frame (bandwidth-bound: the fewer bytes the better), `wide_weights` for
+   * those whose matrix product has at least MOSHI_AMX_MIN_ROWS rows for a
+   * frame of `frame_samples` (compute-bound: bf16 on AMX CPUs).  Either
+   * may be the same. */
+  MoshiWeightType weights, wide_weights;
+  int frame_samples;
 } SeanetConfig;
 
 typedef struct {
@@ -48,9 +55,9 @@ typedef struct {
 } SeanetState;
 
 gboolean seanet_load (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    const StFile *f, const char *prefix, MoshiWeightType type, GError **error);
+    const StFile *f, const char *prefix, GError **error);
 void seanet_random (Seanet *net, const SeanetConfig *cfg, gboolean decoder,
-    uint64_t *seed, MoshiWeightType type);
+    uint64_t *seed);
 void seanet_clear (Seanet *net);
 size_t seanet_bytes (const Seanet *net);
 int seanet_hop (const SeanetConfig *cfg); /* product of ratios */

@@ -5,6 +5,7 @@
 #include "weights.h"
 
 #include <float.h>
+#include <math.h>
 #include <string.h>
 
 /* Kyutai's EuclideanCodebook epsilon for unused entries. */
@@ -16,20 +17,39 @@ part_alloc (RvqPart *p, int n_q, int bins)
   memset (p, 0, sizeof *p);
   p->n_q = n_q;
   p->codebooks = g_new0 (MoshiPackedB, MAX (n_q, 1));
-  p->norms = moshi_alloc (sizeof (float) * (size_t) MAX (n_q, 1) * bins);
-  return p->norms != NULL;
+  p->codebooks_q8 = g_new0 (MoshiPackedB, MAX (n_q, 1));
+  const size_t n = sizeof (float) * (size_t) MAX (n_q, 1) * bins;
+  p->norms = moshi_alloc (n);
+  p->q8_error = moshi_alloc (n);
+  p->q8_norm = moshi_alloc (n);
+  return p->norms && p->q8_error && p->q8_norm;
 }
 
-/* Stores codebook i ([bins][dim] vectors) for the nearest-code GEMM, and
- * the squared norms the distance needs.  The search always runs in float32:
- * codes must match the reference exactly. */
+/* Stores codebook i ([bins][dim] vectors) for the nearest-code search: the
+ * float32 vectors, their squared norms, and the int8 copy with, per code,
+ * its rounding error and norm for the search's bounds. */
 static gboolean
 part_set_codebook (RvqPart *p, int i, const float *cb, int dim, int bins)
 {
   for (int b = 0; b < bins; b++)
     p->norms[(size_t) i * bins + b] =
         moshi_dot (cb + (size_t) b * dim, cb + (size_t) b * dim, dim);
-  return moshi_packed_init (&p->codebooks[i], cb, dim, bins, dim, TRUE);
+  if (!moshi_packed_init (&p->codebooks[i], cb, dim, bins, dim, TRUE)
+      || !moshi_packed_init_typed (&p->codebooks_q8[i], cb, dim, bins, dim,
+          TRUE, MOSHI_WEIGHTS_Q8))
+    return FALSE;
+  for (int b = 0; b < bins; b++) {
+    double err = 0.0, norm = 0.0;
+    for (int k = 0; k < dim; k++) {
+      const double e8 = moshi_packed_get (&p->codebooks_q8[i], k, b);
+      err += (cb[(size_t) b * dim + k] - e8) * (cb[(size_t) b * dim + k] - e8);
+      norm += e8 * e8;
+    }
+    /* Rounded up, so that they stay bounds once in float32. */
+    p->q8_error[(size_t) i * bins + b] = (float) (sqrt (err) * (1 + 1e-6));
+    p->q8_norm[(size_t) i * bins + b] = (float) (sqrt (norm) * (1 + 1e-6));
+  }
+  return TRUE;
 }
 
 static gboolean
@@ -95,11 +115,17 @@ part_clear (RvqPart *p)
 {
   moshi_free (p->in_proj);
   moshi_free (p->out_proj);
-  if (p->codebooks)
-    for (int i = 0; i < MAX (p->n_q, 1); i++)
+  for (int i = 0; i < MAX (p->n_q, 1); i++) {
+    if (p->codebooks)
       moshi_packed_clear (&p->codebooks[i]);
+    if (p->codebooks_q8)
+      moshi_packed_clear (&p->codebooks_q8[i]);
+  }
   g_free (p->codebooks);
+  g_free (p->codebooks_q8);
   moshi_free (p->norms);
+  moshi_free (p->q8_error);
+  moshi_free (p->q8_norm);
   memset (p, 0, sizeof *p);
 }
 
@@ -164,11 +190,13 @@ rvq_bytes (const Rvq *q)
 {
   size_t n = sizeof (float)
       * ((size_t) 2 * q->dim * (q->in_dim + q->out_dim)
-          + (size_t) q->n_q * q->bins);
+          + (size_t) 3 * q->n_q * q->bins);
   for (int i = 0; i < q->first.n_q; i++)
-    n += moshi_packed_bytes (&q->first.codebooks[i]);
+    n += moshi_packed_bytes (&q->first.codebooks[i])
+        + moshi_packed_bytes (&q->first.codebooks_q8[i]);
   for (int i = 0; i < q->rest.n_q; i++)
-    n += moshi_packed_bytes (&q->rest.codebooks[i]);
+    n += moshi_packed_bytes (&q->rest.codebooks[i])
+        + moshi_packed_bytes (&q->rest.codebooks_q8[i]);
   return n;
 }
 
@@ -185,6 +213,81 @@ matvec (const float *W, const float *x, float *y, int rows, int cols)
     y[r] = moshi_dot (W + (size_t) r * cols, x, cols);
 }
 
+/* r . e_b in double, e_b read from the float32 packed codebook. */
+static double
+dot_exact (const MoshiPackedB *cb, int b, const float *r)
+{
+  const float *col = (const float *) cb->data
+      + (size_t) (b / MOSHI_GEMM_NR) * cb->K * MOSHI_GEMM_NR
+      + b % MOSHI_GEMM_NR;
+  double sum = 0.0;
+  for (int k = 0; k < cb->K; k++)
+    sum += (double) r[k] * col[(size_t) k * MOSHI_GEMM_NR];
+  return sum;
+}
+
+/* Bound on |r - r8|, r8 being r as the int8 GEMM may round it: per
+ * 32-block to steps of max|r| / 127, half a step each at most. */
+static double
+activation_error (const float *r, int dim)
+{
+  double sq = 0.0;
+  for (int k0 = 0; k0 < dim; k0 += MOSHI_Q8_BLOCK) {
+    const int n = MIN (MOSHI_Q8_BLOCK, dim - k0);
+    float amax = 0.0f;
+    for (int k = k0; k < k0 + n; k++)
+      amax = MAX (amax, fabsf (r[k]));
+    const double half_step = amax / 127.0 / 2.0 * (1 + 1e-6);
+    sq += n * half_step * half_step;
+  }
+  return sqrt (sq);
+}
+
+/* Index of the nearest code to r: argmin |r - e|^2 = argmin |e|^2 - 2 r.e,
+ * the first index winning ties like torch.argmin.  Every code is scored
+ * with the int8 codebook, whose dot products are off by at most
+ *   |r.e - r8.e8| <= |r| |e - e8| + |r - r8| |e8| (+ float rounding),
+ * so only codes whose score interval reaches below the best upper bound
+ * can be nearest; those few are rescored exactly.  The result is the code
+ * an exact search finds, for a quarter of the memory traffic. */
+static int
+nearest_code (const RvqPart *p, int i, int bins, const float *r, int dim,
+    float *approx_dot)
+{
+  const float *nrm = p->norms + (size_t) i * bins;
+  const float *err = p->q8_error + (size_t) i * bins;
+  const float *n8 = p->q8_norm + (size_t) i * bins;
+  const double r_norm = sqrt (moshi_dot (r, r, dim)) * (1 + 1e-5);
+  const double r_err = activation_error (r, dim);
+  /* Float rounding of the int8 path's per-block sums (~1e-6 relative),
+   * with a wide margin. */
+  const double r_err_all = r_err + 1e-4 * (r_norm + r_err);
+  moshi_gemm_packed (NULL, 1, r, dim, &p->codebooks_q8[i], NULL, FALSE,
+      approx_dot, bins);
+  /* Distances and bounds in double: |e|^2 - 2 r.e cancels heavily. */
+  double best_upper = INFINITY;
+  for (int b = 0; b < bins; b++) {
+    const double d = nrm[b] - 2.0 * approx_dot[b];
+    const double e = 2.0 * (r_norm * err[b] + r_err_all * n8[b]);
+    best_upper = MIN (best_upper, d + e);
+  }
+  best_upper += 1e-9 * fabs (best_upper);
+  int best = -1;
+  double best_d = 0.0;
+  for (int b = 0; b < bins; b++) {
+    const double d = nrm[b] - 2.0 * approx_dot[b];
+    const double e = 2.0 * (r_norm * err[b] + r_err_all * n8[b]);
+    if (d - e > best_upper)
+      continue;
+    const double exact = nrm[b] - 2.0 * dot_exact (&p->codebooks[i], b, r);
+    if (best < 0 || exact < best_d) {
+      best_d = exact;
+      best = b;
+    }
+  }
+  return best;
+}
+
 /* Residual VQ encode of one part: codes for codebooks [0, n). */
 static void
 part_encode (const Rvq *q, const RvqPart *p, int n, const float *latent,
@@ -192,23 +295,11 @@ part_encode (const Rvq *q, const RvqPart *p, int n, const float *latent,
 {
   const int dim = q->dim, bins = q->bins;
   float *residual = scratch;
-  float *dots = scratch + dim;
+  float *approx = scratch + dim;
   matvec (p->in_proj, latent, residual, dim, q->in_dim);
   for (int i = 0; i < n; i++) {
     const MoshiPackedB *cb = &p->codebooks[i];
-    const float *nrm = p->norms + (size_t) i * bins;
-    /* argmin |r - e|^2 = argmin |e|^2 - 2 r.e ; first index wins ties,
-     * like torch.argmin. */
-    moshi_gemm_packed (NULL, 1, residual, dim, cb, NULL, FALSE, dots, bins);
-    int best = 0;
-    float best_d = FLT_MAX;
-    for (int b = 0; b < bins; b++) {
-      float dist = nrm[b] - 2.0f * dots[b];
-      if (dist < best_d) {
-        best_d = dist;
-        best = b;
-      }
-    }
+    const int best = nearest_code (p, i, bins, residual, dim, approx);
     codes[i] = (uint16_t) best;
     for (int j = 0; j < dim; j++)
       residual[j] -= moshi_packed_get (cb, j, best);

@@ -19,6 +19,12 @@ typedef struct {
   float *out_proj; /* [out_dim][dim] */
   MoshiPackedB *codebooks; /* [n_q], each B = E^T: K = dim, N = bins (f32) */
   float *norms; /* [n_q][bins], |e|^2 */
+  /* The nearest-code search first scores every code with an int8 copy of
+   * the codebook (a quarter of the bytes), then rescores exactly the few
+   * codes that the copy's error bounds cannot rule out. */
+  MoshiPackedB *codebooks_q8; /* [n_q], same shape, Q8 */
+  float *q8_error; /* [n_q][bins], |e - e8| (rounded up) */
+  float *q8_norm; /* [n_q][bins], |e8| (rounded up) */
 } RvqPart;
 
 typedef struct {

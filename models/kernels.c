@@ -264,6 +264,78 @@ attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
       _mm512_mask_storeu_ps (out + c0 + 16 * b, mv[b], o[b]);
   }
 }
+
+/* Two queries against the same cache in one pass over it (the two rows a
+ * Mimi frame gives its transformers): each query's arithmetic is exactly
+ * that of attention_head_avx512, in the same order, so results are
+ * identical; the keys and values are read once instead of twice. */
+__attribute__ ((target ("avx512f"))) static void
+attention_head2_avx512 (const float *const q[2], const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
+    const int lo[2], const int hi[2], float *const sc[2], float *const out[2])
+{
+  const int lo_all = MIN (lo[0], lo[1]), hi_all = MAX (hi[0], hi[1]);
+  for (int j0 = lo_all; j0 <= hi_all; j0 += 64) {
+    const int n = MIN (64, hi_all + 1 - j0);
+    __mmask16 mk[4];
+    for (int b = 0; b < 4; b++) {
+      int r = n - 16 * b;
+      mk[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+    }
+    __m512 acc0[4], acc1[4];
+    for (int b = 0; b < 4; b++)
+      acc0[b] = acc1[b] = _mm512_setzero_ps ();
+    for (int c = 0; c < hd; c++) {
+      const __m512 qc0 = _mm512_set1_ps (q[0][c] * scale);
+      const __m512 qc1 = _mm512_set1_ps (q[1][c] * scale);
+      const float *row = kT + (size_t) c * ctx + j0;
+      for (int b = 0; b < 4; b++) {
+        const __m512 k = _mm512_maskz_loadu_ps (mk[b], row + 16 * b);
+        acc0[b] = _mm512_fmadd_ps (qc0, k, acc0[b]);
+        acc1[b] = _mm512_fmadd_ps (qc1, k, acc1[b]);
+      }
+    }
+    for (int b = 0; b < 4; b++) {
+      _mm512_mask_storeu_ps (sc[0] + j0 + 16 * b, mk[b], acc0[b]);
+      _mm512_mask_storeu_ps (sc[1] + j0 + 16 * b, mk[b], acc1[b]);
+    }
+  }
+  const float inv0 = softmax_valid (sc[0], valid[0], lo[0], hi[0]);
+  const float inv1 = softmax_valid (sc[1], valid[1], lo[1], hi[1]);
+  for (int c0 = 0; c0 < hd; c0 += 64) {
+    const int w = MIN (64, hd - c0);
+    __mmask16 mv[4];
+    __m512 o0[4], o1[4];
+    for (int b = 0; b < 4; b++) {
+      int r = w - 16 * b;
+      mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+      o0[b] = _mm512_maskz_loadu_ps (mv[b], out[0] + c0 + 16 * b);
+      o1[b] = _mm512_maskz_loadu_ps (mv[b], out[1] + c0 + 16 * b);
+    }
+    for (int j = lo_all; j <= hi_all; j++) {
+      const gboolean u0 = j >= lo[0] && j <= hi[0] && valid[0][j];
+      const gboolean u1 = j >= lo[1] && j <= hi[1] && valid[1][j];
+      if (!u0 && !u1)
+        continue;
+      const __m512 p0 = _mm512_set1_ps (u0 ? sc[0][j] * inv0 : 0.0f);
+      const __m512 p1 = _mm512_set1_ps (u1 ? sc[1][j] * inv1 : 0.0f);
+      const float *vj = v + (size_t) j * ldv + c0;
+      for (int b = 0; b < 4; b++) {
+        if (!mv[b])
+          continue;
+        const __m512 x = _mm512_maskz_loadu_ps (mv[b], vj + 16 * b);
+        if (u0)
+          o0[b] = _mm512_fmadd_ps (p0, x, o0[b]);
+        if (u1)
+          o1[b] = _mm512_fmadd_ps (p1, x, o1[b]);
+      }
+    }
+    for (int b = 0; b < 4; b++) {
+      _mm512_mask_storeu_ps (out[0] + c0 + 16 * b, mv[b], o0[b]);
+      _mm512_mask_storeu_ps (out[1] + c0 + 16 * b, mv[b], o1[b]);
+    }
+  }
+}
 #endif
 
 void
@@ -389,4 +461,22 @@ moshi_dot (const float *a, const float *b, int n)
   for (int i = 0; i < n; i++)
     s += a[i] * b[i];
   return s;
+}
+
+void
+moshi_attention_head2 (const float *const q[2], const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
+    const int lo[2], const int hi[2], float *const scores[2],
+    float *const out[2])
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    attention_head2_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi,
+        scores, out);
+    return;
+  }
+#endif
+  for (int i = 0; i < 2; i++)
+    moshi_attention_head (q[i], kT, ctx, v, ldv, hd, scale, valid[i], lo[i],
+        hi[i], scores[i], out[i]);
 }

@@ -41,6 +41,14 @@ void moshi_attention_head (const float *q, const float *kT, int ctx,
     const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
     int hi, float *scores, float *out);
 
+/* moshi_attention_head for two queries over the same cache, with their own
+ * valid slots, bounds, score scratch and outputs: the same results, the
+ * cache read once. */
+void moshi_attention_head2 (const float *const q[2], const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
+    const int lo[2], const int hi[2], float *const scores[2],
+    float *const out[2]);
+
 float moshi_dot (const float *a, const float *b, int n);
 
 G_END_DECLS

@@ -269,8 +269,8 @@ transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
   s->qkv = moshi_alloc (sizeof (float) * max_t * 3 * d);
   s->attn = moshi_alloc (sizeof (float) * max_t * d);
   s->ff = moshi_alloc (sizeof (float) * max_t * ffw);
-  s->scores = moshi_alloc (sizeof (float) * ctx);
-  s->valid = moshi_alloc (ctx);
+  s->scores = moshi_alloc (sizeof (float) * 2 * ctx);
+  s->valid = moshi_alloc (2 * ctx);
   if (!(s->k && s->v && s->h && s->qkv && s->attn && s->ff && s->scores
           && s->valid)) {
     transformer_state_clear (s);
@@ -427,26 +427,46 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         kc[(size_t) c * ctx + slot] = k[c];
       memcpy (vc + (size_t) slot * d, v, sizeof (float) * d);
     }
-    for (int i = 0; i < t; i++) {
-      const float *q = s->qkv + (size_t) i * 3 * d;
-      const int64_t pos_q = s->offset + i;
-      float *out = s->attn + (size_t) i * d;
-      memset (out, 0, sizeof (float) * d);
-      /* Valid slots: written, not in the future, inside the window. */
-      int lo = ctx, hi = -1;
-      for (int j = 0; j < ctx; j++) {
-        int64_t pk = s->slot_pos[j];
-        int64_t delta = pos_q - pk;
-        s->valid[j] = pk >= 0 && delta >= 0 && delta < ctx;
-        if (s->valid[j]) {
-          lo = MIN (lo, j);
-          hi = MAX (hi, j);
+    /* Queries two at a time: one pass over the cache serves both. */
+    for (int i = 0; i < t; i += 2) {
+      const int nq = MIN (2, t - i);
+      const float *q[2];
+      float *out[2], *sc[2];
+      const guint8 *valid[2];
+      int lo[2], hi[2];
+      for (int r = 0; r < nq; r++) {
+        q[r] = s->qkv + (size_t) (i + r) * 3 * d;
+        out[r] = s->attn + (size_t) (i + r) * d;
+        sc[r] = s->scores + (size_t) r * ctx;
+        guint8 *ok = s->valid + (size_t) r * ctx;
+        valid[r] = ok;
+        memset (out[r], 0, sizeof (float) * d);
+        /* Valid slots: written, not in the future, inside the window. */
+        const int64_t pos_q = s->offset + i + r;
+        lo[r] = ctx;
+        hi[r] = -1;
+        for (int j = 0; j < ctx; j++) {
+          int64_t pk = s->slot_pos[j];
+          int64_t delta = pos_q - pk;
+          ok[j] = pk >= 0 && delta >= 0 && delta < ctx;
+          if (ok[j]) {
+            lo[r] = MIN (lo[r], j);
+            hi[r] = MAX (hi[r], j);
+          }
         }
       }
-      for (int h = 0; h < H; h++)
-        moshi_attention_head (q + h * hd, kc + (size_t) h * hd * ctx, ctx,
-            vc + h * hd, d, hd, scale, s->valid, lo, hi, s->scores,
-            out + h * hd);
+      for (int h = 0; h < H; h++) {
+        const float *kh = kc + (size_t) h * hd * ctx, *vh = vc + h * hd;
+        if (nq == 2) {
+          const float *qh[2] = { q[0] + h * hd, q[1] + h * hd };
+          float *oh[2] = { out[0] + h * hd, out[1] + h * hd };
+          moshi_attention_head2 (qh, kh, ctx, vh, d, hd, scale, valid, lo, hi,
+              sc, oh);
+        } else {
+          moshi_attention_head (q[0] + h * hd, kh, ctx, vh, d, hd, scale,
+              valid[0], lo[0], hi[0], sc[0], out[0] + h * hd);
+        }
+      }
     }
     for (int i = 0; i < t; i++) {
       const int set = set_for_position (c, s->offset + i);

@@ -23,9 +23,9 @@ typedef struct {
   int dilation_base, compress;
   /* Storage of the weights: `weights` for layers that see few rows per
    * frame (bandwidth-bound: the fewer bytes the better), `wide_weights` for
-   * those whose matrix product has at least MOSHI_AMX_MIN_ROWS rows for a
-   * frame of `frame_samples` (compute-bound: bf16 on AMX CPUs).  Either
-   * may be the same. */
+   * those whose matrix product has at least 32 rows for a frame of
+   * `frame_samples` (compute-bound: bf16 on AMX CPUs).  Either may be the
+   * same. */
   MoshiWeightType weights, wide_weights;
   int frame_samples;
 } SeanetConfig;

@@ -1,6 +1,7 @@
 #include "cross-attention.h"
 
 #include "alloc.h"
+#include "attention.h"
 #include "model-error.h"
 #include "weights.h"
 

@@ -13,8 +13,12 @@ G_BEGIN_DECLS
 
 /* Fewest rows of A for which moshi_gemm_packed uses AMX: below that the
  * weights are read for too little arithmetic and the AVX-512 kernels,
- * which keep A in float32, are as fast. */
+ * which keep A in float32, are as fast.  Nor for K < 32, less than one
+ * tile deep: converting A to bf16 then costs more than the products (Mimi's
+ * first convolution, 1920 x 7 -> 64: 51 us with AMX, 27 without; its last,
+ * 1920 x 192 -> 1, is still 6x faster with AMX). */
 #define MOSHI_AMX_MIN_ROWS 16
+#define MOSHI_AMX_MIN_K 32
 
 /* Same contract as moshi_gemm_packed; B must be MOSHI_WEIGHTS_BF16 and
  * moshi_cpu_has_amx () TRUE.  FALSE (nothing written) when its scratch

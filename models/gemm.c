@@ -1067,7 +1067,7 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
   if (M <= 0 || B->N <= 0)
     return;
   if (B->type == MOSHI_WEIGHTS_BF16 && M >= MOSHI_AMX_MIN_ROWS
-      && moshi_cpu_has_amx ()
+      && B->K >= MOSHI_AMX_MIN_K && moshi_cpu_has_amx ()
       && moshi_gemm_amx_bf16 (pool, M, A, lda, B, bias, accumulate, C, ldc))
     return;
   PackedJob job = { select_panel (), M, A, lda, B, bias, accumulate, C, ldc,

@@ -90,6 +90,8 @@ transformer_config_from (TransformerConfig *t, const MimiConfig *c,
   t->gating = FALSE;
   t->layer_scale = TRUE;
   t->weights = weights;
+  /* float32 is exact; the approximate modes read the cache as halves. */
+  t->kv_half = weights != MOSHI_WEIGHTS_F32;
 }
 
 static MimiModel *

@@ -1,6 +1,7 @@
 #include "transformer.h"
 
 #include "alloc.h"
+#include "attention.h"
 #include "model-error.h"
 #include "weights.h"
 
@@ -263,11 +264,13 @@ transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
   memset (s, 0, sizeof *s);
   s->max_t = max_t;
   s->slot_pos = g_new (int64_t, ctx);
-  s->k = moshi_alloc (sizeof (float) * c->num_layers * ctx * d);
-  s->v = moshi_alloc (sizeof (float) * c->num_layers * ctx * d);
+  const size_t kv_elem = c->kv_half ? 2 : sizeof (float);
+  s->k = moshi_alloc (kv_elem * c->num_layers * ctx * d);
+  s->v = moshi_alloc (kv_elem * c->num_layers * ctx * d);
   s->h = moshi_alloc (sizeof (float) * max_t * d);
   s->qkv = moshi_alloc (sizeof (float) * max_t * 3 * d);
-  s->attn = moshi_alloc (sizeof (float) * max_t * d);
+  /* + one row: the second output of a lone query's pair (kv_half) */
+  s->attn = moshi_alloc (sizeof (float) * (max_t + 1) * d);
   s->ff = moshi_alloc (sizeof (float) * max_t * ffw);
   s->scores = moshi_alloc (sizeof (float) * 2 * ctx);
   s->valid = moshi_alloc (2 * ctx);
@@ -311,11 +314,12 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
   const TransformerConfig *c = &tr->cfg;
   const size_t d = c->d_model;
   const size_t ffw = (size_t) c->dim_feedforward * (c->gating ? 2 : 1);
+  const size_t kv_elem = c->kv_half ? 2 : sizeof (float);
   return sizeof (int64_t) * c->context
+      + kv_elem * 2 * (size_t) c->num_layers * c->context * d
       + sizeof (float)
-      * (2 * (size_t) c->num_layers * c->context * d
-          + (size_t) s->max_t * (5 * d + ffw) + c->context)
-      + sizeof (float) * 5 * s->xa_scratch.capacity;
+      * ((size_t) (s->max_t + 1) * (5 * d + ffw) + 2 * c->context)
+      + 2 * (size_t) c->context + sizeof (float) * 5 * s->xa_scratch.capacity;
 }
 
 gboolean
@@ -399,8 +403,11 @@ transformer_forward (const Transformer *tr, TransformerState *s,
 
   for (int l = 0; l < c->num_layers; l++) {
     const TransformerLayer *L = &tr->layers[l];
-    float *kc = s->k + (size_t) l * ctx * d;
-    float *vc = s->v + (size_t) l * ctx * d;
+    const gboolean half = c->kv_half;
+    float *kc = half ? NULL : (float *) s->k + (size_t) l * ctx * d;
+    float *vc = half ? NULL : (float *) s->v + (size_t) l * ctx * d;
+    uint16_t *kc16 = half ? (uint16_t *) s->k + (size_t) l * ctx * d : NULL;
+    uint16_t *vc16 = half ? (uint16_t *) s->v + (size_t) l * ctx * d : NULL;
 
     /* --- self-attention block --- */
     norm (tr, s->h, x, L->norm1_w, L->norm1_b, t);
@@ -423,9 +430,16 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         rope_apply (tr, k, pos);
       }
       int slot = (int) (pos % ctx);
-      for (int c = 0; c < d; c++)
-        kc[(size_t) c * ctx + slot] = k[c];
-      memcpy (vc + (size_t) slot * d, v, sizeof (float) * d);
+      if (half) {
+        for (int c = 0; c < d; c++) {
+          kc16[(size_t) c * ctx + slot] = moshi_f32_to_f16 (k[c]);
+          vc16[(size_t) slot * d + c] = moshi_f32_to_f16 (v[c]);
+        }
+      } else {
+        for (int c = 0; c < d; c++)
+          kc[(size_t) c * ctx + slot] = k[c];
+        memcpy (vc + (size_t) slot * d, v, sizeof (float) * d);
+      }
     }
     /* Queries two at a time: one pass over the cache serves both. */
     for (int i = 0; i < t; i += 2) {
@@ -454,6 +468,25 @@ transformer_forward (const Transformer *tr, TransformerState *s,
             hi[r] = MAX (hi[r], j);
           }
         }
+      }
+      if (half) {
+        /* A lone query goes as a pair with itself (out[1]: the spare row). */
+        if (nq == 1) {
+          q[1] = q[0];
+          out[1] = s->attn + (size_t) t * d;
+          memset (out[1], 0, sizeof (float) * d);
+          sc[1] = s->scores + ctx;
+          valid[1] = valid[0];
+          lo[1] = lo[0];
+          hi[1] = hi[0];
+        }
+        for (int h = 0; h < H; h++) {
+          const float *qh[2] = { q[0] + h * hd, q[1] + h * hd };
+          float *oh[2] = { out[0] + h * hd, out[1] + h * hd };
+          moshi_attention_head2_f16 (qh, kc16 + (size_t) h * hd * ctx, ctx,
+              vc16 + h * hd, d, hd, scale, valid, lo, hi, sc, oh);
+        }
+        continue;
       }
       for (int h = 0; h < H; h++) {
         const float *kh = kc + (size_t) h * hd * ctx, *vh = vc + h * hd;

@@ -40,6 +40,9 @@ typedef struct {
   gboolean gating; /* SiLU-gated MLP (LM) instead of GELU (Mimi) */
   gboolean layer_scale;
   MoshiWeightType weights; /* storage of the linear layers */
+  /* Keys and values cached as IEEE halves (attention.h): for approximate
+   * weight modes, where the cache's bytes matter as much as the weights'. */
+  gboolean kv_half;
   TransformerPositional positional;
   /* Per-step weights (Kyutai's weights_per_step): 0 = one set shared by all
    * steps; n > 0 = n sets, step s (stream position) uses set schedule[s]
@@ -76,10 +79,10 @@ typedef struct {
   int max_t; /* most steps per call */
   int64_t offset; /* position of the next step */
   int64_t *slot_pos; /* [context]: position held by each ring slot, -1 empty */
-  float *k; /* [layers][heads][head_dim][context]: keys
-                              * transposed, so a query scores every slot
-                              * with contiguous vector FMAs */
-  float *v; /* [layers][context][d] */
+  /* Keys [layers][heads][head_dim][context], transposed so that a query
+   * scores every slot with contiguous vector FMAs; values
+   * [layers][context][d]; float, or uint16_t halves with cfg.kv_half. */
+  void *k, *v;
   float *h, *qkv, *attn, *ff, *scores; /* scratch */
   guint8 *valid; /* [context] slot usable by the current query */
   /* Cross-attention (models with cross_attention): the image memory, and

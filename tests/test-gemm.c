@@ -107,7 +107,7 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda,
   const gboolean vnni = is_quantized (type) && moshi_cpu_has_avx512_vnni ();
   /* AMX rounds the activations to bf16 too: twice the bf16 error. */
   const gboolean amx = type == MOSHI_WEIGHTS_BF16 && M >= MOSHI_AMX_MIN_ROWS
-      && moshi_cpu_has_amx ();
+      && K >= MOSHI_AMX_MIN_K && moshi_cpu_has_amx ();
   double max_err = 0.0, max_err_stored = 0.0;
   for (int m = 0; m < M; m++)
     for (int n = 0; n < N; n++) {
@@ -180,7 +180,7 @@ run_all_shapes (MoshiWeightType type)
      * blocks of 32 with remainders, K past and below the 32-k tile,
      * overlapping and padded rows, N below a panel. */
     { 16, 32, 32, 32 },
-    { 17, 1, 7, 1 },
+    { 17, 16, 40, 1 },
     { 63, 100, 1100, 64 },
     { 480, 33, 192, 64 },
     { 40, 64, 96, 200 },

@@ -1,0 +1,316 @@
+#include "attention.h"
+
+#include "cpu.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+/* ----------------------------------------------------- half precision --- */
+
+uint16_t
+moshi_f32_to_f16 (float f)
+{
+  uint32_t x;
+  memcpy (&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+  if (ax > 0x7f800000)
+    return (uint16_t) (sign | 0x7e00); /* NaN */
+  if (ax >= 0x477ff000) /* rounds to infinity (65520 and up): saturate */
+    return (uint16_t) (sign | 0x7bff);
+  if (ax < 0x38800000) { /* below 2^-14: a subnormal half, steps of 2^-24 */
+    float a;
+    memcpy (&a, &ax, 4);
+    return (uint16_t) (sign | (uint32_t) lrintf (a * 16777216.0f));
+  }
+  uint32_t h = ((ax >> 23) - 127 + 15) << 10 | (ax & 0x7fffff) >> 13;
+  const uint32_t rest = ax & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
+    h++; /* a carry into the exponent is still right */
+  return (uint16_t) (sign | h);
+}
+
+float
+moshi_f16_to_f32 (uint16_t h)
+{
+  const uint32_t sign = (uint32_t) (h & 0x8000) << 16;
+  const uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  uint32_t x;
+  if (e == 0) {
+    float f = (float) m * (1.0f / 16777216.0f);
+    memcpy (&x, &f, 4);
+    x |= sign;
+  } else if (e == 31) {
+    x = sign | 0x7f800000 | m << 13;
+  } else {
+    x = sign | (e - 15 + 127) << 23 | m << 13;
+  }
+  float f;
+  memcpy (&f, &x, 4);
+  return f;
+}
+
+/* ---------------------------------------------------------- one query --- */
+
+/* Exponentiates the valid scores in [lo, hi] against their maximum (the
+ * rest become 0) and returns 1 / their sum: softmax without the final
+ * division, which the callers fold into the value weights. */
+static float
+softmax_valid (float *sc, const guint8 *valid, int lo, int hi)
+{
+  float mx = -INFINITY;
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      mx = MAX (mx, sc[j]);
+  double sum = 0.0;
+  for (int j = lo; j <= hi; j++) {
+    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
+    sum += sc[j];
+  }
+  return (float) (1.0 / sum);
+}
+
+#if defined(__x86_64__)
+__attribute__ ((target ("avx512f"))) static void
+attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
+{
+  /* Scores, 64 slots at a time with the accumulators in registers. */
+  for (int j0 = lo; j0 <= hi; j0 += 64) {
+    const int n = MIN (64, hi + 1 - j0);
+    __mmask16 mk[4];
+    for (int b = 0; b < 4; b++) {
+      int r = n - 16 * b;
+      mk[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+    }
+    __m512 acc[4] = { _mm512_setzero_ps (), _mm512_setzero_ps (),
+      _mm512_setzero_ps (), _mm512_setzero_ps () };
+    for (int c = 0; c < hd; c++) {
+      const __m512 qc = _mm512_set1_ps (q[c] * scale);
+      const float *row = kT + (size_t) c * ctx + j0;
+      for (int b = 0; b < 4; b++)
+        acc[b] = _mm512_fmadd_ps (qc,
+            _mm512_maskz_loadu_ps (mk[b], row + 16 * b), acc[b]);
+    }
+    for (int b = 0; b < 4; b++)
+      _mm512_mask_storeu_ps (sc + j0 + 16 * b, mk[b], acc[b]);
+  }
+  const float inv = softmax_valid (sc, valid, lo, hi);
+  /* Weighted sum of values, head_dim in registers (up to 128). */
+  for (int c0 = 0; c0 < hd; c0 += 128) {
+    const int w = MIN (128, hd - c0);
+    __mmask16 mv[8];
+    __m512 o[8];
+    for (int b = 0; b < 8; b++) {
+      int r = w - 16 * b;
+      mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+      o[b] = _mm512_maskz_loadu_ps (mv[b], out + c0 + 16 * b);
+    }
+    for (int j = lo; j <= hi; j++) {
+      if (!valid[j])
+        continue;
+      const __m512 p = _mm512_set1_ps (sc[j] * inv);
+      const float *vj = v + (size_t) j * ldv + c0;
+      for (int b = 0; b < 8; b++)
+        if (mv[b])
+          o[b] = _mm512_fmadd_ps (p, _mm512_maskz_loadu_ps (mv[b], vj + 16 * b),
+              o[b]);
+    }
+    for (int b = 0; b < 8; b++)
+      _mm512_mask_storeu_ps (out + c0 + 16 * b, mv[b], o[b]);
+  }
+}
+
+#endif
+
+void
+moshi_attention_head (const float *q, const float *kT, int ctx, const float *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    attention_head_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc,
+        out);
+    return;
+  }
+#endif
+  for (int j = lo; j <= hi; j++)
+    sc[j] = 0.0f;
+  for (int c = 0; c < hd; c++) {
+    const float qc = q[c] * scale;
+    const float *row = kT + (size_t) c * ctx;
+    for (int j = lo; j <= hi; j++)
+      sc[j] += qc * row[j];
+  }
+  const float inv = softmax_valid (sc, valid, lo, hi);
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      for (int c = 0; c < hd; c++)
+        out[c] += sc[j] * inv * v[(size_t) j * ldv + c];
+}
+
+/* ---------------------------------------------------------- two queries --- */
+
+/* One query over a half-precision cache, portable. */
+static void
+head_f16_generic (const float *q, const uint16_t *kT, int ctx,
+    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
+    int lo, int hi, float *sc, float *out)
+{
+  for (int j = lo; j <= hi; j++)
+    sc[j] = 0.0f;
+  for (int c = 0; c < hd; c++) {
+    const float qc = q[c] * scale;
+    const uint16_t *row = kT + (size_t) c * ctx;
+    for (int j = lo; j <= hi; j++)
+      sc[j] += qc * moshi_f16_to_f32 (row[j]);
+  }
+  const float inv = softmax_valid (sc, valid, lo, hi);
+  for (int j = lo; j <= hi; j++)
+    if (valid[j])
+      for (int c = 0; c < hd; c++)
+        out[c] += sc[j] * inv * moshi_f16_to_f32 (v[(size_t) j * ldv + c]);
+}
+
+#if defined(__x86_64__)
+#define PAIR_TARGET "avx512f,avx512bw,avx512vl,f16c"
+
+/* 16 cache entries from element i of a float32 or half cache. */
+__attribute__ ((target (PAIR_TARGET), always_inline)) static inline __m512
+load16 (const void *p, size_t i, __mmask16 m, const gboolean half)
+{
+  if (half)
+    return _mm512_cvtph_ps (
+        _mm256_maskz_loadu_epi16 (m, (const uint16_t *) p + i));
+  return _mm512_maskz_loadu_ps (m, (const float *) p + i);
+}
+
+/* Both queries in one pass over the cache; per query the arithmetic and
+ * its order are attention_head_avx512's. */
+__attribute__ ((target (PAIR_TARGET), always_inline)) static inline void
+head2_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
+    int ldv, int hd, float scale, const guint8 *const valid[2], const int lo[2],
+    const int hi[2], float *const sc[2], float *const out[2],
+    const gboolean half)
+{
+  const int lo_all = MIN (lo[0], lo[1]), hi_all = MAX (hi[0], hi[1]);
+  for (int j0 = lo_all; j0 <= hi_all; j0 += 64) {
+    const int n = MIN (64, hi_all + 1 - j0);
+    __mmask16 mk[4];
+    for (int b = 0; b < 4; b++) {
+      int r = n - 16 * b;
+      mk[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+    }
+    __m512 acc0[4], acc1[4];
+    for (int b = 0; b < 4; b++)
+      acc0[b] = acc1[b] = _mm512_setzero_ps ();
+    for (int c = 0; c < hd; c++) {
+      const __m512 qc0 = _mm512_set1_ps (q[0][c] * scale);
+      const __m512 qc1 = _mm512_set1_ps (q[1][c] * scale);
+      const size_t row = (size_t) c * ctx + j0;
+      for (int b = 0; b < 4; b++) {
+        const __m512 k = load16 (kT, row + 16 * b, mk[b], half);
+        acc0[b] = _mm512_fmadd_ps (qc0, k, acc0[b]);
+        acc1[b] = _mm512_fmadd_ps (qc1, k, acc1[b]);
+      }
+    }
+    for (int b = 0; b < 4; b++) {
+      _mm512_mask_storeu_ps (sc[0] + j0 + 16 * b, mk[b], acc0[b]);
+      _mm512_mask_storeu_ps (sc[1] + j0 + 16 * b, mk[b], acc1[b]);
+    }
+  }
+  const float inv0 = softmax_valid (sc[0], valid[0], lo[0], hi[0]);
+  const float inv1 = softmax_valid (sc[1], valid[1], lo[1], hi[1]);
+  for (int c0 = 0; c0 < hd; c0 += 64) {
+    const int w = MIN (64, hd - c0);
+    __mmask16 mv[4];
+    __m512 o0[4], o1[4];
+    for (int b = 0; b < 4; b++) {
+      int r = w - 16 * b;
+      mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+      o0[b] = _mm512_maskz_loadu_ps (mv[b], out[0] + c0 + 16 * b);
+      o1[b] = _mm512_maskz_loadu_ps (mv[b], out[1] + c0 + 16 * b);
+    }
+    for (int j = lo_all; j <= hi_all; j++) {
+      const gboolean u0 = j >= lo[0] && j <= hi[0] && valid[0][j];
+      const gboolean u1 = j >= lo[1] && j <= hi[1] && valid[1][j];
+      if (!u0 && !u1)
+        continue;
+      const __m512 p0 = _mm512_set1_ps (u0 ? sc[0][j] * inv0 : 0.0f);
+      const __m512 p1 = _mm512_set1_ps (u1 ? sc[1][j] * inv1 : 0.0f);
+      const size_t row = (size_t) j * ldv + c0;
+      for (int b = 0; b < 4; b++) {
+        if (!mv[b])
+          continue;
+        const __m512 x = load16 (v, row + 16 * b, mv[b], half);
+        if (u0)
+          o0[b] = _mm512_fmadd_ps (p0, x, o0[b]);
+        if (u1)
+          o1[b] = _mm512_fmadd_ps (p1, x, o1[b]);
+      }
+    }
+    for (int b = 0; b < 4; b++) {
+      _mm512_mask_storeu_ps (out[0] + c0 + 16 * b, mv[b], o0[b]);
+      _mm512_mask_storeu_ps (out[1] + c0 + 16 * b, mv[b], o1[b]);
+    }
+  }
+}
+
+__attribute__ ((target (PAIR_TARGET))) static void
+head2_f32_avx512 (const float *const q[2], const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
+    const int lo[2], const int hi[2], float *const sc[2], float *const out[2])
+{
+  head2_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, FALSE);
+}
+
+__attribute__ ((target (PAIR_TARGET))) static void
+head2_f16_avx512 (const float *const q[2], const uint16_t *kT, int ctx,
+    const uint16_t *v, int ldv, int hd, float scale,
+    const guint8 *const valid[2], const int lo[2], const int hi[2],
+    float *const sc[2], float *const out[2])
+{
+  head2_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, TRUE);
+}
+#endif
+
+void
+moshi_attention_head2 (const float *const q[2], const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
+    const int lo[2], const int hi[2], float *const scores[2],
+    float *const out[2])
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    head2_f32_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores,
+        out);
+    return;
+  }
+#endif
+  for (int i = 0; i < 2; i++)
+    moshi_attention_head (q[i], kT, ctx, v, ldv, hd, scale, valid[i], lo[i],
+        hi[i], scores[i], out[i]);
+}
+
+void
+moshi_attention_head2_f16 (const float *const q[2], const uint16_t *kT, int ctx,
+    const uint16_t *v, int ldv, int hd, float scale,
+    const guint8 *const valid[2], const int lo[2], const int hi[2],
+    float *const scores[2], float *const out[2])
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    head2_f16_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores,
+        out);
+    return;
+  }
+#endif
+  for (int i = 0; i < 2; i++)
+    head_f16_generic (q[i], kT, ctx, v, ldv, hd, scale, valid[i], lo[i], hi[i],
+        scores[i], out[i]);
+}

@@ -1,0 +1,185 @@
+/* test-attention: the attention inner loops (models/attention.c) at every
+ * CPU level: two queries in one pass give bit-identical results to one at
+ * a time; the half-precision cache stays within half's rounding of the
+ * float32 result; and the float <-> half conversions round to nearest even,
+ * saturate, and keep subnormals. */
+#include <glib.h>
+#include <math.h>
+#include <string.h>
+
+#include "attention.h"
+#include "cpu.h"
+
+static float
+frand (guint32 *s)
+{
+  *s = *s * 1664525u + 1013904223u;
+  return (float) ((*s >> 8) / 16777216.0 * 2.0 - 1.0);
+}
+
+/* Exact half value of h, independently of the library. */
+static double
+half_value (uint16_t h)
+{
+  const int e = (h >> 10) & 0x1f, m = h & 0x3ff;
+  const double s = (h & 0x8000) ? -1.0 : 1.0;
+  if (e == 0)
+    return s * ldexp (m, -24);
+  return s * ldexp (1024 + m, e - 25);
+}
+
+static void
+test_half_conversion (void)
+{
+  /* Every finite half converts to float exactly and back to itself. */
+  for (uint32_t h = 0; h < 0x10000; h++) {
+    if (((h >> 10) & 0x1f) == 0x1f)
+      continue;
+    const float f = moshi_f16_to_f32 ((uint16_t) h);
+    g_assert_cmpfloat (f, ==, (float) half_value ((uint16_t) h));
+    if (h != 0x8000) /* -0 */
+      g_assert_cmpuint (moshi_f32_to_f16 (f), ==, h);
+  }
+  /* Floats between halves go to the nearest, ties to even. */
+  guint32 s = 1;
+  for (int i = 0; i < 200000; i++) {
+    const float f = ldexpf (frand (&s), (int) (frand (&s) * 20.0f) - 6);
+    const uint16_t h = moshi_f32_to_f16 (f);
+    const double got = half_value (h);
+    const double up = half_value ((uint16_t) (h + 1));
+    const double down = half_value ((uint16_t) (h - 1));
+    g_assert_cmpfloat (fabs (got - f), <=, fabs (up - f));
+    g_assert_cmpfloat (fabs (got - f), <=, fabs (down - f));
+  }
+  g_assert_cmpuint (moshi_f32_to_f16 (1.0f + 0x1p-11f), ==, 0x3c00);
+  g_assert_cmpuint (moshi_f32_to_f16 (1.0f + 3 * 0x1p-11f), ==, 0x3c02);
+  /* Saturation instead of infinity; subnormals. */
+  g_assert_cmpuint (moshi_f32_to_f16 (65519.0f), ==, 0x7bff);
+  g_assert_cmpuint (moshi_f32_to_f16 (1e9f), ==, 0x7bff);
+  g_assert_cmpuint (moshi_f32_to_f16 (-INFINITY), ==, 0xfbff);
+  g_assert_cmpuint (moshi_f32_to_f16 (0x1p-24f), ==, 0x0001);
+  g_assert_cmpuint (moshi_f32_to_f16 (0x1p-26f), ==, 0x0000);
+  g_assert_true (isnan (moshi_f16_to_f32 (moshi_f32_to_f16 (NAN))));
+}
+
+typedef struct {
+  int ctx, hd, ldv;
+  float *kT, *v;
+  uint16_t *kT16, *v16;
+  float q[2][128];
+  guint8 valid[2][300];
+  int lo[2], hi[2];
+} Case;
+
+static void
+case_init (Case *c, guint32 seed, int ctx, int hd)
+{
+  memset (c, 0, sizeof *c);
+  c->ctx = ctx;
+  c->hd = hd;
+  c->ldv = hd + 3;
+  c->kT = g_new (float, (size_t) hd *ctx);
+  c->v = g_new (float, (size_t) ctx * c->ldv);
+  c->kT16 = g_new (uint16_t, (size_t) hd * ctx);
+  c->v16 = g_new (uint16_t, (size_t) ctx * c->ldv);
+  for (size_t i = 0; i < (size_t) hd * ctx; i++) {
+    c->kT[i] = 3.0f * frand (&seed);
+    c->kT16[i] = moshi_f32_to_f16 (c->kT[i]);
+  }
+  for (size_t i = 0; i < (size_t) ctx * c->ldv; i++) {
+    c->v[i] = frand (&seed);
+    c->v16[i] = moshi_f32_to_f16 (c->v[i]);
+  }
+  /* A ring that has wrapped: query 1 sees one slot more than query 0,
+   * and a few slots are not valid for either. */
+  for (int r = 0; r < 2; r++) {
+    for (int d = 0; d < hd; d++)
+      c->q[r][d] = frand (&seed);
+    c->lo[r] = ctx;
+    c->hi[r] = -1;
+    for (int j = 0; j < ctx; j++) {
+      c->valid[r][j] = (j % 7 != 3) && (r == 1 || j != ctx / 2);
+      if (c->valid[r][j]) {
+        c->lo[r] = MIN (c->lo[r], j);
+        c->hi[r] = MAX (c->hi[r], j);
+      }
+    }
+  }
+}
+
+static void
+case_clear (Case *c)
+{
+  g_free (c->kT);
+  g_free (c->v);
+  g_free (c->kT16);
+  g_free (c->v16);
+}
+
+static void
+check_case (int ctx, int hd)
+{
+  Case c;
+  case_init (&c, (guint32) (ctx * 31 + hd), ctx, hd);
+  float one[2][128], two[2][128], half[2][128];
+  float *sc = g_new (float, 2 * ctx);
+  const float scale = 1.0f / sqrtf ((float) hd);
+  for (int r = 0; r < 2; r++) {
+    memset (one[r], 0, sizeof one[r]);
+    moshi_attention_head (c.q[r], c.kT, ctx, c.v, c.ldv, hd, scale, c.valid[r],
+        c.lo[r], c.hi[r], sc, one[r]);
+  }
+  const float *q[2] = { c.q[0], c.q[1] };
+  const guint8 *valid[2] = { c.valid[0], c.valid[1] };
+  float *scores[2] = { sc, sc + ctx };
+  float *out[2] = { two[0], two[1] };
+  memset (two, 0, sizeof two);
+  moshi_attention_head2 (q, c.kT, ctx, c.v, c.ldv, hd, scale, valid, c.lo, c.hi,
+      scores, out);
+  g_assert_cmpmem (one[0], sizeof (float) * hd, two[0], sizeof (float) * hd);
+  g_assert_cmpmem (one[1], sizeof (float) * hd, two[1], sizeof (float) * hd);
+
+  float *hout[2] = { half[0], half[1] };
+  memset (half, 0, sizeof half);
+  moshi_attention_head2_f16 (q, c.kT16, ctx, c.v16, c.ldv, hd, scale, valid,
+      c.lo, c.hi, scores, hout);
+  /* Halves carry 2^-11 relative error: logits of size ~3 move by ~1e-3,
+   * outputs (averages of values in [-1, 1]) by about as much. */
+  for (int r = 0; r < 2; r++)
+    for (int d = 0; d < hd; d++)
+      g_assert_cmpfloat (fabsf (half[r][d] - one[r][d]), <, 4e-3f);
+  /* One query paired with itself. */
+  const float *q1[2] = { c.q[1], c.q[1] };
+  const guint8 *valid1[2] = { c.valid[1], c.valid[1] };
+  const int lo1[2] = { c.lo[1], c.lo[1] }, hi1[2] = { c.hi[1], c.hi[1] };
+  float lone[2][128];
+  float *lout[2] = { lone[0], lone[1] };
+  memset (lone, 0, sizeof lone);
+  moshi_attention_head2_f16 (q1, c.kT16, ctx, c.v16, c.ldv, hd, scale, valid1,
+      lo1, hi1, scores, lout);
+  g_assert_cmpmem (lone[0], sizeof (float) * hd, half[1], sizeof (float) * hd);
+  g_free (sc);
+  case_clear (&c);
+}
+
+static void
+test_attention (void)
+{
+  MoshiCpuLevel top = moshi_cpu_level ();
+  for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
+    moshi_cpu_set_level ((MoshiCpuLevel) level);
+    check_case (250, 64);
+    check_case (37, 128);
+    check_case (300, 40);
+  }
+  moshi_cpu_set_level (top);
+}
+
+int
+main (int argc, char **argv)
+{
+  g_test_init (&argc, &argv, NULL);
+  g_test_add_func ("/attention/half-conversion", test_half_conversion);
+  g_test_add_func ("/attention/pair-and-half", test_attention);
+  return g_test_run ();
+}

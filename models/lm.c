@@ -179,6 +179,9 @@ main_transformer_config (const LmModel *m, MoshiWeightType weights)
   tc.norm_eps = c->norm_eps;
   tc.gating = c->gating;
   tc.weights = weights;
+  /* 8- and 4-bit models keep the KV cache in halves: at the full 3000-step
+   * context the 7B's float32 cache is 3.1 GB, read whole every step. */
+  tc.kv_half = weights == MOSHI_WEIGHTS_Q8 || weights == MOSHI_WEIGHTS_Q4;
   tc.positional = c->positional;
   return tc;
 }

@@ -2,13 +2,15 @@
  * CPU level: two queries in one pass give bit-identical results to one at
  * a time; the half-precision cache stays within half's rounding of the
  * float32 result; and the float <-> half conversions round to nearest even,
- * saturate, and keep subnormals. */
+ * saturate, and keep subnormals.  A streaming transformer with its cache in
+ * halves follows the float32 one over a context that wraps. */
 #include <glib.h>
 #include <math.h>
 #include <string.h>
 
 #include "attention.h"
 #include "cpu.h"
+#include "transformer.h"
 
 static float
 frand (guint32 *s)
@@ -175,11 +177,62 @@ test_attention (void)
   moshi_cpu_set_level (top);
 }
 
+/* Same weights, cache in float32 and in halves: 1 and 2 rows per call
+ * (the lone-query path and the pair), past the 16-step context. */
+static void
+test_transformer_half_cache (void)
+{
+  TransformerConfig cfg = { 0 };
+  cfg.d_model = 64;
+  cfg.num_heads = 4;
+  cfg.num_layers = 2;
+  cfg.dim_feedforward = 128;
+  cfg.context = 16;
+  cfg.max_period = 10000;
+  cfg.norm = TRANSFORMER_NORM_LAYER;
+  cfg.norm_eps = 1e-5f;
+  cfg.layer_scale = TRUE;
+  cfg.weights = MOSHI_WEIGHTS_F32;
+  Transformer t32, t16;
+  uint64_t s1 = 9, s2 = 9;
+  transformer_random (&t32, &cfg, &s1);
+  cfg.kv_half = TRUE;
+  transformer_random (&t16, &cfg, &s2);
+  for (int rows = 1; rows <= 2; rows++) {
+    TransformerState a, b;
+    g_assert_true (transformer_state_init (&a, &t32, 2));
+    g_assert_true (transformer_state_init (&b, &t16, 2));
+    guint32 seed = 17;
+    double max_err = 0.0, peak = 0.0;
+    for (int step = 0; step < 40; step++) {
+      float x[2 * 64], y[2 * 64];
+      for (int i = 0; i < rows * 64; i++)
+        x[i] = y[i] = frand (&seed);
+      transformer_forward (&t32, &a, NULL, x, rows);
+      transformer_forward (&t16, &b, NULL, y, rows);
+      for (int i = 0; i < rows * 64; i++) {
+        max_err = MAX (max_err, fabsf (x[i] - y[i]));
+        peak = MAX (peak, fabsf (x[i]));
+      }
+    }
+    g_test_message ("%d rows per call: max err %.3g (peak %.3g)", rows, max_err,
+        peak);
+    g_assert_cmpfloat (max_err, >, 0.0);
+    g_assert_cmpfloat (max_err, <, 2e-3 * peak);
+    transformer_state_clear (&a);
+    transformer_state_clear (&b);
+  }
+  transformer_clear (&t32);
+  transformer_clear (&t16);
+}
+
 int
 main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/attention/half-conversion", test_half_conversion);
   g_test_add_func ("/attention/pair-and-half", test_attention);
+  g_test_add_func ("/attention/transformer-half-cache",
+      test_transformer_half_cache);
   return g_test_run ();
 }

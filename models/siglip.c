@@ -3,6 +3,8 @@
 
 #include "alloc.h"
 #include "blas.h"
+#include "cpu.h"
+#include "gemm.h"
 #include "kernels.h"
 #include "linear.h"
 #include "model-error.h"
@@ -21,7 +23,9 @@
 typedef struct {
   float *f32;
   uint16_t *bf16;
-  MoshiLinear q8; /* q8.in > 0: packed int8 instead (siglip_model_to_q8) */
+  /* packed.in > 0: packed for our GEMM instead, int8 (siglip_model_to_q8)
+   * or bf16 (siglip_model_to_bf16_products) */
+  MoshiLinear packed;
 } SigMat;
 
 typedef struct {
@@ -45,6 +49,9 @@ struct SiglipModel {
   float *pos; /* [grid * grid][D] */
   SiglipLayer *layers;
   float *post_w, *post_b;
+  /* Attention products in bf16 through our GEMM (AMX): set by
+   * siglip_model_to_bf16_products on CPUs with AMX. */
+  gboolean bf16_attention;
 };
 
 static void
@@ -52,7 +59,7 @@ mat_clear (SigMat *w)
 {
   moshi_free (w->f32);
   moshi_free (w->bf16);
-  moshi_linear_clear (&w->q8);
+  moshi_linear_clear (&w->packed);
   w->f32 = NULL;
   w->bf16 = NULL;
 }
@@ -357,11 +364,11 @@ siglip_model_to_bf16 (SiglipModel *m, GError **error)
   return TRUE;
 }
 
-/* [rows][cols] as packed q8, from float32 or bf16. */
+/* [rows][cols] packed as `type` for our GEMM, from float32 or bf16. */
 static gboolean
-mat_to_q8 (SigMat *w, int rows, int cols)
+mat_to_packed (SigMat *w, int rows, int cols, MoshiWeightType type)
 {
-  if (w->q8.in)
+  if (w->packed.in)
     return TRUE;
   const size_t n = (size_t) rows * cols;
   float *f = w->f32;
@@ -374,11 +381,11 @@ mat_to_q8 (SigMat *w, int rows, int cols)
       memcpy (&f[i], &u, 4);
     }
   }
-  gboolean ok = moshi_linear_init (&w->q8, f, cols, rows, MOSHI_WEIGHTS_Q8);
+  gboolean ok = moshi_linear_init (&w->packed, f, cols, rows, type);
   if (f != w->f32)
     moshi_free (f);
   if (!ok) {
-    memset (&w->q8, 0, sizeof w->q8);
+    memset (&w->packed, 0, sizeof w->packed);
     return FALSE;
   }
   moshi_free (w->f32);
@@ -388,16 +395,33 @@ mat_to_q8 (SigMat *w, int rows, int cols)
   return TRUE;
 }
 
-gboolean
-siglip_model_to_q8 (SiglipModel *m, GError **error)
+static gboolean
+model_to_packed (SiglipModel *m, MoshiWeightType type, GError **error)
 {
   const int D = m->cfg.hidden_size, F = m->cfg.intermediate_size;
   for (int i = 0; i < m->cfg.num_layers; i++) {
     SiglipLayer *l = &m->layers[i];
-    if (!mat_to_q8 (&l->qkv_w, 3 * D, D) || !mat_to_q8 (&l->out_w, D, D)
-        || !mat_to_q8 (&l->fc1_w, F, D) || !mat_to_q8 (&l->fc2_w, D, F))
-      return oom (error, "q8 weights", (size_t) F * D * sizeof (float));
+    if (!mat_to_packed (&l->qkv_w, 3 * D, D, type)
+        || !mat_to_packed (&l->out_w, D, D, type)
+        || !mat_to_packed (&l->fc1_w, F, D, type)
+        || !mat_to_packed (&l->fc2_w, D, F, type))
+      return oom (error, "packed weights", (size_t) F * D * sizeof (float));
   }
+  return TRUE;
+}
+
+gboolean
+siglip_model_to_q8 (SiglipModel *m, GError **error)
+{
+  return model_to_packed (m, MOSHI_WEIGHTS_Q8, error);
+}
+
+gboolean
+siglip_model_to_bf16_products (SiglipModel *m, GError **error)
+{
+  if (!model_to_packed (m, MOSHI_WEIGHTS_BF16, error))
+    return FALSE;
+  m->bf16_attention = moshi_cpu_has_amx ();
   return TRUE;
 }
 
@@ -413,8 +437,8 @@ siglip_model_weight_bytes (const SiglipModel *m)
     const SigMat *w[4] = { &l->qkv_w, &l->out_w, &l->fc1_w, &l->fc2_w };
     const size_t n[4] = { 3 * D * D, D * D, F * D, D * F };
     for (int k = 0; k < 4; k++)
-      bytes += w[k]->q8.in ? moshi_linear_bytes (&w[k]->q8)
-                           : n[k] * (w[k]->bf16 ? 2 : 4);
+      bytes += w[k]->packed.in ? moshi_linear_bytes (&w[k]->packed)
+                               : n[k] * (w[k]->bf16 ? 2 : 4);
     bytes += (4 * D + 3 * D + D + F + D) * sizeof (float);
   }
   return bytes;
@@ -526,13 +550,13 @@ gemm_nt (int M, int N, int K, float alpha, const float *A, int lda,
 }
 
 /* C[M][N] (+)= A[M][K] W^T through the layer matrix `mat`: OpenBLAS on
- * the float values `w`, or our int8 kernels when it is stored as q8. */
+ * the float values `w`, or our GEMM when it is stored packed. */
 static void
 mat_product (const SigMat *mat, const float *w, MoshiPool *pool, int M, int N,
     int K, const float *A, gboolean accumulate, float *C)
 {
-  if (mat->q8.in)
-    moshi_linear_forward (&mat->q8, pool, A, M, accumulate, C);
+  if (mat->packed.in)
+    moshi_linear_forward (&mat->packed, pool, A, M, accumulate, C);
   else
     gemm_nt (M, N, K, 1.0f, A, K, w, K, accumulate ? 1.0f : 0.0f, C, N);
 }
@@ -597,7 +621,41 @@ typedef struct {
   int N, D, H;
   gint next_head; /* heads are taken in turn: a thread that the OS
                    * delays for a while simply does fewer of them */
+  gboolean bf16; /* products through our bf16 GEMM (AMX) */
+  gint failed; /* out of memory packing a head (bf16) */
 } AttnJob;
+
+/* One head's two products with bf16 operands on AMX: keys and values are
+ * packed as the B operands (a few hundred KB per head, next to the
+ * N x N x hd products). */
+static gboolean
+head_bf16 (const float *q, const float *k, const float *v, int N, int D, int hd,
+    float scale, float *s, float *out)
+{
+  MoshiPackedB kb, vb;
+  if (!moshi_packed_init_typed (&kb, k, hd, N, 3 * D, TRUE, MOSHI_WEIGHTS_BF16))
+    return FALSE;
+  if (!moshi_packed_init_typed (&vb, v, N, hd, 3 * D, FALSE,
+          MOSHI_WEIGHTS_BF16)) {
+    moshi_packed_clear (&kb);
+    return FALSE;
+  }
+  moshi_gemm_packed (NULL, N, q, 3 * D, &kb, NULL, FALSE, s, N);
+  for (size_t i = 0; i < (size_t) N * N; i++)
+    s[i] *= scale;
+  moshi_softmax_rows (s, N, N, N);
+  moshi_gemm_packed (NULL, N, s, N, &vb, NULL, FALSE, out, D);
+  moshi_packed_clear (&kb);
+  moshi_packed_clear (&vb);
+  return TRUE;
+}
+
+/* Bytes of one head's keys or values in bf16, per token. */
+static size_t
+hd_bytes (int D, int H)
+{
+  return (size_t) (D / H) * 2 * sizeof (uint16_t);
+}
 
 static void
 attn_part (void *ctx, int index, int count)
@@ -608,6 +666,11 @@ attn_part (void *ctx, int index, int count)
   float *s = j->scores + (size_t) index * N * N;
   for (int h; (h = g_atomic_int_add (&j->next_head, 1)) < j->H;) {
     const float *q = j->qkv + h * hd, *k = q + D, *v = q + 2 * D;
+    if (j->bf16) {
+      if (!head_bf16 (q, k, v, N, D, hd, scale, s, j->out + h * hd))
+        g_atomic_int_set (&j->failed, 1);
+      continue;
+    }
     gemm_nt (N, N, hd, scale, q, 3 * D, k, 3 * D, 0.0f, s, N);
     moshi_softmax_rows (s, N, N, N);
     cblas_sgemm (CblasRowMajor, CblasNoTrans, CblasNoTrans, N, hd, N, 1.0f, s,
@@ -650,7 +713,7 @@ layer_weights (MoshiPool *pool, const SiglipLayer *l, int D, int F, float *ws,
     { ws, ws + 3 * dd, ws + 4 * dd, ws + 4 * dd + fd } };
   gboolean any = FALSE;
   for (int k = 0; k < 4; k++) {
-    out[k] = j.w[k]->bf16 ? j.dst[k] : j.w[k]->f32; /* NULL for q8 */
+    out[k] = j.w[k]->bf16 ? j.dst[k] : j.w[k]->f32; /* NULL when packed */
     any = any || j.w[k]->bf16;
   }
   if (any)
@@ -740,7 +803,7 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     moshi_add_scaled_rows (x, h, NULL, N, D);
   }
 
-  AttnJob attn = { qkv, y, scores, N, D, H, 0 };
+  AttnJob attn = { qkv, y, scores, N, D, H, 0, m->bf16_attention, FALSE };
   const float eps = c->layer_norm_eps;
   for (int li = 0; li < c->num_layers; li++) {
     const SiglipLayer *l = &m->layers[li];
@@ -756,6 +819,13 @@ siglip_forward_pixels (const SiglipModel *m, const float *pixels, int width,
     moshi_pool_run (pool, attn_part, &attn);
     if (pool)
       moshi_blas_set_threads (threads);
+    if (g_atomic_int_get (&attn.failed)) {
+      moshi_pool_free (pool);
+      moshi_blas_unlock ();
+      moshi_free (buf);
+      return oom (error, "the attention's bf16 operands",
+          (size_t) N * hd_bytes (D, H));
+    }
     mat_product (&l->out_w, w[1], pool, N, D, D, y, TRUE, x);
     run_rows (pool, ROWS_ADD_BIAS, x, NULL, NULL, l->out_b, N, D, 0, 0);
     /* x += fc2(gelu(fc1(LN2(x)))) */

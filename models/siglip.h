@@ -86,6 +86,14 @@ gboolean siglip_model_to_bf16 (SiglipModel *m, GError **error);
  * float32).  IO error when out of memory (the model may then be partly
  * converted, and is still correct). */
 gboolean siglip_model_to_q8 (SiglipModel *m, GError **error);
+/* Stores the layers' weight matrices packed as bf16 for our GEMM (half of
+ * float32).  On CPUs with AMX (moshi_cpu_has_amx) those products and the
+ * attention's run on AMX tiles with the activations rounded to bf16 as
+ * well: several times faster than float32, outputs within cosine 0.9999 of
+ * it (tests/test-siglip.c, docs/models.md).  Elsewhere the AVX-512/AVX2
+ * kernels run them with float activations.  IO error when out of memory
+ * (the model may then be partly converted, and is still correct). */
+gboolean siglip_model_to_bf16_products (SiglipModel *m, GError **error);
 /* Bytes of weights held. */
 size_t siglip_model_weight_bytes (const SiglipModel *m);
 

@@ -21,6 +21,7 @@
 
 #include "alloc.h"
 #include "blas.h"
+#include "cpu.h"
 #include "siglip.h"
 #include "weights.h"
 
@@ -86,7 +87,7 @@ int
 main (int argc, char **argv)
 {
   int size = 448, runs = 3, max_threads = 2;
-  gboolean bf16 = FALSE, q8 = FALSE;
+  gboolean bf16 = FALSE, q8 = FALSE, bf16_products = FALSE;
   GOptionEntry entries[] = {
     { "size", 's', 0, G_OPTION_ARG_INT, &size, "Image side (448)", "S" },
     { "runs", 'r', 0, G_OPTION_ARG_INT, &runs, "Timed runs per setting (3)",
@@ -97,6 +98,9 @@ main (int argc, char **argv)
         "Layer matrices stored as bf16, widened per layer", NULL },
     { "q8", 0, 0, G_OPTION_ARG_NONE, &q8,
         "Layer matrices as q8, products in int8 (VNNI where present)", NULL },
+    { "bf16-products", 0, 0, G_OPTION_ARG_NONE, &bf16_products,
+        "Layer matrices packed as bf16, products in bf16 on AMX where present",
+        NULL },
     { NULL },
   };
   GError *err = NULL;
@@ -116,7 +120,8 @@ main (int argc, char **argv)
   gint64 t0 = g_get_monotonic_time ();
   SiglipModel *m = siglip_model_new_random (&cfg, 42, &err);
   if (!m || (bf16 && !siglip_model_to_bf16 (m, &err))
-      || (q8 && !siglip_model_to_q8 (m, &err))) {
+      || (q8 && !siglip_model_to_q8 (m, &err))
+      || (bf16_products && !siglip_model_to_bf16_products (m, &err))) {
     fprintf (stderr, "%s\n", err->message);
     return 1;
   }
@@ -174,7 +179,10 @@ main (int argc, char **argv)
   getrusage (RUSAGE_SELF, &ru);
   printf ("\npeak RSS %.0f MiB (weights %.0f MiB, %s)\n", ru.ru_maxrss / 1024.0,
       siglip_model_weight_bytes (m) / 1048576.0,
-      q8         ? "layer matrices in q8"
+      q8 ? "layer matrices in q8"
+          : bf16_products
+          ? (moshi_cpu_has_amx () ? "layer matrices in bf16, AMX products"
+                                  : "layer matrices in bf16, packed")
           : bf16 ? "layer matrices in bf16"
                  : "float32");
   g_free (wall);

@@ -11,14 +11,22 @@
 
 /* ---------------------------------------------------------------- pool --- */
 
+/* A streaming step hands the pool hundreds of small jobs (the LM's
+ * depformer: ~200 products of a few hundred microseconds each), so waking
+ * sleeping threads through a condition variable for each one costs more
+ * than the jobs' split saves.  Workers and the caller therefore spin for a
+ * short while (POOL_SPIN_US) on the job counter before sleeping: back-to-
+ * back jobs start without a wake-up, and an idle pool still sleeps. */
+#define POOL_SPIN_US 100
+
 struct MoshiPool {
   int n_threads;
   pthread_t *workers;
   pthread_mutex_t lock;
   pthread_cond_t wake;
   pthread_cond_t done;
-  unsigned generation;
-  int pending;
+  guint generation; /* atomic; changed under lock */
+  gint pending; /* atomic; changed under lock */
   gboolean quit;
   MoshiPoolFn fn;
   void *ctx;
@@ -29,6 +37,28 @@ typedef struct {
   int index;
 } WorkerArg;
 
+static inline void
+cpu_relax (void)
+{
+#if defined(__x86_64__)
+  _mm_pause ();
+#endif
+}
+
+/* Spins until *value != old (TRUE) or POOL_SPIN_US pass (FALSE). */
+static gboolean
+spin_until_changed (const guint *value, guint old)
+{
+  const gint64 end = g_get_monotonic_time () + POOL_SPIN_US;
+  for (int i = 0;; i++) {
+    if ((guint) g_atomic_int_get (value) != old)
+      return TRUE;
+    cpu_relax ();
+    if ((i & 63) == 63 && g_get_monotonic_time () > end)
+      return FALSE;
+  }
+}
+
 static void *
 pool_worker (void *data)
 {
@@ -36,24 +66,27 @@ pool_worker (void *data)
   MoshiPool *pool = arg->pool;
   int index = arg->index;
   g_free (arg);
-  unsigned seen = 0;
+  guint seen = 0;
 
-  pthread_mutex_lock (&pool->lock);
   for (;;) {
-    while (!pool->quit && pool->generation == seen)
+    spin_until_changed (&pool->generation, seen);
+    pthread_mutex_lock (&pool->lock);
+    while (!pool->quit && (guint) g_atomic_int_get (&pool->generation) == seen)
       pthread_cond_wait (&pool->wake, &pool->lock);
-    if (pool->quit)
+    if (pool->quit) {
+      pthread_mutex_unlock (&pool->lock);
       break;
-    seen = pool->generation;
+    }
+    seen = g_atomic_int_get (&pool->generation);
     MoshiPoolFn fn = pool->fn;
     void *ctx = pool->ctx;
     pthread_mutex_unlock (&pool->lock);
     fn (ctx, index, pool->n_threads);
     pthread_mutex_lock (&pool->lock);
-    if (--pool->pending == 0)
+    if (g_atomic_int_dec_and_test (&pool->pending))
       pthread_cond_signal (&pool->done);
+    pthread_mutex_unlock (&pool->lock);
   }
-  pthread_mutex_unlock (&pool->lock);
   return NULL;
 }
 
@@ -91,6 +124,8 @@ moshi_pool_free (MoshiPool *pool)
     return;
   pthread_mutex_lock (&pool->lock);
   pool->quit = TRUE;
+  /* Spinning workers see a new generation and then the quit flag. */
+  g_atomic_int_inc (&pool->generation);
   pthread_cond_broadcast (&pool->wake);
   pthread_mutex_unlock (&pool->lock);
   for (int i = 1; i < pool->n_threads; i++)
@@ -118,15 +153,21 @@ moshi_pool_run (MoshiPool *pool, MoshiPoolFn fn, void *ctx)
   pthread_mutex_lock (&pool->lock);
   pool->fn = fn;
   pool->ctx = ctx;
-  pool->pending = pool->n_threads - 1;
-  pool->generation++;
+  g_atomic_int_set (&pool->pending, pool->n_threads - 1);
+  g_atomic_int_inc (&pool->generation);
   pthread_cond_broadcast (&pool->wake);
   pthread_mutex_unlock (&pool->lock);
 
   fn (ctx, 0, pool->n_threads);
 
+  const gint64 end = g_get_monotonic_time () + POOL_SPIN_US;
+  for (int i = 0; g_atomic_int_get (&pool->pending) > 0; i++) {
+    cpu_relax ();
+    if ((i & 63) == 63 && g_get_monotonic_time () > end)
+      break;
+  }
   pthread_mutex_lock (&pool->lock);
-  while (pool->pending > 0)
+  while (g_atomic_int_get (&pool->pending) > 0)
     pthread_cond_wait (&pool->done, &pool->lock);
   pthread_mutex_unlock (&pool->lock);
 }

@@ -190,15 +190,17 @@ load16 (const void *p, size_t i, __mmask16 m, const gboolean half)
   return _mm512_maskz_loadu_ps (m, (const float *) p + i);
 }
 
-/* Both queries in one pass over the cache; per query the arithmetic and
- * its order are attention_head_avx512's. */
+/* nq (1 or 2) queries in one pass over the cache; per query the arithmetic
+ * and its order are attention_head_avx512's.  nq and half are constants
+ * at each call: the compiler drops the unused paths. */
 __attribute__ ((target (PAIR_TARGET), always_inline)) static inline void
-head2_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
+heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
     int ldv, int hd, float scale, const guint8 *const valid[2], const int lo[2],
-    const int hi[2], float *const sc[2], float *const out[2],
+    const int hi[2], float *const sc[2], float *const out[2], const int nq,
     const gboolean half)
 {
-  const int lo_all = MIN (lo[0], lo[1]), hi_all = MAX (hi[0], hi[1]);
+  const int lo_all = nq == 2 ? MIN (lo[0], lo[1]) : lo[0];
+  const int hi_all = nq == 2 ? MAX (hi[0], hi[1]) : hi[0];
   for (int j0 = lo_all; j0 <= hi_all; j0 += 64) {
     const int n = MIN (64, hi_all + 1 - j0);
     __mmask16 mk[4];
@@ -216,16 +218,19 @@ head2_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
       for (int b = 0; b < 4; b++) {
         const __m512 k = load16 (kT, row + 16 * b, mk[b], half);
         acc0[b] = _mm512_fmadd_ps (qc0, k, acc0[b]);
-        acc1[b] = _mm512_fmadd_ps (qc1, k, acc1[b]);
+        if (nq == 2)
+          acc1[b] = _mm512_fmadd_ps (qc1, k, acc1[b]);
       }
     }
     for (int b = 0; b < 4; b++) {
       _mm512_mask_storeu_ps (sc[0] + j0 + 16 * b, mk[b], acc0[b]);
-      _mm512_mask_storeu_ps (sc[1] + j0 + 16 * b, mk[b], acc1[b]);
+      if (nq == 2)
+        _mm512_mask_storeu_ps (sc[1] + j0 + 16 * b, mk[b], acc1[b]);
     }
   }
   const float inv0 = softmax_valid (sc[0], valid[0], lo[0], hi[0]);
-  const float inv1 = softmax_valid (sc[1], valid[1], lo[1], hi[1]);
+  const float inv1 =
+      nq == 2 ? softmax_valid (sc[1], valid[1], lo[1], hi[1]) : 0.0f;
   for (int c0 = 0; c0 < hd; c0 += 64) {
     const int w = MIN (64, hd - c0);
     __mmask16 mv[4];
@@ -234,11 +239,12 @@ head2_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
       int r = w - 16 * b;
       mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
       o0[b] = _mm512_maskz_loadu_ps (mv[b], out[0] + c0 + 16 * b);
-      o1[b] = _mm512_maskz_loadu_ps (mv[b], out[1] + c0 + 16 * b);
+      o1[b] = nq == 2 ? _mm512_maskz_loadu_ps (mv[b], out[1] + c0 + 16 * b)
+                      : _mm512_setzero_ps ();
     }
     for (int j = lo_all; j <= hi_all; j++) {
       const gboolean u0 = j >= lo[0] && j <= hi[0] && valid[0][j];
-      const gboolean u1 = j >= lo[1] && j <= hi[1] && valid[1][j];
+      const gboolean u1 = nq == 2 && j >= lo[1] && j <= hi[1] && valid[1][j];
       if (!u0 && !u1)
         continue;
       const __m512 p0 = _mm512_set1_ps (u0 ? sc[0][j] * inv0 : 0.0f);
@@ -256,7 +262,8 @@ head2_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
     }
     for (int b = 0; b < 4; b++) {
       _mm512_mask_storeu_ps (out[0] + c0 + 16 * b, mv[b], o0[b]);
-      _mm512_mask_storeu_ps (out[1] + c0 + 16 * b, mv[b], o1[b]);
+      if (nq == 2)
+        _mm512_mask_storeu_ps (out[1] + c0 + 16 * b, mv[b], o1[b]);
     }
   }
 }
@@ -266,7 +273,8 @@ head2_f32_avx512 (const float *const q[2], const float *kT, int ctx,
     const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
     const int lo[2], const int hi[2], float *const sc[2], float *const out[2])
 {
-  head2_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, FALSE);
+  heads_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, 2,
+      FALSE);
 }
 
 __attribute__ ((target (PAIR_TARGET))) static void
@@ -275,7 +283,20 @@ head2_f16_avx512 (const float *const q[2], const uint16_t *kT, int ctx,
     const guint8 *const valid[2], const int lo[2], const int hi[2],
     float *const sc[2], float *const out[2])
 {
-  head2_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, TRUE);
+  heads_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, 2, TRUE);
+}
+
+__attribute__ ((target (PAIR_TARGET))) static void
+head1_f16_avx512 (const float *q, const uint16_t *kT, int ctx,
+    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
+    int lo, int hi, float *sc, float *out)
+{
+  const float *qs[2] = { q, q };
+  const guint8 *vs[2] = { valid, valid };
+  const int los[2] = { lo, lo }, his[2] = { hi, hi };
+  float *scs[2] = { sc, sc }, *outs[2] = { out, out };
+  heads_avx512 (qs, kT, ctx, v, ldv, hd, scale, vs, los, his, scs, outs, 1,
+      TRUE);
 }
 #endif
 
@@ -313,4 +334,19 @@ moshi_attention_head2_f16 (const float *const q[2], const uint16_t *kT, int ctx,
   for (int i = 0; i < 2; i++)
     head_f16_generic (q[i], kT, ctx, v, ldv, hd, scale, valid[i], lo[i], hi[i],
         scores[i], out[i]);
+}
+
+void
+moshi_attention_head_f16 (const float *q, const uint16_t *kT, int ctx,
+    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
+    int lo, int hi, float *scores, float *out)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    head1_f16_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores,
+        out);
+    return;
+  }
+#endif
+  head_f16_generic (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores, out);
 }

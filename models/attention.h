@@ -30,12 +30,15 @@ void moshi_attention_head2 (const float *const q[2], const float *kT, int ctx,
     const int lo[2], const int hi[2], float *const scores[2],
     float *const out[2]);
 
-/* The same over a half-precision cache.  q[1] may equal q[0] (one query:
- * out[1] is then scratch). */
+/* The same two over a half-precision cache (kT and v in halves), and one
+ * query over it. */
 void moshi_attention_head2_f16 (const float *const q[2], const uint16_t *kT,
     int ctx, const uint16_t *v, int ldv, int hd, float scale,
     const guint8 *const valid[2], const int lo[2], const int hi[2],
     float *const scores[2], float *const out[2]);
+void moshi_attention_head_f16 (const float *q, const uint16_t *kT, int ctx,
+    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
+    int lo, int hi, float *scores, float *out);
 
 /* Round to nearest even, saturating. */
 uint16_t moshi_f32_to_f16 (float f);

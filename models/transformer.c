@@ -139,6 +139,7 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
   GError *xa_error = NULL;
   tr->cfg.cross_attention = cross_attention_load (&tr->xa, f, name, d,
       cfg->num_heads, wt, cfg->lora, &xa_error);
+  tr->xa.kv_half = cfg->kv_half;
   if (xa_error) {
     g_propagate_error (error, xa_error);
     goto fail;
@@ -195,8 +196,10 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
       cross_attention_gate_random (&L->xa_gate, seed, d, d / 8,
           cfg->norm == TRANSFORMER_NORM_RMS, cfg->weights);
   }
-  if (cfg->cross_attention)
+  if (cfg->cross_attention) {
     cross_attention_random (&tr->xa, seed, d, cfg->num_heads, cfg->weights);
+    tr->xa.kv_half = cfg->kv_half;
+  }
 }
 
 void
@@ -269,8 +272,7 @@ transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
   s->v = moshi_alloc (kv_elem * c->num_layers * ctx * d);
   s->h = moshi_alloc (sizeof (float) * max_t * d);
   s->qkv = moshi_alloc (sizeof (float) * max_t * 3 * d);
-  /* + one row: the second output of a lone query's pair (kv_half) */
-  s->attn = moshi_alloc (sizeof (float) * (max_t + 1) * d);
+  s->attn = moshi_alloc (sizeof (float) * max_t * d);
   s->ff = moshi_alloc (sizeof (float) * max_t * ffw);
   s->scores = moshi_alloc (sizeof (float) * 2 * ctx);
   s->valid = moshi_alloc (2 * ctx);
@@ -317,8 +319,7 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
   const size_t kv_elem = c->kv_half ? 2 : sizeof (float);
   return sizeof (int64_t) * c->context
       + kv_elem * 2 * (size_t) c->num_layers * c->context * d
-      + sizeof (float)
-      * ((size_t) (s->max_t + 1) * (5 * d + ffw) + 2 * c->context)
+      + sizeof (float) * ((size_t) s->max_t * (5 * d + ffw) + 2 * c->context)
       + 2 * (size_t) c->context + sizeof (float) * 5 * s->xa_scratch.capacity;
 }
 
@@ -470,21 +471,18 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         }
       }
       if (half) {
-        /* A lone query goes as a pair with itself (out[1]: the spare row). */
-        if (nq == 1) {
-          q[1] = q[0];
-          out[1] = s->attn + (size_t) t * d;
-          memset (out[1], 0, sizeof (float) * d);
-          sc[1] = s->scores + ctx;
-          valid[1] = valid[0];
-          lo[1] = lo[0];
-          hi[1] = hi[0];
-        }
         for (int h = 0; h < H; h++) {
-          const float *qh[2] = { q[0] + h * hd, q[1] + h * hd };
-          float *oh[2] = { out[0] + h * hd, out[1] + h * hd };
-          moshi_attention_head2_f16 (qh, kc16 + (size_t) h * hd * ctx, ctx,
-              vc16 + h * hd, d, hd, scale, valid, lo, hi, sc, oh);
+          const uint16_t *kh = kc16 + (size_t) h * hd * ctx;
+          const uint16_t *vh = vc16 + h * hd;
+          if (nq == 2) {
+            const float *qh[2] = { q[0] + h * hd, q[1] + h * hd };
+            float *oh[2] = { out[0] + h * hd, out[1] + h * hd };
+            moshi_attention_head2_f16 (qh, kh, ctx, vh, d, hd, scale, valid, lo,
+                hi, sc, oh);
+          } else {
+            moshi_attention_head_f16 (q[0] + h * hd, kh, ctx, vh, d, hd, scale,
+                valid[0], lo[0], hi[0], sc[0], out[0] + h * hd);
+          }
         }
         continue;
       }

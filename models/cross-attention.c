@@ -186,40 +186,23 @@ cross_attention_memory_new (const CrossAttention *xa, MoshiPool *pool,
   mem->tokens = tokens;
   mem->dim = d;
   mem->num_heads = H;
-  /* K lands in `proj` first, then is transposed per head into kT: the
-   * attention kernel scores all keys of a head with contiguous loads. */
-  float *proj = moshi_alloc (sizeof (float) * tokens * d);
-  if (xa->kv_half) {
-    mem->kT16 = moshi_alloc (sizeof (uint16_t) * tokens * d);
-    mem->v16 = moshi_alloc (sizeof (uint16_t) * tokens * d);
-  } else {
-    mem->kT = moshi_alloc (sizeof (float) * tokens * d);
-    mem->v = proj; /* V is projected in place once K is transposed */
-  }
-  if (!proj || !(xa->kv_half ? mem->kT16 && mem->v16 : mem->kT != NULL)) {
-    if (xa->kv_half)
-      moshi_free (proj);
+  mem->kT = moshi_alloc (sizeof (float) * tokens * d);
+  mem->v = moshi_alloc (sizeof (float) * tokens * d);
+  if (!mem->kT || !mem->v) {
     cross_attention_memory_unref (mem);
     return NULL;
   }
-  moshi_linear_forward (&xa->k, pool, img, tokens, FALSE, proj);
+  /* K lands in v first, then is transposed per head into kT: the attention
+   * kernel scores all keys of a head with contiguous loads. */
+  moshi_linear_forward (&xa->k, pool, img, tokens, FALSE, mem->v);
   for (int h = 0; h < H; h++)
     for (int c = 0; c < hd; c++) {
-      const size_t row = ((size_t) h * hd + c) * tokens;
-      const float *src = proj + h * hd + c;
-      for (int j = 0; j < tokens; j++) {
-        if (xa->kv_half)
-          mem->kT16[row + j] = moshi_f32_to_f16 (src[(size_t) j * d]);
-        else
-          mem->kT[row + j] = src[(size_t) j * d];
-      }
+      float *dst = mem->kT + ((size_t) h * hd + c) * tokens;
+      const float *src = mem->v + h * hd + c;
+      for (int j = 0; j < tokens; j++)
+        dst[j] = src[(size_t) j * d];
     }
-  moshi_linear_forward (&xa->v, pool, img, tokens, FALSE, proj);
-  if (xa->kv_half) {
-    for (size_t i = 0; i < (size_t) tokens * d; i++)
-      mem->v16[i] = moshi_f32_to_f16 (proj[i]);
-    moshi_free (proj);
-  }
+  moshi_linear_forward (&xa->v, pool, img, tokens, FALSE, mem->v);
   return mem;
 }
 
@@ -237,18 +220,13 @@ cross_attention_memory_unref (CrossAttentionMemory *mem)
     return;
   moshi_free (mem->kT);
   moshi_free (mem->v);
-  moshi_free (mem->kT16);
-  moshi_free (mem->v16);
   g_free (mem);
 }
 
 size_t
 cross_attention_memory_bytes (const CrossAttentionMemory *mem)
 {
-  if (!mem)
-    return 0;
-  return 2 * (mem->kT16 ? sizeof (uint16_t) : sizeof (float)) * mem->tokens
-      * mem->dim;
+  return mem ? 2 * sizeof (float) * mem->tokens * mem->dim : 0;
 }
 
 void
@@ -297,16 +275,10 @@ cross_attention_step (const CrossAttention *xa, const CrossAttentionGate *gate,
   g_assert (n <= s->capacity);
   moshi_linear_forward (&xa->q, pool, u, 1, FALSE, s->q);
   memset (s->attn, 0, sizeof (float) * d);
-  for (int h = 0; h < H; h++) {
-    if (mem->kT16)
-      moshi_attention_head_f16 (s->q + h * hd, mem->kT16 + (size_t) h * hd * n,
-          n, mem->v16 + h * hd, d, hd, scale, s->valid, 0, n - 1, s->scores,
-          s->attn + h * hd);
-    else
-      moshi_attention_head (s->q + h * hd, mem->kT + (size_t) h * hd * n, n,
-          mem->v + h * hd, d, hd, scale, s->valid, 0, n - 1, s->scores,
-          s->attn + h * hd);
-  }
+  for (int h = 0; h < H; h++)
+    moshi_attention_head (s->q + h * hd, mem->kT + (size_t) h * hd * n, n,
+        mem->v + h * hd, d, hd, scale, s->valid, 0, n - 1, s->scores,
+        s->attn + h * hd);
   moshi_linear_forward (&xa->out, pool, s->attn, 1, FALSE, s->a);
   moshi_linear_forward (&gate->gate_in, pool, s->a, 1, FALSE, s->z);
   for (int j = 0; j < hidden; j++)

@@ -21,10 +21,6 @@ G_BEGIN_DECLS
 typedef struct {
   int dim, num_heads;
   MoshiLinear q, k, v, out; /* [dim][dim] each */
-  /* Image keys and values kept in IEEE halves (attention.h): each of the
-   * LM's layers reads all of them every step (32 MB in float32 for a 448
-   * image in the 7B), so the 8- and 4-bit models halve that. */
-  gboolean kv_half;
 } CrossAttention;
 
 /* One layer's norm and gate. */
@@ -39,11 +35,8 @@ typedef struct {
 typedef struct {
   gint refcount;
   int tokens, dim, num_heads;
-  /* Float32, or halves (kT16, v16) when made by a kv_half CrossAttention;
-   * the other pair is NULL. */
   float *kT; /* [heads][head_dim][tokens], keys transposed per head */
   float *v; /* [tokens][dim] */
-  uint16_t *kT16, *v16;
 } CrossAttentionMemory;
 
 /* Per-stream scratch for one step. */

@@ -139,7 +139,6 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
   GError *xa_error = NULL;
   tr->cfg.cross_attention = cross_attention_load (&tr->xa, f, name, d,
       cfg->num_heads, wt, cfg->lora, &xa_error);
-  tr->xa.kv_half = cfg->kv_half;
   if (xa_error) {
     g_propagate_error (error, xa_error);
     goto fail;
@@ -196,10 +195,8 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
       cross_attention_gate_random (&L->xa_gate, seed, d, d / 8,
           cfg->norm == TRANSFORMER_NORM_RMS, cfg->weights);
   }
-  if (cfg->cross_attention) {
+  if (cfg->cross_attention)
     cross_attention_random (&tr->xa, seed, d, cfg->num_heads, cfg->weights);
-    tr->xa.kv_half = cfg->kv_half;
-  }
 }
 
 void

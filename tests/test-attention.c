@@ -10,7 +10,6 @@
 
 #include "attention.h"
 #include "cpu.h"
-#include "cross-attention.h"
 #include "transformer.h"
 
 static float
@@ -222,63 +221,6 @@ test_transformer_half_cache (void)
   transformer_clear (&t16);
 }
 
-/* MoshiVis cross-attention with the image keys and values in halves:
- * half the memory, the update within half's rounding of float32. */
-static void
-test_cross_attention_half (void)
-{
-  const int d = 64, H = 4, tokens = 50;
-  CrossAttention x32, x16;
-  CrossAttentionGate gate;
-  uint64_t s1 = 3, s2 = 3, s3 = 4;
-  cross_attention_random (&x32, &s1, d, H, MOSHI_WEIGHTS_F32);
-  cross_attention_random (&x16, &s2, d, H, MOSHI_WEIGHTS_F32);
-  x16.kv_half = TRUE;
-  cross_attention_gate_random (&gate, &s3, d, d / 8, TRUE, MOSHI_WEIGHTS_F32);
-  float *img = g_new (float, (size_t) tokens *d);
-  guint32 seed = 23;
-  for (int i = 0; i < tokens * d; i++)
-    img[i] = 2.0f * frand (&seed);
-  CrossAttentionMemory *m32 =
-      cross_attention_memory_new (&x32, NULL, img, tokens);
-  CrossAttentionMemory *m16 =
-      cross_attention_memory_new (&x16, NULL, img, tokens);
-  g_assert_nonnull (m32);
-  g_assert_nonnull (m16);
-  g_assert_nonnull (m16->kT16);
-  g_assert_null (m16->kT);
-  g_assert_cmpuint (cross_attention_memory_bytes (m16), ==,
-      cross_attention_memory_bytes (m32) / 2);
-  CrossAttentionScratch sc = { 0 };
-  g_assert_true (cross_attention_scratch_reserve (&sc, tokens, d));
-  MoshiCpuLevel top = moshi_cpu_level ();
-  for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
-    moshi_cpu_set_level ((MoshiCpuLevel) level);
-    float u[64], a[64], b[64];
-    for (int i = 0; i < d; i++)
-      u[i] = frand (&seed);
-    cross_attention_step (&x32, &gate, m32, &sc, NULL, u, a, NULL);
-    cross_attention_step (&x16, &gate, m16, &sc, NULL, u, b, NULL);
-    double err = 0.0, peak = 0.0;
-    for (int i = 0; i < d; i++) {
-      err = MAX (err, fabsf (a[i] - b[i]));
-      peak = MAX (peak, fabsf (a[i]));
-    }
-    g_test_message ("%s: max err %.3g (peak %.3g)",
-        moshi_cpu_level_name (moshi_cpu_level ()), err, peak);
-    g_assert_cmpfloat (err, >, 0.0);
-    g_assert_cmpfloat (err, <, 4e-3 * peak);
-  }
-  moshi_cpu_set_level (top);
-  cross_attention_scratch_clear (&sc);
-  cross_attention_memory_unref (m32);
-  cross_attention_memory_unref (m16);
-  cross_attention_gate_clear (&gate);
-  cross_attention_clear (&x32);
-  cross_attention_clear (&x16);
-  g_free (img);
-}
-
 int
 main (int argc, char **argv)
 {
@@ -287,7 +229,5 @@ main (int argc, char **argv)
   g_test_add_func ("/attention/pair-and-half", test_attention);
   g_test_add_func ("/attention/transformer-half-cache",
       test_transformer_half_cache);
-  g_test_add_func ("/attention/cross-attention-half",
-      test_cross_attention_half);
   return g_test_run ();
 }

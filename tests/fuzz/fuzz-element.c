@@ -188,8 +188,8 @@ configure (GstElement *e, guint8 pflags)
     g_object_set (e, "seed", (guint64) pflags, NULL);
     if (pflags & 1)
       g_object_set (e, "temperature", 0.0, "temperature-text", 0.0, NULL);
-    else
-      g_object_set (e, "temperature", 0.7, "temperature-text", 0.7, NULL);
+    else /* the defaults (-1: the model's own), as a new element has */
+      g_object_set (e, "temperature", -1.0, "temperature-text", -1.0, NULL);
   }
   if (is_enc)
     g_object_set (e, "codebooks", 1 + (pflags % 8), NULL);

@@ -1,5 +1,6 @@
 /* moshi-server: one conversation = one GStreamer pipeline.  See session.h. */
 #include "session.h"
+#include "image.h"
 
 #include <gst/app/gstappsink.h>
 #include <gst/app/gstappsrc.h>
@@ -223,72 +224,10 @@ pipeline_error (GstElement *pipeline, const gchar *what, GError **error)
  *     ! moshivis ! lm.vision_sink
  *
  * The client's image bytes (JPEG, PNG, ... as Kyutai's kind 8) are decoded
- * here first, so that an undecodable picture is a clear error of its own;
+ * first (image.c), so that an undecodable picture is a clear error of its own;
  * each later picture is pushed with a force-key-unit so that moshivis looks
  * at it, and moshilm takes it at its next step (the conversation goes on).
  * ==================================================================== */
-
-/* Largest picture side accepted from a client (decoded size). */
-#define MAX_IMAGE_SIDE 8192
-
-/* Decodes image file bytes into one RGB sample. */
-static GstSample *
-decode_image (GBytes *bytes, GError **error)
-{
-  GstElement *p = gst_parse_launch ("appsrc name=src ! decodebin "
-                                    "! videoconvert "
-                                    "! video/x-raw,format=RGB "
-                                    "! appsink name=sink sync=false",
-      error);
-  GstElement *src, *sink;
-  GstSample *sample = NULL;
-  GstBus *bus;
-  GstMessage *msg;
-
-  if (!p)
-    return NULL;
-  src = gst_bin_get_by_name (GST_BIN (p), "src");
-  sink = gst_bin_get_by_name (GST_BIN (p), "sink");
-  gst_app_src_push_buffer (GST_APP_SRC (src),
-      gst_buffer_new_wrapped_bytes (g_bytes_ref (bytes)));
-  gst_app_src_end_of_stream (GST_APP_SRC (src));
-  gst_element_set_state (p, GST_STATE_PLAYING);
-  sample = gst_app_sink_try_pull_sample (GST_APP_SINK (sink), 10 * GST_SECOND);
-  if (!sample) {
-    bus = gst_element_get_bus (p);
-    msg = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-    if (msg) {
-      GError *e = NULL;
-
-      gst_message_parse_error (msg, &e, NULL);
-      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
-          "undecodable image: %s", e->message);
-      g_error_free (e);
-      gst_message_unref (msg);
-    } else {
-      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
-          "undecodable image: no picture in %" G_GSIZE_FORMAT " bytes",
-          g_bytes_get_size (bytes));
-    }
-    gst_object_unref (bus);
-  } else {
-    GstVideoInfo info;
-
-    if (!gst_video_info_from_caps (&info, gst_sample_get_caps (sample))
-        || info.width > MAX_IMAGE_SIDE || info.height > MAX_IMAGE_SIDE
-        || info.width < 14 || info.height < 14) {
-      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FORMAT,
-          "image of %dx%d pixels: sides from 14 to %d are accepted", info.width,
-          info.height, MAX_IMAGE_SIDE);
-      g_clear_pointer (&sample, gst_sample_unref);
-    }
-  }
-  gst_element_set_state (p, GST_STATE_NULL);
-  gst_object_unref (src);
-  gst_object_unref (sink);
-  gst_object_unref (p);
-  return sample;
-}
 
 static gboolean
 attach_vision_branch (MsSession *s, const MsSessionConfig *cfg,
@@ -364,7 +303,7 @@ ms_session_push_image (MsSession *s, GBytes *image, GError **error)
         "this session does not take images");
     return FALSE;
   }
-  sample = decode_image (image, error);
+  sample = ms_image_decode (image, error);
   if (!sample)
     return FALSE;
   push_picture (s, sample, TRUE);
@@ -439,7 +378,7 @@ ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
     if (!image)
       g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_FAILED,
           "a vision session needs an image first");
-    if (!image || !(first = decode_image (image, error))
+    if (!image || !(first = ms_image_decode (image, error))
         || !attach_vision_branch (s, cfg, params, error)) {
       if (first)
         gst_sample_unref (first);

@@ -1,6 +1,7 @@
 /* libFuzzer target for the parts of moshi-server that read what a client
  * sends (pipelines/server/protocol.c): the Ogg page check of audio
- * messages and the /api/chat query parameters.
+ * messages, the OpusHead rate rewrite of the first one, and the /api/chat
+ * query parameters.
  *
  * Input: a first byte 'q' makes the rest a query string (name=value pairs
  * split at '&' and '=' as a URL decoder would hand them over); anything
@@ -64,6 +65,24 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       if (pages > 0 && (size - 1) < 27 * (gsize) pages)
         __builtin_trap ();
       g_clear_error (&err);
+      /* The OpusHead rate rewrite (first audio message of a session): on
+       * any bytes no crash; on checked pages, whole pages again, the same
+       * number, differing from the input in at most 8 bytes (the rate and
+       * the CRC of one page), and only for a rate no Opus decoder runs at. */
+      guint32 old_rate = 0;
+      guint8 *fixed = ms_ogg_fix_opus_head_rate (msg, size - 1, &old_rate);
+      if (fixed && pages > 0) {
+        guint diff = 0;
+        if (ms_ogg_check_pages (fixed, size - 1, NULL) != pages)
+          __builtin_trap ();
+        for (size_t i = 0; i < size - 1; i++)
+          diff += fixed[i] != msg[i];
+        if (diff == 0 || diff > 8 || old_rate == 24000 || old_rate == 48000
+            || old_rate == 16000 || old_rate == 12000 || old_rate == 8000
+            || old_rate == 0)
+          __builtin_trap ();
+      }
+      g_free (fixed);
       break;
     }
     case MS_KIND_COLORED_TEXT:

@@ -12,7 +12,12 @@
  * then records [length][flags][length bytes].  Checks beyond "no crash,
  * leak, critical warning or hang": GST_FLOW_ERROR comes with an ERROR
  * message; moshilm's audio output stays whole frames; every embedding
- * moshivis pushes has the size its caps announce. */
+ * moshivis pushes has the size its caps announce.
+ *
+ * As in fuzz-element.c, one element serves every input, reset to a fresh
+ * start (READY and back) before each; FUZZ_FRESH=1 makes a new one per
+ * input.  moshilm gets at most FUZZ_MAX_FRAMES (default 24, more than the
+ * tiny model's 16-step context) user frames per input. */
 #include <gst/check/gstharness.h>
 #include <gst/gst.h>
 #include <gst/video/video.h>
@@ -23,7 +28,9 @@
 
 GST_PLUGIN_STATIC_DECLARE (moshi);
 
-static gboolean is_lm;
+static gboolean is_lm, fresh, flush_reset;
+/* moshilm: user frames per input (the LM steps are most of the time). */
+static int max_frames = 24;
 static const char *model;
 
 int LLVMFuzzerInitialize (int *argc, char ***argv);
@@ -36,6 +43,10 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   (void) argv;
   const char *v = g_getenv ("FUZZ_VISION");
   is_lm = !v || strcmp (v, "moshivis") != 0;
+  fresh = g_getenv ("FUZZ_FRESH") && atoi (g_getenv ("FUZZ_FRESH")) > 0;
+  flush_reset = g_strcmp0 (g_getenv ("FUZZ_RESET"), "flush") == 0;
+  if (g_getenv ("FUZZ_MAX_FRAMES"))
+    max_frames = MAX (atoi (g_getenv ("FUZZ_MAX_FRAMES")), 1);
   model = g_getenv ("MOSHIVIS_TINY");
   if (!model)
     g_error ("MOSHIVIS_TINY must name the tiny MoshiVis model folder");
@@ -104,20 +115,143 @@ user_frame (int t)
   return b;
 }
 
+/* The element under test and its harnesses: one for the whole run, reset
+ * after each input (see fixture_stop), or a new one per input with
+ * FUZZ_FRESH=1. */
+typedef struct {
+  GstElement *e;
+  GstBus *bus;
+  GstPad *vpad; /* moshilm's requested vision_sink */
+  GstHarness *h, *hv, *ht;
+} Fixture;
+
+static Fixture reused;
+
 static void
-fuzz_moshilm (const uint8_t *data, size_t size)
+configure (GstElement *e, guint8 flags)
 {
-  GstElement *e = gst_element_factory_make ("moshilm", NULL);
-  GstBus *bus = gst_bus_new ();
-  gst_element_set_bus (e, bus);
-  /* vision-timeout 0: a vision stream that says nothing (no GAP, no EOS)
-   * must not hold the audio; the wait itself is covered by the tests. */
-  g_object_set (e, "model", model, "greedy", TRUE, "xa-start", data[2] & 7,
-      "vision-timeout", 0u, NULL);
-  GstPad *vpad = gst_element_request_pad_simple (e, "vision_sink");
-  GstHarness *hv = gst_harness_new_with_element (e, "vision_sink", NULL);
-  GstHarness *h = gst_harness_new_with_element (e, "sink", "src");
-  GstHarness *ht = gst_harness_new_with_element (e, NULL, "text_src");
+  if (is_lm)
+    /* vision-timeout 0: a vision stream that says nothing (no GAP, no EOS)
+     * must not hold the audio; the wait itself is covered by the tests. */
+    g_object_set (e, "greedy", TRUE, "xa-start", flags & 7, "vision-timeout",
+        0u, NULL);
+  else
+    g_object_set (e, "center-crop", (flags & 1) != 0, "scene-threshold",
+        (flags & 2) ? 0.05 : 0.0, "interval",
+        (guint64) ((flags & 4) ? 200 * GST_MSECOND : 0), NULL);
+}
+
+static void
+fixture_new (Fixture *f, guint8 flags)
+{
+  memset (f, 0, sizeof *f);
+  f->e = gst_element_factory_make (is_lm ? "moshilm" : "moshivis", NULL);
+  f->bus = gst_bus_new ();
+  gst_element_set_bus (f->e, f->bus);
+  g_object_set (f->e, "model", model, NULL);
+  configure (f->e, flags);
+  if (is_lm) {
+    f->vpad = gst_element_request_pad_simple (f->e, "vision_sink");
+    f->hv = gst_harness_new_with_element (f->e, "vision_sink", NULL);
+    f->h = gst_harness_new_with_element (f->e, "sink", "src");
+    f->ht = gst_harness_new_with_element (f->e, NULL, "text_src");
+  } else {
+    f->h = gst_harness_new_with_element (f->e, "sink", "src");
+  }
+}
+
+static void
+fixture_free (Fixture *f)
+{
+  if (f->ht)
+    gst_harness_teardown (f->ht);
+  gst_harness_teardown (f->h);
+  if (f->hv)
+    gst_harness_teardown (f->hv);
+  if (f->vpad)
+    gst_object_unref (f->vpad);
+  gst_element_set_bus (f->e, NULL);
+  gst_bus_set_flushing (f->bus, TRUE);
+  gst_object_unref (f->bus);
+  gst_object_unref (f->e);
+}
+
+static void
+discard (GstHarness *h)
+{
+  GstBuffer *b;
+  GstEvent *e;
+  if (!h)
+    return;
+  while ((b = gst_harness_try_pull (h)))
+    gst_buffer_unref (b);
+  while ((e = gst_harness_try_pull_event (h)))
+    gst_event_unref (e);
+}
+
+static void
+reactivate (GstPad *pad)
+{
+  if (!pad)
+    return;
+  gst_pad_set_active (pad, FALSE);
+  gst_pad_set_active (pad, TRUE);
+}
+
+/* Reuse mode, after each input (as in fuzz-element.c): READY (stop() frees
+ * the stream state, the element's pads drop their sticky events), or with
+ * FUZZ_RESET=flush a flush of both sink pads (moshilm's start resolves and
+ * parses its model files: 3x slower; properties then stay those of the
+ * first input and inputs are not independent); output, events and messages
+ * dropped, and the harnesses' own pads reactivated (no EOS, flush or caps
+ * carries over). */
+static void
+fixture_stop (Fixture *f)
+{
+  if (flush_reset) {
+    gst_harness_push_event (f->h, gst_event_new_flush_start ());
+    gst_harness_push_event (f->h, gst_event_new_flush_stop (TRUE));
+    if (f->hv) {
+      gst_harness_push_event (f->hv, gst_event_new_flush_start ());
+      gst_harness_push_event (f->hv, gst_event_new_flush_stop (TRUE));
+    }
+  } else if (gst_element_set_state (f->e, GST_STATE_READY)
+      == GST_STATE_CHANGE_FAILURE) {
+    g_error ("no change to READY");
+  }
+  discard (f->h);
+  discard (f->ht);
+  discard (f->hv);
+  reactivate (f->h->srcpad);
+  reactivate (f->h->sinkpad);
+  if (f->ht)
+    reactivate (f->ht->sinkpad);
+  if (f->hv)
+    reactivate (f->hv->srcpad);
+  gst_bus_set_flushing (f->bus, TRUE);
+  gst_bus_set_flushing (f->bus, FALSE);
+}
+
+/* Reuse mode, before an input: its properties, PLAYING, new streams. */
+static void
+fixture_restart (Fixture *f, guint8 flags)
+{
+  if (!flush_reset) {
+    configure (f->e, flags);
+    if (gst_element_set_state (f->e, GST_STATE_PLAYING)
+        == GST_STATE_CHANGE_FAILURE)
+      g_error ("no restart");
+  }
+  gst_harness_push_event (f->h, gst_event_new_stream_start ("fuzz"));
+  if (f->hv)
+    gst_harness_push_event (f->hv, gst_event_new_stream_start ("fuzz-vision"));
+}
+
+static void
+fuzz_moshilm (Fixture *f, const uint8_t *data, size_t size)
+{
+  GstBus *bus = f->bus;
+  GstHarness *h = f->h, *hv = f->hv, *ht = f->ht;
   gst_harness_set_live (h, (data[2] & 8) != 0);
   gst_harness_set_src_caps_str (h,
       "audio/x-mimi, codebooks=(int)8, framerate=(fraction)25/2");
@@ -128,7 +262,7 @@ fuzz_moshilm (const uint8_t *data, size_t size)
   g_free (caps);
   size_t pos = 3;
   int t = 0;
-  while (pos + 2 <= size && t < 40) {
+  while (pos + 2 <= size && t < max_frames) {
     size_t len = data[pos] * 32u + (data[pos + 1] & 15);
     guint8 flags = data[pos + 1];
     pos += 2;
@@ -153,26 +287,13 @@ fuzz_moshilm (const uint8_t *data, size_t size)
   gst_harness_push_event (h, gst_event_new_eos ());
   drain (h, 16);
   drain (ht, 0);
-  gst_harness_teardown (ht);
-  gst_harness_teardown (h);
-  gst_harness_teardown (hv);
-  gst_object_unref (vpad);
-  gst_element_set_bus (e, NULL);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
-  gst_object_unref (e);
 }
 
 static void
-fuzz_moshivis (const uint8_t *data, size_t size)
+fuzz_moshivis (Fixture *f, const uint8_t *data, size_t size)
 {
-  GstElement *e = gst_element_factory_make ("moshivis", NULL);
-  GstBus *bus = gst_bus_new ();
-  gst_element_set_bus (e, bus);
-  g_object_set (e, "model", model, "center-crop", (data[2] & 1) != 0,
-      "scene-threshold", (data[2] & 2) ? 0.05 : 0.0, "interval",
-      (guint64) ((data[2] & 4) ? 200 * GST_MSECOND : 0), NULL);
-  GstHarness *h = gst_harness_new_with_element (e, "sink", "src");
+  GstBus *bus = f->bus;
+  GstHarness *h = f->h;
   gst_harness_set_live (h, (data[2] & 8) != 0);
   /* Sides of 1..255 pixels: many below the 14-pixel patch. */
   gchar *caps = g_strdup_printf ("video/x-raw, format=RGB, width=(int)%d, "
@@ -216,21 +337,32 @@ fuzz_moshivis (const uint8_t *data, size_t size)
   gst_harness_push_event (h, gst_event_new_eos ());
   /* The tiny encoder: 16 tokens of 64 floats. */
   drain (h, 16 * 64 * 4);
-  gst_harness_teardown (h);
-  gst_element_set_bus (e, NULL);
-  gst_bus_set_flushing (bus, TRUE);
-  gst_object_unref (bus);
-  gst_object_unref (e);
 }
 
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
+  Fixture fresh_f, *f;
+
   if (size < 3)
     return 0;
+  if (fresh) {
+    fixture_new (&fresh_f, data[2]);
+    f = &fresh_f;
+  } else {
+    if (!reused.e)
+      fixture_new (&reused, data[2]);
+    else
+      fixture_restart (&reused, data[2]);
+    f = &reused;
+  }
   if (is_lm)
-    fuzz_moshilm (data, size);
+    fuzz_moshilm (f, data, size);
   else
-    fuzz_moshivis (data, size);
+    fuzz_moshivis (f, data, size);
+  if (fresh)
+    fixture_free (f);
+  else
+    fixture_stop (f);
   return 0;
 }

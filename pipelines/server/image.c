@@ -1,0 +1,151 @@
+/* moshi-server: decoding a client's picture.  See image.h. */
+#include "image.h"
+
+#include <gst/app/gstappsink.h>
+#include <gst/app/gstappsrc.h>
+#include <gst/video/video.h>
+#include <string.h>
+
+/* What the decoder guard saw (written by streaming threads, read once the
+ * pipeline is stopped). */
+typedef struct {
+  GMutex lock;
+  gint width, height; /* of a picture refused for its size, else 0 */
+  gchar *unsized; /* caps of a picture refused for want of a size */
+} Guard;
+
+/* A decoder allocates the whole picture as soon as it has read its header,
+ * whatever the caps downstream: a 180-byte PNG that claims 30000x30000
+ * pixels took 3.6 GB (found by reading the code for fuzz-server-image).
+ * So decodebin may plug a decoder only for input whose parsed caps give a
+ * picture size within the limits (parsers of PNG, JPEG, JPEG 2000, H.264,
+ * ... give it); formats whose size is known only by decoding them are
+ * refused. */
+static gint
+guard_select (GstElement *bin, GstPad *pad, GstCaps *caps,
+    GstElementFactory *factory, gpointer data)
+{
+  Guard *g = data;
+  const gchar *klass =
+      gst_element_factory_get_metadata (factory, GST_ELEMENT_METADATA_KLASS);
+  const GstStructure *s;
+  gint w = 0, h = 0;
+
+  (void) bin;
+  (void) pad;
+  if (!klass || !strstr (klass, "Decoder"))
+    return 0; /* GST_AUTOPLUG_SELECT_TRY: typefind, parsers, demuxers */
+  s = gst_caps_get_size (caps) > 0 ? gst_caps_get_structure (caps, 0) : NULL;
+  if (s && gst_structure_get_int (s, "width", &w)
+      && gst_structure_get_int (s, "height", &h) && w >= MS_IMAGE_MIN_SIDE
+      && w <= MS_IMAGE_MAX_SIDE && h >= MS_IMAGE_MIN_SIDE
+      && h <= MS_IMAGE_MAX_SIDE)
+    return 0;
+  g_mutex_lock (&g->lock);
+  if (w > 0 && h > 0) {
+    g->width = w;
+    g->height = h;
+  } else if (!g->unsized) {
+    g->unsized = s ? g_strdup (gst_structure_get_name (s)) : g_strdup ("?");
+  }
+  g_mutex_unlock (&g->lock);
+  return 2; /* GST_AUTOPLUG_SELECT_SKIP */
+}
+
+GstSample *
+ms_image_decode (GBytes *bytes, GError **error)
+{
+  GstElement *p, *src, *dec, *sink;
+  GstSample *sample = NULL;
+  GstBus *bus;
+  GstMessage *msg, *err_msg = NULL;
+  GstCaps *caps;
+  Guard g = { 0 };
+
+  /* No buffer can wrap nothing (found by fuzz-server-image: a kind-8
+   * message without payload made GStreamer critical warnings). */
+  if (g_bytes_get_size (bytes) == 0) {
+    g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "undecodable image: no bytes");
+    return NULL;
+  }
+  p = gst_parse_launch ("appsrc name=src ! decodebin name=dec ! videoconvert "
+                        "! appsink name=sink sync=false",
+      error);
+  if (!p)
+    return NULL;
+  g_mutex_init (&g.lock);
+  src = gst_bin_get_by_name (GST_BIN (p), "src");
+  dec = gst_bin_get_by_name (GST_BIN (p), "dec");
+  sink = gst_bin_get_by_name (GST_BIN (p), "sink");
+  g_signal_connect (dec, "autoplug-select", G_CALLBACK (guard_select), &g);
+  caps =
+      gst_caps_new_simple ("video/x-raw", "format", G_TYPE_STRING, "RGB", NULL);
+  gst_app_sink_set_caps (GST_APP_SINK (sink), caps);
+  gst_caps_unref (caps);
+  gst_app_src_push_buffer (GST_APP_SRC (src),
+      gst_buffer_new_wrapped_bytes (g_bytes_ref (bytes)));
+  gst_app_src_end_of_stream (GST_APP_SRC (src));
+  gst_element_set_state (p, GST_STATE_PAUSED);
+  /* A picture prerolls the sink (ASYNC_DONE); a refused or undecodable one
+   * ends in an ERROR, or an EOS with nothing; 10 s at most. */
+  bus = gst_element_get_bus (p);
+  msg = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
+      GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
+  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
+    sample = gst_app_sink_try_pull_preroll (GST_APP_SINK (sink), 0);
+  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR)
+    err_msg = msg;
+  else if (msg)
+    gst_message_unref (msg);
+  /* Stopped first: no streaming thread touches the guard after this. */
+  gst_element_set_state (p, GST_STATE_NULL);
+  if (!sample && g.width > 0) {
+    g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FORMAT,
+        "image of %dx%d pixels: sides from %d to %d are accepted", g.width,
+        g.height, MS_IMAGE_MIN_SIDE, MS_IMAGE_MAX_SIDE);
+  } else if (!sample && g.unsized) {
+    g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "undecodable image: %s gives its picture size only once decoded "
+        "(JPEG or PNG are fine)",
+        g.unsized);
+  } else if (!sample) {
+    msg = err_msg ? g_steal_pointer (&err_msg)
+                  : gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
+    if (msg) {
+      GError *e = NULL;
+
+      gst_message_parse_error (msg, &e, NULL);
+      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+          "undecodable image: %s", e->message);
+      g_error_free (e);
+      gst_message_unref (msg);
+    } else {
+      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+          "undecodable image: no picture in %" G_GSIZE_FORMAT " bytes",
+          g_bytes_get_size (bytes));
+    }
+  } else {
+    GstVideoInfo info;
+
+    gst_video_info_init (&info);
+    if (!gst_video_info_from_caps (&info, gst_sample_get_caps (sample))
+        || info.width > MS_IMAGE_MAX_SIDE || info.height > MS_IMAGE_MAX_SIDE
+        || info.width < MS_IMAGE_MIN_SIDE || info.height < MS_IMAGE_MIN_SIDE) {
+      g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FORMAT,
+          "image of %dx%d pixels: sides from %d to %d are accepted", info.width,
+          info.height, MS_IMAGE_MIN_SIDE, MS_IMAGE_MAX_SIDE);
+      g_clear_pointer (&sample, gst_sample_unref);
+    }
+  }
+  if (err_msg)
+    gst_message_unref (err_msg);
+  gst_object_unref (bus);
+  g_free (g.unsized);
+  g_mutex_clear (&g.lock);
+  gst_object_unref (src);
+  gst_object_unref (dec);
+  gst_object_unref (sink);
+  gst_object_unref (p);
+  return sample;
+}

@@ -51,6 +51,17 @@ png_crc (const guint8 *p, gsize n)
   return c ^ 0xffffffffu;
 }
 
+/* Big-endian, byte by byte: p need not be aligned (GST_WRITE_UINT32_BE
+ * stores a whole word, which UBSan reports at p + 29). */
+static void
+write_be32 (guint8 *p, guint32 v)
+{
+  p[0] = (guint8) (v >> 24);
+  p[1] = (guint8) (v >> 16);
+  p[2] = (guint8) (v >> 8);
+  p[3] = (guint8) v;
+}
+
 /* The same PNG with its IHDR claiming w x h pixels (CRC fixed). */
 static GBytes *
 claim_size (GBytes *png, guint32 w, guint32 h)
@@ -60,9 +71,9 @@ claim_size (GBytes *png, guint32 w, guint32 h)
   guint8 *p = g_memdup2 (data, n);
 
   g_assert_cmpint (memcmp (p + 12, "IHDR", 4), ==, 0);
-  GST_WRITE_UINT32_BE (p + 16, w);
-  GST_WRITE_UINT32_BE (p + 20, h);
-  GST_WRITE_UINT32_BE (p + 29, png_crc (p + 12, 17));
+  write_be32 (p + 16, w);
+  write_be32 (p + 20, h);
+  write_be32 (p + 29, png_crc (p + 12, 17));
   return g_bytes_new_take (p, n);
 }
 

@@ -199,6 +199,7 @@ heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
     const int hi[2], float *const sc[2], float *const out[2], const int nq,
     const gboolean half)
 {
+  const int es = half ? 2 : 4; /* bytes per cache element */
   const int lo_all = nq == 2 ? MIN (lo[0], lo[1]) : lo[0];
   const int hi_all = nq == 2 ? MAX (hi[0], hi[1]) : hi[0];
   for (int j0 = lo_all; j0 <= hi_all; j0 += 64) {
@@ -215,6 +216,14 @@ heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
       const __m512 qc0 = _mm512_set1_ps (q[0][c] * scale);
       const __m512 qc1 = _mm512_set1_ps (q[1][c] * scale);
       const size_t row = (size_t) c * ctx + j0;
+      /* The cache was evicted by the frame's weights: ask for this row's
+       * next block now (the rows are ctx apart, too many streams for the
+       * hardware prefetcher to follow). */
+      if (j0 + 64 <= hi_all) {
+        const char *next = (const char *) kT + (row + 64) * es;
+        for (int l = 0; l < 64 * es; l += 64)
+          _mm_prefetch (next + l, _MM_HINT_T0);
+      }
       for (int b = 0; b < 4; b++) {
         const __m512 k = load16 (kT, row + 16 * b, mk[b], half);
         acc0[b] = _mm512_fmadd_ps (qc0, k, acc0[b]);
@@ -243,6 +252,12 @@ heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
                       : _mm512_setzero_ps ();
     }
     for (int j = lo_all; j <= hi_all; j++) {
+      _mm_prefetch ((const char *) v + ((size_t) (j + 8) * ldv + c0) * es,
+          _MM_HINT_T0);
+      if (w * es > 64)
+        _mm_prefetch ((const char *) v + ((size_t) (j + 8) * ldv + c0) * es
+                + 64,
+            _MM_HINT_T0);
       const gboolean u0 = j >= lo[0] && j <= hi[0] && valid[0][j];
       const gboolean u1 = nq == 2 && j >= lo[1] && j <= hi[1] && valid[1][j];
       if (!u0 && !u1)

@@ -121,8 +121,7 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
   gboolean ok = p->data != NULL;
   if (type == MOSHI_WEIGHTS_Q8) {
     p->scales = moshi_alloc (sizeof (float) * n_scales);
-    p->colsum = moshi_alloc (sizeof (int32_t) * n_scales);
-    ok = ok && p->scales && p->colsum;
+    ok = ok && p->scales;
   } else if (type == MOSHI_WEIGHTS_Q4) {
     p->scales_bf16 = moshi_alloc (sizeof (uint16_t) * n_scales);
     ok = ok && p->scales_bf16;
@@ -150,14 +149,9 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
           const size_t sidx = ((size_t) pn * (KP / QB) + kb) * NR + j;
           p->scales[sidx] = scale;
           int8_t *q = (int8_t *) p->data;
-          int32_t sum = 0;
-          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++) {
-            int8_t v =
+          for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
+            q[q8_index (pn, k, j, KP)] =
                 (int8_t) lrintf (CLAMP (B_AT (k, n) * inv, -127.0f, 127.0f));
-            q[q8_index (pn, k, j, KP)] = v;
-            sum += v;
-          }
-          p->colsum[sidx] = 128 * sum;
         }
       } else if (type == MOSHI_WEIGHTS_Q4) {
         uint8_t *q = (uint8_t *) p->data;
@@ -213,7 +207,7 @@ packed_sizes (const MoshiPackedB *p, size_t bytes[4])
       : p->type == MOSHI_WEIGHTS_Q8       ? elems
                                           : elems / 2;
   bytes[1] = p->type == MOSHI_WEIGHTS_Q8 ? sizeof (float) * n_scales : 0;
-  bytes[2] = p->type == MOSHI_WEIGHTS_Q8 ? sizeof (int32_t) * n_scales : 0;
+  bytes[2] = 0; /* once Q8 column sums; the slot keeps the file layout */
   bytes[3] = p->type == MOSHI_WEIGHTS_Q4 ? sizeof (uint16_t) * n_scales : 0;
 }
 
@@ -223,7 +217,7 @@ moshi_packed_layout (const MoshiPackedB *p, void *ptrs[4], size_t bytes[4])
   packed_sizes (p, bytes);
   ptrs[0] = p->data;
   ptrs[1] = p->scales;
-  ptrs[2] = p->colsum;
+  ptrs[2] = NULL;
   ptrs[3] = p->scales_bf16;
 }
 
@@ -239,7 +233,6 @@ moshi_packed_borrow (MoshiPackedB *p, int K, int N, MoshiWeightType type,
   p->borrowed = TRUE;
   p->data = ptrs[0];
   p->scales = ptrs[1];
-  p->colsum = ptrs[2];
   p->scales_bf16 = ptrs[3];
 }
 
@@ -252,28 +245,18 @@ moshi_packed_clear (MoshiPackedB *p)
   }
   moshi_free (p->data);
   moshi_free (p->scales);
-  moshi_free (p->colsum);
   moshi_free (p->scales_bf16);
   p->data = NULL;
   p->scales = NULL;
-  p->colsum = NULL;
   p->scales_bf16 = NULL;
 }
 
 size_t
 moshi_packed_bytes (const MoshiPackedB *p)
 {
-  const size_t elems = (size_t) p->n_panels * k_padded (p) * NR;
-  switch (p->type) {
-    case MOSHI_WEIGHTS_BF16:
-      return 2 * elems;
-    case MOSHI_WEIGHTS_Q8:
-      return elems + (sizeof (float) + sizeof (int32_t)) * elems / QB;
-    case MOSHI_WEIGHTS_Q4:
-      return elems / 2 + sizeof (uint16_t) * elems / QB;
-    default:
-      return 4 * elems;
-  }
+  size_t bytes[4];
+  packed_sizes (p, bytes);
+  return bytes[0] + bytes[1] + bytes[2] + bytes[3];
 }
 
 float
@@ -743,58 +726,64 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
     store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
   }
 
-/* Q8 x Q8 with AVX-512 VNNI.  Activations arrive quantized per row and
- * 32-block as unsigned bytes (q + 128) with one scale per block; vpdpbusd
- * multiplies 4 such bytes by 4 signed weights per lane.  Each block's int32
- * sum, minus 128 x the block's weight column sum, times both scales, goes
- * into the float accumulators. */
-#define DEFINE_TILE_VNNI(MR)                                                   \
-  __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void         \
-      tile_vnni_##MR (const uint8_t *QA, int ldq, const float *SA, int lds,    \
-          const PanelArgs *pa, float *C, int ldc)                              \
-  {                                                                            \
-    const MoshiPackedB *B = pa->B;                                             \
-    const int KP = k_padded (B), KB = KP / QB;                                 \
-    const int8_t *Bp =                                                         \
-        (const int8_t *) B->data + (size_t) pa->panel * KP * NR;               \
-    const float *S = B->scales + (size_t) pa->panel * KB * NR;                 \
-    const int32_t *CS = B->colsum + (size_t) pa->panel * KB * NR;              \
-    __m512 acc0[MR], acc1[MR];                                                 \
-    for (int i = 0; i < MR; i++)                                               \
-      acc0[i] = acc1[i] = _mm512_setzero_ps ();                                \
-    for (int kb = 0; kb < KB; kb++) {                                          \
-      __m512i d0[MR], d1[MR];                                                  \
-      for (int i = 0; i < MR; i++)                                             \
-        d0[i] = d1[i] = _mm512_setzero_si512 ();                               \
-      const int8_t *bb = Bp + (size_t) kb * QB * NR;                           \
-      for (int g = 0; g < QB / 4; g++) {                                       \
-        __m512i b0 = _mm512_load_si512 ((const void *) (bb + g * 4 * NR));     \
-        __m512i b1 =                                                           \
-            _mm512_load_si512 ((const void *) (bb + g * 4 * NR + 64));         \
-        for (int i = 0; i < MR; i++) {                                         \
-          int32_t a4;                                                          \
-          memcpy (&a4, QA + (size_t) i * ldq + kb * QB + g * 4, 4);            \
-          __m512i a = _mm512_set1_epi32 (a4);                                  \
-          d0[i] = _mm512_dpbusd_epi32 (d0[i], a, b0);                          \
-          d1[i] = _mm512_dpbusd_epi32 (d1[i], a, b1);                          \
-        }                                                                      \
-      }                                                                        \
-      __m512i c0 = _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR)); \
-      __m512i c1 =                                                             \
-          _mm512_load_si512 ((const void *) (CS + (size_t) kb * NR + 16));     \
-      __m512 s0 = _mm512_load_ps (S + (size_t) kb * NR);                       \
-      __m512 s1 = _mm512_load_ps (S + (size_t) kb * NR + 16);                  \
-      for (int i = 0; i < MR; i++) {                                           \
-        __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);                \
-        acc0[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
-                                       _mm512_sub_epi32 (d0[i], c0)),          \
-            _mm512_mul_ps (sa, s0), acc0[i]);                                  \
-        acc1[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (                        \
-                                       _mm512_sub_epi32 (d1[i], c1)),          \
-            _mm512_mul_ps (sa, s1), acc1[i]);                                  \
-      }                                                                        \
-    }                                                                          \
-    store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
+/* Q8 x Q8 with AVX-512 VNNI.  vpdpbusd multiplies 4 unsigned by 4 signed
+ * bytes per lane.  The weights are made its unsigned operand by flipping
+ * their sign bit (q + 128, one xor per 64 bytes); the activations arrive
+ * quantized per row and 32-block as signed bytes with one scale per block
+ * and the block's sum SS.  So sum (qw + 128) qa = sum qw qa + 128 SS: the
+ * accumulators start at -128 SS, per row and block, and no per-column
+ * correction has to be read with the weights (see the Q4 kernel below). */
+/* As Q4_PREFETCH below: the q8 panels stream from DRAM too. */
+#define Q8_PREFETCH 4096
+#define DEFINE_TILE_VNNI(MR)                                                  \
+  __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void        \
+      tile_vnni_##MR (const uint8_t *QA, int ldq, const float *SA,            \
+          const int32_t *SS, int lds, const PanelArgs *pa, float *C, int ldc) \
+  {                                                                           \
+    const MoshiPackedB *B = pa->B;                                            \
+    const int KP = k_padded (B), KB = KP / QB;                                \
+    const int8_t *Bp =                                                        \
+        (const int8_t *) B->data + (size_t) pa->panel * KP * NR;              \
+    const float *S = B->scales + (size_t) pa->panel * KB * NR;                \
+    const __m512i sign = _mm512_set1_epi8 ((char) 0x80);                      \
+    __m512 acc0[MR], acc1[MR];                                                \
+    for (int i = 0; i < MR; i++)                                              \
+      acc0[i] = acc1[i] = _mm512_setzero_ps ();                               \
+    for (int kb = 0; kb < KB; kb++) {                                         \
+      __m512i d0[MR], d1[MR];                                                 \
+      for (int i = 0; i < MR; i++)                                            \
+        d0[i] = d1[i] = _mm512_set1_epi32 (-128 * SS[(size_t) i * lds + kb]); \
+      const int8_t *bb = Bp + (size_t) kb * QB * NR;                          \
+      for (int g = 0; g < QB / 4; g++) {                                      \
+        __m512i b0 = _mm512_xor_si512 (_mm512_load_si512 (                    \
+                                           (const void *) (bb + g * 4 * NR)), \
+            sign);                                                            \
+        __m512i b1 = _mm512_xor_si512 (_mm512_load_si512 ((const void *) (bb  \
+                                           + g * 4 * NR + 64)),               \
+            sign);                                                            \
+        _mm_prefetch ((const char *) bb + Q8_PREFETCH + g * 4 * NR,           \
+            _MM_HINT_T1);                                                     \
+        _mm_prefetch ((const char *) bb + Q8_PREFETCH + g * 4 * NR + 64,      \
+            _MM_HINT_T1);                                                     \
+        for (int i = 0; i < MR; i++) {                                        \
+          int32_t a4;                                                         \
+          memcpy (&a4, QA + (size_t) i * ldq + kb * QB + g * 4, 4);           \
+          __m512i a = _mm512_set1_epi32 (a4);                                 \
+          d0[i] = _mm512_dpbusd_epi32 (d0[i], b0, a);                         \
+          d1[i] = _mm512_dpbusd_epi32 (d1[i], b1, a);                         \
+        }                                                                     \
+      }                                                                       \
+      __m512 s0 = _mm512_load_ps (S + (size_t) kb * NR);                      \
+      __m512 s1 = _mm512_load_ps (S + (size_t) kb * NR + 16);                 \
+      for (int i = 0; i < MR; i++) {                                          \
+        __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);               \
+        acc0[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (d0[i]),                \
+            _mm512_mul_ps (sa, s0), acc0[i]);                                 \
+        acc1[i] = _mm512_fmadd_ps (_mm512_cvtepi32_ps (d1[i]),                \
+            _mm512_mul_ps (sa, s1), acc1[i]);                                 \
+      }                                                                       \
+    }                                                                         \
+    store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                           \
   }
 
 __attribute__ ((target ("avx512f"))) static inline __m512
@@ -806,14 +795,10 @@ bf16x16_to_ps (const uint16_t *p)
           16));
 }
 
-/* Q4 x Q8 with AVX-512 VNNI.  Here the weights are vpdpbusd's unsigned
- * operand (q + 8 in [1, 15] from the low nibbles; 16 (q + 8) from the high
- * nibbles, masked in place) and the activations its signed one (q in
- * [-127, 127], no +128), so sum (qw + 8) qa = sum qw qa + 8 sum qa: the
- * correction depends only on each row's activation block sum SS, one int
- * per row and block, instead of a per-column colsum that would add 0.125
- * byte per weight of memory traffic.  It is the accumulators' initial
- * value; the high half's factor 16 goes into its scales. */
+/* Q4 x Q8 with AVX-512 VNNI, the same scheme: the weights are vpdpbusd's
+ * unsigned operand (q + 8 in [1, 15] from the low nibbles; 16 (q + 8) from
+ * the high nibbles, masked in place), so sum (qw + 8) qa = sum qw qa +
+ * 8 SS, and the high half's factor 16 goes into its scales. */
 /* Q4 weights are consumed fast enough that one thread's DRAM stream, not
  * the kernel, is the limit: asking for the line 4 KB (8 blocks; the panels
  * are contiguous) ahead into L2 measured ~20 % faster on 2 x 4096 x 11264
@@ -887,8 +872,8 @@ typedef void (*TileF32) (const float *, int, const float *, int,
     const PanelArgs *, float *, int);
 typedef void (*TileBF16) (const float *, int, const uint16_t *, int,
     const PanelArgs *, float *, int);
-typedef void (*TileVnni) (const uint8_t *, int, const float *, int,
-    const PanelArgs *, float *, int);
+typedef void (*TileVnni) (const uint8_t *, int, const float *, const int32_t *,
+    int, const PanelArgs *, float *, int);
 typedef void (*TileVnniQ4) (const uint8_t *, int, const float *,
     const int32_t *, int, const PanelArgs *, float *, int);
 
@@ -935,15 +920,14 @@ panel_avx512 (int M, const float *A, int lda, const PanelArgs *pa, float *C,
 
 #if defined(__x86_64__)
 /* Quantizes rows of A for the VNNI kernels: per 32-block, q = round(a / s)
- * with s = max|a| / 127, stored as q + offset: 128 makes it unsigned for Q8
- * weights, 0 keeps it signed for Q4 (see DEFINE_TILE_VNNI_Q4), which also
- * needs each block's sum of q in SS.  Padding past K is q = 0. */
+ * with s = max|a| / 127, stored as signed bytes, and each block's sum of q
+ * in SS (the kernels' correction for their unsigned weights, see
+ * DEFINE_TILE_VNNI).  Padding past K is q = 0. */
 __attribute__ ((target ("avx512f,avx512bw"))) static void
 quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
-    int offset_value, uint8_t *QA, float *SA, int32_t *SS)
+    uint8_t *QA, float *SA, int32_t *SS)
 {
   const int KB = KP / QB;
-  const __m512i offset = _mm512_set1_epi32 (offset_value);
   for (int m = 0; m < M; m++) {
     const float *a = A + (size_t) m * lda;
     uint8_t *q = QA + (size_t) m * KP;
@@ -965,11 +949,8 @@ quantize_rows_avx512 (int M, const float *A, int lda, int K, int KP,
       __m512 inv = _mm512_set1_ps (s > 0.0f ? 1.0f / s : 0.0f);
       __m512i q0 = _mm512_cvtps_epi32 (_mm512_mul_ps (x0, inv));
       __m512i q1 = _mm512_cvtps_epi32 (_mm512_mul_ps (x1, inv));
-      if (SS)
-        SS[(size_t) m * KB + kb] =
-            _mm512_reduce_add_epi32 (_mm512_add_epi32 (q0, q1));
-      q0 = _mm512_add_epi32 (q0, offset);
-      q1 = _mm512_add_epi32 (q1, offset);
+      SS[(size_t) m * KB + kb] =
+          _mm512_reduce_add_epi32 (_mm512_add_epi32 (q0, q1));
       _mm_storeu_si128 ((__m128i *) (q + k0), _mm512_cvtepi32_epi8 (q0));
       _mm_storeu_si128 ((__m128i *) (q + k0 + 16), _mm512_cvtepi32_epi8 (q1));
     }
@@ -986,8 +967,8 @@ panel_vnni (int M, const uint8_t *QA, int ldq, const float *SA,
       tiles_vnni_q4[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds,
           SS + (size_t) m * lds, lds, pa, C + (size_t) m * ldc, ldc);
     else
-      tiles_vnni[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds, lds, pa,
-          C + (size_t) m * ldc, ldc);
+      tiles_vnni[mr](QA + (size_t) m * ldq, ldq, SA + (size_t) m * lds,
+          SS + (size_t) m * lds, lds, pa, C + (size_t) m * ldc, ldc);
   }
 }
 #endif
@@ -1078,7 +1059,6 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
   float sa_stack[128];
   int32_t ss_stack[128];
   if (is_quantized (B->type) && moshi_cpu_has_avx512_vnni ()) {
-    const gboolean q4 = B->type == MOSHI_WEIGHTS_Q4;
     const int KP = k_padded (B);
     const size_t need = (size_t) M * KP, nblocks = (size_t) M * (KP / QB);
     uint8_t *q = qa_stack;
@@ -1091,11 +1071,10 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
       sa = (float *) (qa + q_bytes);
       ss = (int32_t *) (sa + nblocks);
     }
-    quantize_rows_avx512 (M, A, lda, B->K, KP, q4 ? 0 : 128, q, sa,
-        q4 ? ss : NULL);
+    quantize_rows_avx512 (M, A, lda, B->K, KP, q, sa, ss);
     job.QA = q;
     job.SA = sa;
-    job.SS = q4 ? ss : NULL;
+    job.SS = ss;
   }
 #endif
   double flops = 2.0 * M * B->N * B->K;

@@ -31,9 +31,7 @@ typedef struct {
    * BF16: uint16_t [n_panels][K][32]
    * Q8:   int8_t   [n_panels][K32 / 4][32][4], K32 = K rounded up to 32
    *       (groups of 4 consecutive k per column: the operand layout of
-   *       AVX-512 VNNI's vpdpbusd), scales [n_panels][K32 / 32][32] floats,
-   *       colsum [n_panels][K32 / 32][32] int32 = 128 * sum of the block's
-   *       int8 weights (undoes the +128 that makes activations unsigned).
+   *       AVX-512 VNNI's vpdpbusd), scales [n_panels][K32 / 32][32] floats.
    *       Padding is zero.
    * Q4:   uint8_t  [n_panels][K32 / 4][16][4]: byte (g, j, r) holds weight
    *       (k = 4g + r, column j) in its low nibble and (k, column j + 16)
@@ -41,16 +39,15 @@ typedef struct {
    *       bytes with 0x0F / 0xF0 gives the Q8-layout vpdpbusd operands of
    *       columns 0-15 and 16-31 (as q + 8, the second times 16) without
    *       any shift.  Scales in
-   *       scales_bf16 [n_panels][K32 / 32][32]; no colsum (see gemm.c).
+   *       scales_bf16 [n_panels][K32 / 32][32].
    *       Padding is q = 0. */
   void *data;
   float *scales;
-  int32_t *colsum;
   uint16_t *scales_bf16;
   gboolean borrowed; /* arrays point into a mapped cache file: not freed */
 } MoshiPackedB;
 
-/* The arrays of a packed matrix (data, scales, colsum, scales_bf16) and
+/* The arrays of a packed matrix (data, scales, unused, scales_bf16) and
  * their byte sizes, for writing them to a cache file; unused ones are 0. */
 void moshi_packed_layout (const MoshiPackedB *p, void *ptrs[4],
     size_t bytes[4]);

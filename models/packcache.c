@@ -13,7 +13,7 @@
 
 #include <glib/gstdio.h>
 
-#define MAGIC "MOSHIPK1"
+#define MAGIC "MOSHIPK2" /* 2: Q8 without column sums */
 #define END_MAGIC "MOSHIEND"
 #define RECORD_MAGIC 0x44434552u /* "RECD" */
 #define ALIGN 64

@@ -271,7 +271,7 @@ transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
   s->qkv = moshi_alloc (sizeof (float) * max_t * 3 * d);
   s->attn = moshi_alloc (sizeof (float) * max_t * d);
   s->ff = moshi_alloc (sizeof (float) * max_t * ffw);
-  s->scores = moshi_alloc (sizeof (float) * 2 * ctx);
+  s->scores = moshi_alloc (sizeof (float) * 2 * ctx * c->num_heads);
   s->valid = moshi_alloc (2 * ctx);
   if (!(s->k && s->v && s->h && s->qkv && s->attn && s->ff && s->scores
           && s->valid)) {
@@ -316,7 +316,9 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
   const size_t kv_elem = c->kv_half ? 2 : sizeof (float);
   return sizeof (int64_t) * c->context
       + kv_elem * 2 * (size_t) c->num_layers * c->context * d
-      + sizeof (float) * ((size_t) s->max_t * (5 * d + ffw) + 2 * c->context)
+      + sizeof (float)
+      * ((size_t) s->max_t * (5 * d + ffw)
+          + 2 * (size_t) c->context * c->num_heads)
       + 2 * (size_t) c->context + sizeof (float) * 5 * s->xa_scratch.capacity;
 }
 
@@ -363,6 +365,56 @@ norm (const Transformer *tr, float *dst, const float *src, const float *w,
     moshi_rms_norm (dst, src, w, t, c->d_model, c->norm_eps);
   else
     moshi_layer_norm (dst, src, w, b, t, c->d_model, c->norm_eps);
+}
+
+/* One query row or a pair of them against one layer's cache, the heads
+ * split over the pool's threads: a head reads only its own keys and values
+ * ([heads][...] blocks, contiguous) and writes only its own slice of the
+ * output and its own score rows. */
+typedef struct {
+  const TransformerConfig *c;
+  const void *kc, *vc; /* this layer's cache */
+  const float *q[2];
+  float *out[2];
+  float *scores; /* [heads][2][context] */
+  const guint8 *valid[2];
+  int lo[2], hi[2];
+  int nq;
+  float scale;
+} AttendJob;
+
+static void
+attend_heads (void *arg, int index, int count)
+{
+  const AttendJob *j = arg;
+  const TransformerConfig *c = j->c;
+  const int H = c->num_heads, hd = c->d_model / H, ctx = c->context;
+  for (int h = H * index / count; h < H * (index + 1) / count; h++) {
+    float *sc[2] = { j->scores + (size_t) h * 2 * ctx,
+      j->scores + ((size_t) h * 2 + 1) * ctx };
+    const float *qh[2] = { j->q[0] + h * hd, j->q[j->nq - 1] + h * hd };
+    float *oh[2] = { j->out[0] + h * hd, j->out[j->nq - 1] + h * hd };
+    const size_t off = (size_t) h * hd * ctx;
+    if (c->kv_half) {
+      const uint16_t *kh = (const uint16_t *) j->kc + off;
+      const uint16_t *vh = (const uint16_t *) j->vc + off;
+      if (j->nq == 2)
+        moshi_attention_head2_f16 (qh, kh, ctx, vh, hd, hd, j->scale, j->valid,
+            j->lo, j->hi, sc, oh);
+      else
+        moshi_attention_head_f16 (qh[0], kh, ctx, vh, hd, hd, j->scale,
+            j->valid[0], j->lo[0], j->hi[0], sc[0], oh[0]);
+    } else {
+      const float *kh = (const float *) j->kc + off;
+      const float *vh = (const float *) j->vc + off;
+      if (j->nq == 2)
+        moshi_attention_head2 (qh, kh, ctx, vh, hd, hd, j->scale, j->valid,
+            j->lo, j->hi, sc, oh);
+      else
+        moshi_attention_head (qh[0], kh, ctx, vh, hd, hd, j->scale, j->valid[0],
+            j->lo[0], j->hi[0], sc[0], oh[0]);
+    }
+  }
 }
 
 void
@@ -428,73 +480,50 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         rope_apply (tr, k, pos);
       }
       int slot = (int) (pos % ctx);
-      if (half) {
-        for (int c = 0; c < d; c++) {
-          kc16[(size_t) c * ctx + slot] = moshi_f32_to_f16 (k[c]);
-          vc16[(size_t) slot * d + c] = moshi_f32_to_f16 (v[c]);
+      /* Head h's value row goes to [h][slot][head_dim]. */
+      for (int h = 0; h < H; h++) {
+        const size_t vrow = ((size_t) h * ctx + slot) * hd;
+        if (half) {
+          for (int c = h * hd; c < (h + 1) * hd; c++)
+            kc16[(size_t) c * ctx + slot] = moshi_f32_to_f16 (k[c]);
+          for (int c = 0; c < hd; c++)
+            vc16[vrow + c] = moshi_f32_to_f16 (v[h * hd + c]);
+        } else {
+          for (int c = h * hd; c < (h + 1) * hd; c++)
+            kc[(size_t) c * ctx + slot] = k[c];
+          memcpy (vc + vrow, v + h * hd, sizeof (float) * hd);
         }
-      } else {
-        for (int c = 0; c < d; c++)
-          kc[(size_t) c * ctx + slot] = k[c];
-        memcpy (vc + (size_t) slot * d, v, sizeof (float) * d);
       }
     }
     /* Queries two at a time: one pass over the cache serves both. */
     for (int i = 0; i < t; i += 2) {
-      const int nq = MIN (2, t - i);
-      const float *q[2];
-      float *out[2], *sc[2];
-      const guint8 *valid[2];
-      int lo[2], hi[2];
-      for (int r = 0; r < nq; r++) {
-        q[r] = s->qkv + (size_t) (i + r) * 3 * d;
-        out[r] = s->attn + (size_t) (i + r) * d;
-        sc[r] = s->scores + (size_t) r * ctx;
+      AttendJob job = { .c = c,
+        .kc = half ? (void *) kc16 : (void *) kc,
+        .vc = half ? (void *) vc16 : (void *) vc,
+        .scores = s->scores,
+        .nq = MIN (2, t - i),
+        .scale = scale };
+      for (int r = 0; r < job.nq; r++) {
+        job.q[r] = s->qkv + (size_t) (i + r) * 3 * d;
+        job.out[r] = s->attn + (size_t) (i + r) * d;
         guint8 *ok = s->valid + (size_t) r * ctx;
-        valid[r] = ok;
-        memset (out[r], 0, sizeof (float) * d);
+        job.valid[r] = ok;
+        memset (job.out[r], 0, sizeof (float) * d);
         /* Valid slots: written, not in the future, inside the window. */
         const int64_t pos_q = s->offset + i + r;
-        lo[r] = ctx;
-        hi[r] = -1;
+        job.lo[r] = ctx;
+        job.hi[r] = -1;
         for (int j = 0; j < ctx; j++) {
           int64_t pk = s->slot_pos[j];
           int64_t delta = pos_q - pk;
           ok[j] = pk >= 0 && delta >= 0 && delta < ctx;
           if (ok[j]) {
-            lo[r] = MIN (lo[r], j);
-            hi[r] = MAX (hi[r], j);
+            job.lo[r] = MIN (job.lo[r], j);
+            job.hi[r] = MAX (job.hi[r], j);
           }
         }
       }
-      if (half) {
-        for (int h = 0; h < H; h++) {
-          const uint16_t *kh = kc16 + (size_t) h * hd * ctx;
-          const uint16_t *vh = vc16 + h * hd;
-          if (nq == 2) {
-            const float *qh[2] = { q[0] + h * hd, q[1] + h * hd };
-            float *oh[2] = { out[0] + h * hd, out[1] + h * hd };
-            moshi_attention_head2_f16 (qh, kh, ctx, vh, d, hd, scale, valid, lo,
-                hi, sc, oh);
-          } else {
-            moshi_attention_head_f16 (q[0] + h * hd, kh, ctx, vh, d, hd, scale,
-                valid[0], lo[0], hi[0], sc[0], out[0] + h * hd);
-          }
-        }
-        continue;
-      }
-      for (int h = 0; h < H; h++) {
-        const float *kh = kc + (size_t) h * hd * ctx, *vh = vc + h * hd;
-        if (nq == 2) {
-          const float *qh[2] = { q[0] + h * hd, q[1] + h * hd };
-          float *oh[2] = { out[0] + h * hd, out[1] + h * hd };
-          moshi_attention_head2 (qh, kh, ctx, vh, d, hd, scale, valid, lo, hi,
-              sc, oh);
-        } else {
-          moshi_attention_head (q[0] + h * hd, kh, ctx, vh, d, hd, scale,
-              valid[0], lo[0], hi[0], sc[0], out[0] + h * hd);
-        }
-      }
+      moshi_pool_run (pool, attend_heads, &job);
     }
     for (int i = 0; i < t; i++) {
       const int set = set_for_position (c, s->offset + i);

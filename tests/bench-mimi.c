@@ -1,6 +1,7 @@
 /* bench-mimi: streaming speed and memory of Mimi, frame by frame.
  *
  *   bench-mimi [--threads N] [--seconds S] [--model FILE] [--codebooks N]
+ *              [--weights T] [--decoder-weights T] [--pipelined]
  *
  * Without --model, a full-size Mimi (Kyutai's architecture) with random
  * weights is built in memory: the compute does not depend on the values.
@@ -62,13 +63,23 @@ peak_rss_kb (void)
   return ru.ru_maxrss;
 }
 
+static MimiModel *
+load_model (const char *path, MoshiWeightType weights, GError **err)
+{
+  if (path)
+    return mimi_model_load_typed (path, weights, err);
+  MimiConfig cfg;
+  mimi_config_default (&cfg);
+  return mimi_model_new_random (&cfg, 42, weights);
+}
+
 int
 main (int argc, char **argv)
 {
   int threads = 1, codebooks = 8;
   gboolean pipelined = FALSE;
   double seconds = 10.0;
-  gchar *model_path = NULL, *weights_name = NULL;
+  gchar *model_path = NULL, *weights_name = NULL, *dec_weights_name = NULL;
   GOptionEntry entries[] = { { "threads", 't', 0, G_OPTION_ARG_INT, &threads,
                                  "Compute threads per stream", "N" },
     { "seconds", 's', 0, G_OPTION_ARG_DOUBLE, &seconds,
@@ -83,6 +94,10 @@ main (int argc, char **argv)
         NULL },
     { "weights", 'w', 0, G_OPTION_ARG_STRING, &weights_name,
         "Weight storage: f32 (default), bf16, q8, q4", "TYPE" },
+    { "decoder-weights", 'd', 0, G_OPTION_ARG_STRING, &dec_weights_name,
+        "Decoder's weight storage when it differs from --weights (as "
+        "mimienc quantize=q8 ! mimidec quantize=q4 has)",
+        "TYPE" },
     { NULL } };
   GError *err = NULL;
   GOptionContext *ctx = g_option_context_new ("- Mimi streaming benchmark");
@@ -93,25 +108,24 @@ main (int argc, char **argv)
   }
   g_option_context_free (ctx);
 
-  MoshiWeightType weights;
-  if (!moshi_weight_type_from_string (weights_name, &weights)) {
-    fprintf (stderr, "unknown --weights %s (use f32, bf16, q8 or q4)\n",
-        weights_name);
+  MoshiWeightType weights, dec_weights;
+  if (!moshi_weight_type_from_string (weights_name, &weights)
+      || !moshi_weight_type_from_string (dec_weights_name ? dec_weights_name
+                                                          : weights_name,
+          &dec_weights)) {
+    fprintf (stderr, "unknown weight type %s (use f32, bf16, q8 or q4)\n",
+        dec_weights_name ? dec_weights_name : weights_name);
     return 2;
   }
   long rss0 = peak_rss_kb ();
   double t_load = g_get_monotonic_time ();
-  MimiModel *model;
-  if (model_path) {
-    model = mimi_model_load_typed (model_path, weights, &err);
-    if (!model) {
-      fprintf (stderr, "%s\n", err->message);
-      return 1;
-    }
-  } else {
-    MimiConfig cfg;
-    mimi_config_default (&cfg);
-    model = mimi_model_new_random (&cfg, 42, weights);
+  MimiModel *model = load_model (model_path, weights, &err);
+  MimiModel *dec_model = !model ? NULL
+      : dec_weights == weights  ? mimi_model_ref (model)
+                                : load_model (model_path, dec_weights, &err);
+  if (!dec_model) {
+    fprintf (stderr, "%s\n", err->message);
+    return 1;
   }
   t_load = (g_get_monotonic_time () - t_load) / 1e6;
   const MimiConfig *cfg = mimi_model_config (model);
@@ -120,7 +134,7 @@ main (int argc, char **argv)
   const int warmup = 3;
 
   MimiEncoder *enc = mimi_encoder_new (model, codebooks, &err);
-  MimiDecoder *dec = enc ? mimi_decoder_new (model, codebooks, &err) : NULL;
+  MimiDecoder *dec = enc ? mimi_decoder_new (dec_model, codebooks, &err) : NULL;
   if (!enc || !dec) {
     fprintf (stderr, "%s\n", err->message);
     return 1;
@@ -160,9 +174,11 @@ main (int argc, char **argv)
 
   printf ("model            %s (load %.2f s)\n",
       model_path ? model_path : "random full-size Mimi", t_load);
-  printf ("cpu kernels      %s, weights %s, threads %d, codebooks %d\n",
+  printf ("cpu kernels      %s, weights %s (decoder %s), threads %d, "
+          "codebooks %d\n",
       moshi_cpu_level_name (moshi_cpu_level ()),
-      moshi_weight_type_name (weights), threads, codebooks);
+      moshi_weight_type_name (weights), moshi_weight_type_name (dec_weights),
+      threads, codebooks);
   printf ("audio            %.1f s (%d frames of %d samples)\n", audio_s,
       frames, fs);
   printf ("encode RTF       %.4f\n", rtf_enc);
@@ -203,6 +219,7 @@ main (int argc, char **argv)
   mimi_encoder_free (enc);
   mimi_decoder_free (dec);
   mimi_model_unref (model);
+  mimi_model_unref (dec_model);
   g_free (pcm);
   g_free (out);
   g_free (t_enc);

@@ -25,9 +25,12 @@ is_quantized (MoshiWeightType type)
 
 /* Largest rounding error of one stored weight, as a fraction of the largest
  * |w| of its 32-block: half a quantization step.  Q8: scale = amax / 127.
- * Q4: scale = amax / 7 rounded to bf16 (up to 2^-8 off; a weight clipped
- * to 7 because the scale rounded down is off by at most 2^-8 amax).  The
- * 1e-6 covers float rounding of w / scale and q * scale. */
+ * Q4: the rms error over a block is at most that of scale = amax / 7
+ * rounded to bf16 (up to 2^-8 off; a weight clipped to 7 because the scale
+ * rounded down is off by at most 2^-8 amax), which the packing tries first
+ * before searching for a better step; one weight's error is then at most
+ * sqrt(32) times that (checked per block in check_shape).  The 1e-6 covers
+ * float rounding of w / scale and q * scale. */
 static double
 weight_step_fraction (MoshiWeightType type)
 {
@@ -75,6 +78,7 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda,
 #define B_COL(n) (transposed ? B + (size_t) (n) *K : B + (n))
   const size_t b_stride = transposed ? 1 : (size_t) N;
   double *W = g_new (double, (size_t) K *N);
+  double *block_sse = g_new0 (double, (size_t) (K / 32 + 1) * N);
   for (int k = 0; k < K; k++)
     for (int n = 0; n < N; n++) {
       float want = B_COL (n)[(size_t) k * b_stride];
@@ -84,10 +88,23 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda,
           : type == MOSHI_WEIGHTS_BF16       ? 0x1p-8 * fabsf (want)
                                              : weight_step_fraction (type)
               * block_amax (B_COL (n), b_stride, K, k);
+      block_sse[(size_t) (k / 32) * N + n] +=
+          ((double) got - want) * ((double) got - want);
+      if (type == MOSHI_WEIGHTS_Q4)
+        tol *= sqrt (32.0);
       if (fabs ((double) got - want) > tol)
         g_error ("%s: weight (%d, %d) = %g stored as %g (tolerance %g)",
             moshi_weight_type_name (type), k, n, want, got, tol);
     }
+  if (type == MOSHI_WEIGHTS_Q4)
+    for (int k0 = 0; k0 < K; k0 += 32)
+      for (int n = 0; n < N; n++) {
+        const double e = weight_step_fraction (type)
+            * block_amax (B_COL (n), b_stride, K, k0);
+        g_assert_cmpfloat (block_sse[(size_t) (k0 / 32) * N + n], <=,
+            MIN (32, K - k0) * e * e);
+      }
+  g_free (block_sse);
 
   MoshiPool *pool = moshi_pool_new (threads);
   moshi_gemm_packed (pool, M, A, lda, &P, with_bias ? bias : NULL, accumulate,
@@ -123,7 +140,8 @@ check_shape (MoshiWeightType type, int M, int N, int K, int lda,
         mag += fabs (a * w);
         if (is_quantized (type)) {
           double e_w = weight_step_fraction (type)
-              * block_amax (B_COL (n), b_stride, K, k);
+              * block_amax (B_COL (n), b_stride, K, k)
+              * (type == MOSHI_WEIGHTS_Q4 ? sqrt (32.0) : 1.0);
           double e_a = vnni ? block_amax (a_row, 1, K, k) / 254.0 : 0.0;
           bound_q += fabs (a) * e_w + fabs (w) * e_a + e_w * e_a;
           bound_stored += fabs (ws) * e_a;
@@ -271,7 +289,8 @@ test_weight_type_names (void)
   g_assert_cmpstr (moshi_weight_type_name (MOSHI_WEIGHTS_Q4), ==, "q4");
 }
 
-/* Q4 stores half a byte per weight plus a 2-byte scale per 32: the sizes
+/* Q8 stores a byte per weight plus a 4-byte scale per 32, Q4 half a byte
+ * plus a 2-byte scale per 32: the sizes
  * the memory-traffic argument relies on. */
 static void
 test_packed_bytes (void)
@@ -283,7 +302,7 @@ test_packed_bytes (void)
   } want[] = {
     { MOSHI_WEIGHTS_F32, 4 * 4096 },
     { MOSHI_WEIGHTS_BF16, 2 * 4096 },
-    { MOSHI_WEIGHTS_Q8, 4096 + 8 * 128 },
+    { MOSHI_WEIGHTS_Q8, 4096 + 4 * 128 },
     { MOSHI_WEIGHTS_Q4, 2048 + 2 * 128 },
   };
   for (size_t i = 0; i < G_N_ELEMENTS (want); i++) {
@@ -293,6 +312,40 @@ test_packed_bytes (void)
     g_assert_cmpuint (moshi_packed_bytes (&P), ==, want[i].bytes);
     moshi_packed_clear (&P);
   }
+  g_free (B);
+}
+
+/* Q4's step search: on Gaussian-like weights (sums of uniforms) the
+ * squared error of the stored weights must be clearly below that of
+ * rounding with amax / 7, the scale a plain quantizer takes (computed here
+ * with a float scale, which only flatters it). */
+static void
+test_q4_search (void)
+{
+  const int K = 4096, N = 64;
+  float *B = g_new (float, (size_t) K *N);
+  guint32 seed = 11;
+  for (size_t i = 0; i < (size_t) K * N; i++)
+    B[i] = frand (&seed) + frand (&seed) + frand (&seed);
+  MoshiPackedB P;
+  g_assert_true (
+      moshi_packed_init_typed (&P, B, K, N, N, FALSE, MOSHI_WEIGHTS_Q4));
+  double sse = 0.0, sse_plain = 0.0;
+  for (int n = 0; n < N; n++)
+    for (int k0 = 0; k0 < K; k0 += 32) {
+      const double amax = block_amax (B + n, N, K, k0), step = amax / 7.0;
+      for (int k = k0; k < k0 + 32; k++) {
+        const double w = B[(size_t) k * N + n];
+        const double got = moshi_packed_get (&P, k, n);
+        sse += (got - w) * (got - w);
+        const double plain = step > 0 ? step * rint (w / step) : 0.0;
+        sse_plain += (plain - w) * (plain - w);
+      }
+    }
+  g_test_message ("q4 squared error %.4g, plain rounding %.4g (%.2f dB)", sse,
+      sse_plain, 10.0 * log10 (sse_plain / sse));
+  g_assert_cmpfloat (sse, <, 0.85 * sse_plain);
+  moshi_packed_clear (&P);
   g_free (B);
 }
 
@@ -361,6 +414,7 @@ main (int argc, char **argv)
   g_test_add_data_func ("/gemm/q4", GINT_TO_POINTER (MOSHI_WEIGHTS_Q4),
       test_levels);
   g_test_add_func ("/gemm/q4-exact", test_q4_exact);
+  g_test_add_func ("/gemm/q4-search", test_q4_search);
   g_test_add_func ("/gemm/packed-bytes", test_packed_bytes);
   g_test_add_func ("/gemm/threads-identical", test_threads_identical);
   g_test_add_func ("/gemm/weight-type-names", test_weight_type_names);

@@ -61,6 +61,13 @@ layer_alloc (TransformerLayer *L, int sets)
   L->ff_out = g_new0 (MoshiLinear, sets);
 }
 
+static MoshiWeightType
+attn_weights (const TransformerConfig *cfg)
+{
+  return cfg->attn_q8 && cfg->weights == MOSHI_WEIGHTS_Q4 ? MOSHI_WEIGHTS_Q8
+                                                          : cfg->weights;
+}
+
 gboolean
 transformer_load (Transformer *tr, const TransformerConfig *cfg,
     const StFile *f, const char *prefix, GError **error)
@@ -68,7 +75,7 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
   const int d = cfg->d_model;
   const int ff = cfg->dim_feedforward;
   const int sets = n_sets (cfg);
-  const MoshiWeightType wt = cfg->weights;
+  const MoshiWeightType wt = cfg->weights, wt_attn = attn_weights (cfg);
   char name[256];
   memset (tr, 0, sizeof *tr);
   tr->cfg = *cfg;
@@ -97,12 +104,12 @@ transformer_load (Transformer *tr, const TransformerConfig *cfg,
         goto fail;
     }
     if (!moshi_linear_load_stacked (L->in_proj, sets, f,
-            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d, wt,
-            cfg->lora, error))
+            weights_name (name, "%s.self_attn.in_proj_weight", p), d, 3 * d,
+            wt_attn, cfg->lora, error))
       goto fail;
     if (!moshi_linear_load_stacked (L->out_proj, sets, f,
-            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d, wt,
-            cfg->lora, error))
+            weights_name (name, "%s.self_attn.out_proj.weight", p), d, d,
+            wt_attn, cfg->lora, error))
       goto fail;
     for (int s = 0; s < sets; s++) {
       char gp[220];
@@ -181,8 +188,8 @@ transformer_random (Transformer *tr, const TransformerConfig *cfg,
       L->norm2_b = weights_random (seed, d, 0.1f);
     }
     for (int s = 0; s < sets; s++) {
-      moshi_linear_random (&L->in_proj[s], seed, d, 3 * d, cfg->weights);
-      moshi_linear_random (&L->out_proj[s], seed, d, d, cfg->weights);
+      moshi_linear_random (&L->in_proj[s], seed, d, 3 * d, attn_weights (cfg));
+      moshi_linear_random (&L->out_proj[s], seed, d, d, attn_weights (cfg));
       moshi_linear_random (&L->ff_in[s], seed, d, cfg->gating ? 2 * ff : ff,
           cfg->weights);
       moshi_linear_random (&L->ff_out[s], seed, ff, d, cfg->weights);

@@ -43,6 +43,10 @@ typedef struct {
   /* Keys and values cached as IEEE halves (attention.h): for approximate
    * weight modes, where the cache's bytes matter as much as the weights'. */
   gboolean kv_half;
+  /* With Q4 weights, keep the attention projections (in_proj, out_proj) in
+   * Q8: softmax turns their rounding into the largest share of a 4-bit
+   * transformer's error (Mimi: tests/mimi-accuracy). */
+  gboolean attn_q8;
   TransformerPositional positional;
   /* Per-step weights (Kyutai's weights_per_step): 0 = one set shared by all
    * steps; n > 0 = n sets, step s (stream position) uses set schedule[s]

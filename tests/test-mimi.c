@@ -173,29 +173,36 @@ test_reduced_precision (gconstpointer data)
   MimiEncoder *e = mimi_encoder_new (m, 8, NULL);
   MimiDecoder *d = mimi_decoder_new (m, 8, NULL);
   float *out = g_new (float, (size_t) r.frames *MIMI_FRAME_SIZE);
-  int same = 0;
+  int same = 0, same0 = 0;
   for (int t = 0; t < r.frames; t++) {
     uint16_t c[8];
     mimi_encode_frame (e, r.pcm + t * MIMI_FRAME_SIZE, c);
     for (int q = 0; q < 8; q++)
       same += c[q] == r.codes[t * 8 + q];
+    same0 += c[0] == r.codes[t * 8];
     g_assert_true (mimi_decode_frame (d, r.codes + t * 8,
         out + t * MIMI_FRAME_SIZE, NULL));
   }
   double snr = snr_db (r.decoded, out, (size_t) r.frames * MIMI_FRAME_SIZE);
   double agree = (double) same / (r.frames * 8);
-  g_test_message ("%s: decoded SNR %.1f dB, code agreement %.1f %%",
-      moshi_weight_type_name (w), snr, 100 * agree);
+  double agree0 = (double) same0 / r.frames;
+  g_test_message ("%s: decoded SNR %.1f dB, code agreement %.1f %% "
+                  "(semantic codebook %.1f %%)",
+      moshi_weight_type_name (w), snr, 100 * agree, 100 * agree0);
   /* bf16: 8 mantissa bits; q8: 7 bits + sign per 32-block; q4: 3 bits +
    * sign per 32-block, a coarse approximation meant for speed. */
   const double min_snr = w == MOSHI_WEIGHTS_BF16 ? 35.0
       : w == MOSHI_WEIGHTS_Q8                    ? 25.0
                                                  : 10.0;
   g_assert_cmpfloat (snr, >=, min_snr);
-  /* q4 moves the encoder's latents enough to change most codes of this
-   * random-weight model (docs/models.md: q4 is for decoding and the LM). */
+  /* q4 moves the encoder's latents enough to change many of the acoustic
+   * codes of this random-weight model, which quantize residual noise; the
+   * semantic codebook must hold (its step search and the encoder's 8-bit
+   * attention projections keep it: 100 % here, 37 % without them). */
   if (w != MOSHI_WEIGHTS_Q4)
     g_assert_cmpfloat (agree, >=, 0.8);
+  else
+    g_assert_cmpfloat (agree0, >=, 0.8);
   g_free (out);
   mimi_encoder_free (e);
   mimi_decoder_free (d);

@@ -33,6 +33,51 @@ moshi_f32_to_f16 (float f)
   return (uint16_t) (sign | h);
 }
 
+#if defined(__x86_64__)
+__attribute__ ((target ("avx512f,avx512bw,avx512vl,f16c"))) static void
+f32_to_f16_avx512 (uint16_t *dst, const float *src, size_t n)
+{
+  const __m512 big = _mm512_set1_ps (65504.0f);
+  const __m512i abs_mask = _mm512_set1_epi32 (0x7fffffff);
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 m =
+        n - i >= 16 ? 0xFFFF : (__mmask16) ((1u << (n - i)) - 1);
+    const __m512 x = _mm512_maskz_loadu_ps (m, src + i);
+    const __m512i sign =
+        _mm512_andnot_si512 (abs_mask, _mm512_castps_si512 (x));
+    const __m512 ax = _mm512_castsi512_ps (
+        _mm512_and_si512 (_mm512_castps_si512 (x), abs_mask));
+    /* As moshi_f32_to_f16: what would round to infinity saturates to the
+     * largest half, NaN becomes the quiet NaN 0x7e00 with its sign. */
+    const __mmask16 nan = _mm512_cmp_ps_mask (x, x, _CMP_UNORD_Q);
+    const __mmask16 over = _mm512_cmp_ps_mask (ax, big, _CMP_GT_OQ);
+    __m512 y = _mm512_mask_blend_ps (over, x,
+        _mm512_castsi512_ps (
+            _mm512_or_si512 (sign, _mm512_castps_si512 (big))));
+    __m256i h =
+        _mm512_cvtps_ph (y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i qnan =
+        _mm256_or_si256 (_mm512_cvtepi32_epi16 (_mm512_srli_epi32 (sign, 16)),
+            _mm256_set1_epi16 (0x7e00));
+    h = _mm256_mask_blend_epi16 (nan, h, qnan);
+    _mm256_mask_storeu_epi16 (dst + i, m, h);
+  }
+}
+#endif
+
+void
+moshi_f32_to_f16_n (uint16_t *dst, const float *src, size_t n)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    f32_to_f16_avx512 (dst, src, n);
+    return;
+  }
+#endif
+  for (size_t i = 0; i < n; i++)
+    dst[i] = moshi_f32_to_f16 (src[i]);
+}
+
 float
 moshi_f16_to_f32 (uint16_t h)
 {

@@ -42,6 +42,8 @@ void moshi_attention_head_f16 (const float *q, const uint16_t *kT, int ctx,
 
 /* Round to nearest even, saturating. */
 uint16_t moshi_f32_to_f16 (float f);
+/* The same for n values (vectorized where the CPU allows). */
+void moshi_f32_to_f16_n (uint16_t *dst, const float *src, size_t n);
 float moshi_f16_to_f32 (uint16_t h);
 
 G_END_DECLS

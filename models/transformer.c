@@ -491,10 +491,14 @@ transformer_forward (const Transformer *tr, TransformerState *s,
       for (int h = 0; h < H; h++) {
         const size_t vrow = ((size_t) h * ctx + slot) * hd;
         if (half) {
-          for (int c = h * hd; c < (h + 1) * hd; c++)
-            kc16[(size_t) c * ctx + slot] = moshi_f32_to_f16 (k[c]);
-          for (int c = 0; c < hd; c++)
-            vc16[vrow + c] = moshi_f32_to_f16 (v[h * hd + c]);
+          uint16_t kh[256];
+          for (int c0 = h * hd; c0 < (h + 1) * hd; c0 += 256) {
+            const int n = MIN (256, (h + 1) * hd - c0);
+            moshi_f32_to_f16_n (kh, k + c0, n);
+            for (int c = 0; c < n; c++)
+              kc16[(size_t) (c0 + c) * ctx + slot] = kh[c];
+          }
+          moshi_f32_to_f16_n (vc16 + vrow, v + h * hd, hd);
         } else {
           for (int c = h * hd; c < (h + 1) * hd; c++)
             kc[(size_t) c * ctx + slot] = k[c];

@@ -64,6 +64,43 @@ test_half_conversion (void)
   g_assert_true (isnan (moshi_f16_to_f32 (moshi_f32_to_f16 (NAN))));
 }
 
+/* moshi_f32_to_f16_n (vectorized) gives moshi_f32_to_f16's bits for every
+ * input: all float bit patterns with the low 12 mantissa bits walked at
+ * three offsets (every exponent, sign, the rounding boundaries, subnormal
+ * halves, overflow, infinities, NaNs), at every CPU level, with lengths
+ * that leave partial vectors. */
+static void
+test_half_conversion_vector (void)
+{
+  const size_t n = (size_t) 1 << 20;
+  float *src = g_new (float, n);
+  uint16_t *got = g_new (uint16_t, n);
+  const MoshiCpuLevel top = moshi_cpu_level ();
+  for (uint32_t low = 0; low < 3; low++) {
+    for (size_t i = 0; i < n; i++) {
+      /* the high 20 bits of the pattern from i, the low 12 from `low` */
+      const uint32_t bits = (uint32_t) i << 12
+          | (low == 0        ? 0x000u
+                  : low == 1 ? 0x800u
+                             : 0xfffu);
+      memcpy (&src[i], &bits, 4);
+    }
+    for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
+      moshi_cpu_set_level ((MoshiCpuLevel) level);
+      for (size_t off = 0; off < n; off += 4093)
+        moshi_f32_to_f16_n (got + off, src + off, MIN (4093, n - off));
+      for (size_t i = 0; i < n; i++)
+        if (got[i] != moshi_f32_to_f16 (src[i]))
+          g_error ("level %d: %a (0x%08x) -> 0x%04x, scalar 0x%04x", level,
+              src[i], (unsigned) ((uint32_t) i << 12), got[i],
+              moshi_f32_to_f16 (src[i]));
+    }
+  }
+  moshi_cpu_set_level (top);
+  g_free (src);
+  g_free (got);
+}
+
 typedef struct {
   int ctx, hd, ldv;
   float *kT, *v;
@@ -226,6 +263,8 @@ main (int argc, char **argv)
 {
   g_test_init (&argc, &argv, NULL);
   g_test_add_func ("/attention/half-conversion", test_half_conversion);
+  g_test_add_func ("/attention/half-conversion-vector",
+      test_half_conversion_vector);
   g_test_add_func ("/attention/pair-and-half", test_attention);
   g_test_add_func ("/attention/transformer-half-cache",
       test_transformer_half_cache);

@@ -1192,38 +1192,56 @@ typedef struct {
   const uint8_t *QA; /* VNNI path: quantized A, [M][KP] */
   const float *SA; /* and its scales, [M][KP / 32] */
   const int32_t *SS; /* and, for Q4, its block sums, [M][KP / 32] */
+  /* Threads take (row block, run of panels) items from a shared counter:
+   * a thread slowed by anything else on its core leaves its share to the
+   * others instead of making every product wait for it. */
+  int chunk; /* panels per item */
+  int n_items;
+  gint next_item;
 } PackedJob;
 
 /* Rows per block: keeps a block of A rows hot in L1/L2 while one panel of
  * B streams through, for the large-M (early SEANet) layers. */
 #define M_BLOCK 96
 
+/* Rows [m0, m0 + mb) against panels [p0, p1). */
+static void
+packed_run (const PackedJob *j, int m0, int mb, int p0, int p1)
+{
+  const MoshiPackedB *B = j->B;
+  const int KP = k_padded (B);
+  for (int p = p0; p < p1; p++) {
+    int n0 = p * NR;
+    PanelArgs pa = { B, p, j->bias ? j->bias + n0 : NULL, j->accumulate,
+      MIN (NR, B->N - n0) };
+    float *c = j->C + (size_t) m0 * j->ldc + n0;
+#if defined(__x86_64__)
+    if (j->QA) {
+      panel_vnni (mb, j->QA + (size_t) m0 * KP, KP,
+          j->SA + (size_t) m0 * (KP / QB),
+          j->SS ? j->SS + (size_t) m0 * (KP / QB) : NULL, KP / QB, &pa, c,
+          j->ldc);
+      continue;
+    }
+#endif
+    j->panel (mb, j->A + (size_t) m0 * j->lda, j->lda, &pa, c, j->ldc);
+  }
+}
+
 static void
 packed_part (void *data, int index, int count)
 {
-  const PackedJob *j = data;
-  const MoshiPackedB *B = j->B;
-  const int KP = k_padded (B);
-  int p0 = (int) ((long) B->n_panels * index / count);
-  int p1 = (int) ((long) B->n_panels * (index + 1) / count);
-  for (int m0 = 0; m0 < j->M; m0 += M_BLOCK) {
-    int mb = MIN (M_BLOCK, j->M - m0);
-    for (int p = p0; p < p1; p++) {
-      int n0 = p * NR;
-      PanelArgs pa = { B, p, j->bias ? j->bias + n0 : NULL, j->accumulate,
-        MIN (NR, B->N - n0) };
-      float *c = j->C + (size_t) m0 * j->ldc + n0;
-#if defined(__x86_64__)
-      if (j->QA) {
-        panel_vnni (mb, j->QA + (size_t) m0 * KP, KP,
-            j->SA + (size_t) m0 * (KP / QB),
-            j->SS ? j->SS + (size_t) m0 * (KP / QB) : NULL, KP / QB, &pa, c,
-            j->ldc);
-        continue;
-      }
-#endif
-      j->panel (mb, j->A + (size_t) m0 * j->lda, j->lda, &pa, c, j->ldc);
-    }
+  PackedJob *j = data;
+  const int n_chunks = (j->B->n_panels + j->chunk - 1) / j->chunk;
+  for (;;) {
+    /* Items in row-block-major order: one thread alone walks every panel
+     * for a block of rows before the next block. */
+    const int it = count == 1 ? index++ : g_atomic_int_add (&j->next_item, 1);
+    if (it >= j->n_items)
+      break;
+    const int m0 = it / n_chunks * M_BLOCK, c = it % n_chunks;
+    packed_run (j, m0, MIN (M_BLOCK, j->M - m0), c * j->chunk,
+        MIN (j->B->n_panels, (c + 1) * j->chunk));
   }
 }
 
@@ -1265,9 +1283,18 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
   }
 #endif
   double flops = 2.0 * M * B->N * B->K;
-  if (moshi_pool_threads (pool) > 1 && flops > 4e5 && B->n_panels >= 2)
+  const int threads = moshi_pool_threads (pool);
+  const int n_mblocks = (M + M_BLOCK - 1) / M_BLOCK;
+  if (threads > 1 && flops > 4e5 && B->n_panels >= 2) {
+    /* ~8 items per thread, of at least 2 panels where there are enough */
+    job.chunk = MAX (1, B->n_panels * n_mblocks / (8 * threads));
+    job.chunk = MIN (job.chunk, B->n_panels);
+    job.n_items = n_mblocks * ((B->n_panels + job.chunk - 1) / job.chunk);
     moshi_pool_run (pool, packed_part, &job);
-  else
+  } else {
+    job.chunk = B->n_panels;
+    job.n_items = n_mblocks;
     packed_part (&job, 0, 1);
+  }
   g_free (qa);
 }

@@ -3,6 +3,7 @@
  * docs/server.md).  The server process is stopped with SIGTERM at the end
  * and must exit cleanly (0: under ASan, also no leaks). */
 #include "../pipelines/server/protocol.h"
+#include "picture-util.h"
 #include "server-client.h"
 
 #include <gst/app/gstappsink.h>
@@ -556,35 +557,10 @@ test_sequential_sessions (void)
 static GBytes *
 make_png (gint w, gint h, const gchar *pattern)
 {
-  gchar *path =
-      g_build_filename (g_get_tmp_dir (), "moshi-server-test.png", NULL);
-  gchar *desc = g_strdup_printf ("videotestsrc num-buffers=1 pattern=%s "
-                                 "! video/x-raw,width=%d,height=%d ! pngenc "
-                                 "! filesink location=\"%s\"",
-      pattern, w, h, path);
-  GError *err = NULL;
-  GstElement *p = gst_parse_launch (desc, &err);
-  GstBus *bus;
-  GstMessage *m;
-  gchar *data;
-  gsize len;
+  GBytes *png = tp_encode ("pngenc", w, h, pattern);
 
-  g_assert_no_error (err);
-  gst_element_set_state (p, GST_STATE_PLAYING);
-  bus = gst_element_get_bus (p);
-  m = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
-      GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
-  g_assert_nonnull (m);
-  g_assert_cmpint (GST_MESSAGE_TYPE (m), ==, GST_MESSAGE_EOS);
-  gst_message_unref (m);
-  gst_object_unref (bus);
-  gst_element_set_state (p, GST_STATE_NULL);
-  gst_object_unref (p);
-  g_assert_true (g_file_get_contents (path, &data, &len, NULL));
-  g_unlink (path);
-  g_free (path);
-  g_free (desc);
-  return g_bytes_new_take (data, len);
+  g_assert_nonnull (png);
+  return png;
 }
 
 static gboolean

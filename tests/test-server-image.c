@@ -2,7 +2,9 @@
  * a small picture is decoded, pictures whose sides are out of range are
  * refused, and a tiny file that claims a huge picture is refused before it
  * is decoded (found by reading the code for fuzz-server-image: a 180-byte
- * PNG claiming 30000x30000 pixels made the server allocate 2.7 GB). */
+ * PNG claiming 30000x30000 pixels made the server allocate 2.7 GB); the
+ * server's way of decoding, off its main loop (ms_image_decode_async):
+ * the loop goes on meanwhile, and a cancelled decode ends cleanly. */
 #include "../pipelines/server/image.h"
 #include "picture-util.h"
 
@@ -103,6 +105,121 @@ test_huge_claim (void)
   g_bytes_unref (png);
 }
 
+typedef struct {
+  GMainLoop *loop;
+  GstSample *sample;
+  GError *error;
+  guint results;
+  gboolean idle_ran; /* by the time the result came */
+  gboolean idle_first;
+} Async;
+
+static void
+on_decoded (GObject *src, GAsyncResult *res, gpointer data)
+{
+  Async *a = data;
+
+  g_assert_null (src);
+  a->sample = ms_image_decode_finish (res, &a->error);
+  a->results++;
+  a->idle_first = a->idle_ran;
+  g_main_loop_quit (a->loop);
+}
+
+static gboolean
+on_idle (gpointer data)
+{
+  ((Async *) data)->idle_ran = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Decodes bytes with ms_image_decode_async; an idle source is added to
+ * the main context just after the call. cancel: cancelled after the call
+ * (before: already cancelled). */
+static void
+decode_async (Async *a, GBytes *bytes, GCancellable *cancel)
+{
+  memset (a, 0, sizeof *a);
+  a->loop = g_main_loop_new (NULL, FALSE);
+  ms_image_decode_async (bytes, cancel, on_decoded, a);
+  g_idle_add (on_idle, a);
+  if (cancel)
+    g_cancellable_cancel (cancel);
+  g_main_loop_run (a->loop);
+  g_main_loop_unref (a->loop);
+  g_assert_cmpuint (a->results, ==, 1);
+}
+
+/* The same results as ms_image_decode, in the caller's main context. */
+static void
+test_async (void)
+{
+  GBytes *png = make_image ("pngenc", 16, 20);
+  GBytes *junk = g_bytes_new_static ("not an image", 12);
+  Async a;
+  GstVideoInfo info;
+
+  decode_async (&a, png, NULL);
+  g_assert_no_error (a.error);
+  g_assert_true (
+      gst_video_info_from_caps (&info, gst_sample_get_caps (a.sample)));
+  g_assert_cmpint (info.width, ==, 16);
+  g_assert_cmpint (info.height, ==, 20);
+  gst_sample_unref (a.sample);
+  decode_async (&a, junk, NULL);
+  g_assert_null (a.sample);
+  g_assert_nonnull (a.error);
+  g_assert_nonnull (strstr (a.error->message, "undecodable image"));
+  g_error_free (a.error);
+  g_bytes_unref (junk);
+  g_bytes_unref (png);
+}
+
+/* A large picture (8192 x 8192, the largest side accepted: 256 MB of RGBA
+ * to inflate and convert) decodes in a thread: the main loop runs an idle
+ * source added after the call before the result comes.  Order of events,
+ * not time. */
+static void
+test_async_main_loop_runs (void)
+{
+  GBytes *big = tp_png_blank (8192, 8192);
+  Async a;
+  GstVideoInfo info;
+
+  decode_async (&a, big, NULL);
+  g_assert_no_error (a.error);
+  g_assert_true (a.idle_first);
+  g_assert_true (
+      gst_video_info_from_caps (&info, gst_sample_get_caps (a.sample)));
+  g_assert_cmpint (GST_VIDEO_INFO_FORMAT (&info), ==, GST_VIDEO_FORMAT_RGB);
+  g_assert_cmpint (info.width, ==, 8192);
+  g_assert_cmpint (info.height, ==, 8192);
+  gst_sample_unref (a.sample);
+  g_bytes_unref (big);
+}
+
+/* Cancelled mid-decode, or before it started: the callback comes once,
+ * with G_IO_ERROR_CANCELLED, and nothing leaks (ASan). */
+static void
+test_async_cancel (void)
+{
+  GBytes *big = tp_png_blank (8192, 8192);
+  GCancellable *cancel = g_cancellable_new ();
+  Async a;
+
+  decode_async (&a, big, cancel);
+  g_assert_null (a.sample);
+  g_assert_error (a.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&a.error);
+  /* Already cancelled. */
+  decode_async (&a, big, cancel);
+  g_assert_null (a.sample);
+  g_assert_error (a.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&a.error);
+  g_object_unref (cancel);
+  g_bytes_unref (big);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -112,5 +229,9 @@ main (int argc, char **argv)
   g_test_add_func ("/server-image/out-of-range", test_out_of_range);
   g_test_add_func ("/server-image/not-an-image", test_not_an_image);
   g_test_add_func ("/server-image/huge-claim", test_huge_claim);
+  g_test_add_func ("/server-image/async", test_async);
+  g_test_add_func ("/server-image/async-main-loop-runs",
+      test_async_main_loop_runs);
+  g_test_add_func ("/server-image/async-cancel", test_async_cancel);
   return g_test_run ();
 }

@@ -711,6 +711,147 @@ test_vision_image_url (void)
   g_free (dir);
 }
 
+static gint64
+first_time (TsClient *c, guint8 kind)
+{
+  for (guint i = 0; i < c->messages->len; i++)
+    if (msg_at (c, i)->kind == kind)
+      return msg_at (c, i)->time_us;
+  return G_MAXINT64;
+}
+
+static void
+send_bytes (TsClient *c, guint8 kind, GBytes *b)
+{
+  ts_client_send (c, kind, g_bytes_get_data (b, NULL), g_bytes_get_size (b));
+}
+
+/* Pictures are decoded off the server's main loop: while a large one
+ * (8192 x 8192, the largest side accepted; 256 MB of pixels to inflate and
+ * convert, a few hundred KB to send) is decoded for one client, another
+ * client connects, sends a picture that cannot be decoded and gets its
+ * error (websocket upgrade, message, a decode of its own, kind-5 message
+ * and close) before the first client's handshake; a third client's
+ * session starts meanwhile too.  Order of events, not time: decoding in
+ * the main loop answered nobody until the large picture was decoded.  The
+ * large picture's session then works as any other. */
+static void
+test_vision_slow_picture (void)
+{
+  TsServer vs;
+  const gchar *args[] = { "--vision",
+    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
+  static const guint8 junk[] = "not an image";
+  GBytes *big = tp_png_blank (8192, 8192);
+  GBytes *card = make_png (64, 48, "smpte");
+  GError *err = NULL;
+  TsClient *a, *b, *c;
+
+  g_assert_cmpuint (g_bytes_get_size (big), <, 1024 * 1024);
+  g_assert_true (ts_server_start (&vs, args));
+  /* Warm-up: the server's first picture and session (plugins loaded). */
+  c = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  send_bytes (c, 8, card);
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  ts_client_free (c, FALSE);
+  a = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  send_bytes (a, 8, big);
+  b = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  ts_client_send (b, 8, junk, sizeof junk);
+  c = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  send_bytes (c, 8, card);
+  expect_error (b, "undecodable image");
+  g_assert_nonnull (strstr (b->error, "undecodable image"));
+  g_assert_true (ts_client_wait (a, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_false (a->closed);
+  g_assert_false (c->closed);
+  g_assert_cmpint (msg_at (a, 0)->kind, ==, 0);
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  g_assert_cmpint (first_time (b, 5), <, first_time (a, 0));
+  check_client_schema (msg_at (a, 1)->payload, 56);
+  send_pages (a, 0, pages->len / 2);
+  g_assert_true (ts_client_wait (a, enough_colored, GUINT_TO_POINTER (1), 60));
+  g_assert_false (a->closed);
+  ts_client_free (a, FALSE);
+  ts_client_free (b, FALSE);
+  ts_client_free (c, FALSE);
+  g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+  g_bytes_unref (card);
+  g_bytes_unref (big);
+}
+
+/* A session that ends while its picture is decoded: the client vanishes or
+ * closes, or is failed (audio before the handshake), before its first
+ * picture is decoded or mid-conversation; the server goes on and exits
+ * cleanly (under ASan: no use after free, no leak), also when stopped
+ * while a picture is being decoded.  A picture sent while another decodes
+ * waits for it: its error still reaches the client. */
+static void
+test_vision_close_mid_decode (void)
+{
+  TsServer vs;
+  const gchar *args[] = { "--vision",
+    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
+  static const guint8 junk[] = "not an image";
+  GBytes *big = tp_png_blank (8192, 8192);
+  GBytes *card = make_png (64, 48, "smpte");
+  GError *err = NULL;
+  TsClient *c;
+
+  g_assert_true (ts_server_start (&vs, args));
+  /* Before the session: gone, closed, failed. */
+  for (guint i = 0; i < 3; i++) {
+    c = ts_client_connect (vs.url, "", &err);
+    g_assert_no_error (err);
+    send_bytes (c, 8, big);
+    if (i == 2) {
+      send_pages (c, 0, 1);
+      expect_error (c, "audio before the handshake");
+      g_assert_nonnull (strstr (c->error, "handshake"));
+    }
+    ts_client_free (c, i == 0);
+  }
+  /* Mid-conversation: a large picture, then junk, which waits for it and
+   * ends the session once its turn comes. */
+  c = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  send_bytes (c, 8, card);
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  send_bytes (c, 8, big);
+  ts_client_send (c, 8, junk, sizeof junk);
+  expect_error (c, "undecodable image");
+  g_assert_nonnull (strstr (c->error, "undecodable image"));
+  g_assert_cmpuint (c->close_code, ==, SOUP_WEBSOCKET_CLOSE_BAD_DATA);
+  ts_client_free (c, FALSE);
+  /* Mid-conversation, closed while the large picture decodes. */
+  c = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  send_bytes (c, 8, card);
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  send_bytes (c, 8, big);
+  ts_client_free (c, FALSE);
+  /* The server goes on. */
+  c = ts_client_connect (vs.url, "", &err);
+  g_assert_no_error (err);
+  send_bytes (c, 8, card);
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  /* Stopped with a picture being decoded (most likely: it takes far longer
+   * than the 0.2 s given to it to arrive; either way it must exit
+   * cleanly). */
+  send_bytes (c, 8, big);
+  ts_client_wait (c, NULL, NULL, 0.2);
+  g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+  ts_client_free (c, TRUE);
+  g_bytes_unref (card);
+  g_bytes_unref (big);
+}
+
 static void
 test_token (void)
 {
@@ -882,6 +1023,9 @@ main (int argc, char **argv)
   g_test_add_func ("/server/sequential-sessions", test_sequential_sessions);
   g_test_add_func ("/server/vision", test_vision_server);
   g_test_add_func ("/server/vision-image-url", test_vision_image_url);
+  g_test_add_func ("/server/vision-slow-picture", test_vision_slow_picture);
+  g_test_add_func ("/server/vision-close-mid-decode",
+      test_vision_close_mid_decode);
   g_test_add_func ("/server/token", test_token);
   g_test_add_func ("/server/tls", test_tls);
   g_test_add_func ("/server/shutdown-with-sessions",

@@ -16,6 +16,9 @@
 static TsServer server;
 static GPtrArray *pages; /* hello.wav as Ogg Opus pages */
 static gdouble duration;
+/* A MoshiVis server on the tiny MoshiVis. */
+static const gchar *const vision_args[] = { "--vision",
+  "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
 
 static TsMessage *
 msg_at (TsClient *c, guint i)
@@ -577,8 +580,6 @@ static void
 test_vision_server (void)
 {
   TsServer vs;
-  const gchar *args[] = { "--vision",
-    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
   TsClient *c;
   GError *err = NULL;
   static const guint8 junk[] = "not an image";
@@ -586,7 +587,7 @@ test_vision_server (void)
   GBytes *ball = make_png (160, 160, "ball");
   guint looking = 0, n7;
 
-  g_assert_true (ts_server_start (&vs, args));
+  g_assert_true (ts_server_start (&vs, vision_args));
   c = ts_client_connect (vs.url, "", &err);
   g_assert_no_error (err);
   send_pages (c, 0, 3);
@@ -720,10 +721,34 @@ first_time (TsClient *c, guint8 kind)
   return G_MAXINT64;
 }
 
-static void
-send_bytes (TsClient *c, guint8 kind, GBytes *b)
+/* A client of a vision server that has sent a picture (kind 8). */
+static TsClient *
+connect_picture (const gchar *url, const void *picture, gsize len)
 {
-  ts_client_send (c, kind, g_bytes_get_data (b, NULL), g_bytes_get_size (b));
+  GError *err = NULL;
+  TsClient *c = ts_client_connect (url, "", &err);
+
+  g_assert_no_error (err);
+  ts_client_send (c, 8, picture, len);
+  return c;
+}
+
+static TsClient *
+connect_bytes (const gchar *url, GBytes *picture)
+{
+  return connect_picture (url, g_bytes_get_data (picture, NULL),
+      g_bytes_get_size (picture));
+}
+
+/* ... that has its session (handshake and metadata received). */
+static TsClient *
+connect_bytes_ready (const gchar *url, GBytes *picture)
+{
+  TsClient *c = connect_bytes (url, picture);
+
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  return c;
 }
 
 /* Pictures are decoded off the server's main loop: while a large one
@@ -739,31 +764,18 @@ static void
 test_vision_slow_picture (void)
 {
   TsServer vs;
-  const gchar *args[] = { "--vision",
-    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
   static const guint8 junk[] = "not an image";
   GBytes *big = tp_png_blank (8192, 8192);
   GBytes *card = make_png (64, 48, "smpte");
-  GError *err = NULL;
   TsClient *a, *b, *c;
 
   g_assert_cmpuint (g_bytes_get_size (big), <, 1024 * 1024);
-  g_assert_true (ts_server_start (&vs, args));
+  g_assert_true (ts_server_start (&vs, vision_args));
   /* Warm-up: the server's first picture and session (plugins loaded). */
-  c = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  send_bytes (c, 8, card);
-  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
-  ts_client_free (c, FALSE);
-  a = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  send_bytes (a, 8, big);
-  b = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  ts_client_send (b, 8, junk, sizeof junk);
-  c = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  send_bytes (c, 8, card);
+  ts_client_free (connect_bytes_ready (vs.url, card), FALSE);
+  a = connect_bytes (vs.url, big);
+  b = connect_picture (vs.url, junk, sizeof junk);
+  c = connect_bytes (vs.url, card);
   expect_error (b, "undecodable image");
   g_assert_nonnull (strstr (b->error, "undecodable image"));
   g_assert_true (ts_client_wait (a, has_messages, GUINT_TO_POINTER (2), 60));
@@ -795,20 +807,15 @@ static void
 test_vision_close_mid_decode (void)
 {
   TsServer vs;
-  const gchar *args[] = { "--vision",
-    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
   static const guint8 junk[] = "not an image";
   GBytes *big = tp_png_blank (8192, 8192);
   GBytes *card = make_png (64, 48, "smpte");
-  GError *err = NULL;
   TsClient *c;
 
-  g_assert_true (ts_server_start (&vs, args));
+  g_assert_true (ts_server_start (&vs, vision_args));
   /* Before the session: gone, closed, failed. */
   for (guint i = 0; i < 3; i++) {
-    c = ts_client_connect (vs.url, "", &err);
-    g_assert_no_error (err);
-    send_bytes (c, 8, big);
+    c = connect_bytes (vs.url, big);
     if (i == 2) {
       send_pages (c, 0, 1);
       expect_error (c, "audio before the handshake");
@@ -818,33 +825,22 @@ test_vision_close_mid_decode (void)
   }
   /* Mid-conversation: a large picture, then junk, which waits for it and
    * ends the session once its turn comes. */
-  c = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  send_bytes (c, 8, card);
-  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
-  send_bytes (c, 8, big);
+  c = connect_bytes_ready (vs.url, card);
+  ts_client_send (c, 8, g_bytes_get_data (big, NULL), g_bytes_get_size (big));
   ts_client_send (c, 8, junk, sizeof junk);
   expect_error (c, "undecodable image");
   g_assert_nonnull (strstr (c->error, "undecodable image"));
   g_assert_cmpuint (c->close_code, ==, SOUP_WEBSOCKET_CLOSE_BAD_DATA);
   ts_client_free (c, FALSE);
   /* Mid-conversation, closed while the large picture decodes. */
-  c = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  send_bytes (c, 8, card);
-  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
-  send_bytes (c, 8, big);
+  c = connect_bytes_ready (vs.url, card);
+  ts_client_send (c, 8, g_bytes_get_data (big, NULL), g_bytes_get_size (big));
   ts_client_free (c, FALSE);
-  /* The server goes on. */
-  c = ts_client_connect (vs.url, "", &err);
-  g_assert_no_error (err);
-  send_bytes (c, 8, card);
-  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
-  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
-  /* Stopped with a picture being decoded (most likely: it takes far longer
-   * than the 0.2 s given to it to arrive; either way it must exit
-   * cleanly). */
-  send_bytes (c, 8, big);
+  /* The server goes on.  Stopped with a picture being decoded (most
+   * likely: it takes far longer than the 0.2 s given to it to arrive;
+   * either way it must exit cleanly). */
+  c = connect_bytes_ready (vs.url, card);
+  ts_client_send (c, 8, g_bytes_get_data (big, NULL), g_bytes_get_size (big));
   ts_client_wait (c, NULL, NULL, 0.2);
   g_assert_cmpint (ts_server_stop (&vs), ==, 0);
   ts_client_free (c, TRUE);

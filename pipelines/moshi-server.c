@@ -18,11 +18,13 @@
  * Files: moshi-server.c (options, HTTP and websocket front),
  *        server/protocol.c (message kinds, Ogg page checks, query params),
  *        server/session.c (the pipeline of one session),
+ *        server/image.c (a client's picture, decoded off the main loop),
  *        server/models.c (default model lookup, as pipelines/env.sh).
  *
  * Usage: moshi-server [--host 127.0.0.1] [--port 8998] [--model M]
  *          [--mimi-model M] [--max-sessions N] [--token T] ...
  *        then open http://127.0.0.1:8998/ */
+#include "server/image.h"
 #include "server/models.h"
 #include "server/protocol.h"
 #include "server/session.h"
@@ -62,7 +64,10 @@ typedef struct {
   guint next_id;
   guint64 sessions_total;
   gchar *web_root_canon;
+  guint decodes; /* pictures being decoded (see Decode) */
 } Server;
+
+typedef struct _Decode Decode;
 
 typedef struct {
   Server *srv;
@@ -72,6 +77,8 @@ typedef struct {
   MsSession *session;
   GBytes *image; /* vision: the last picture given to the session */
   GBytes *url_image; /* vision: read from image_url, not yet used */
+  Decode *decoding; /* vision: the picture being decoded, or NULL */
+  GBytes *next_image; /* vision: the newest picture waiting for it */
   MsParams params;
   gboolean handshaken, closing;
   gint64 started, last_rx;
@@ -115,6 +122,33 @@ send_bytes (Client *c, GBytes *msg)
   g_bytes_unref (msg);
 }
 
+/* A client's picture being decoded off the main loop (a thread of GLib's
+ * pool, ms_image_decode_async): a large picture takes up to seconds, and
+ * every other session must go on meanwhile.  The result comes back in the
+ * main context (picture_decoded).  The client may be gone by then:
+ * client_fail () and client_free () cancel its decode and forget it
+ * (cancel_decode), and picture_decoded () touches the client only when
+ * the decode was not cancelled; both run in the main context, so the
+ * check cannot race with the free.  Server.decodes counts the decodes not
+ * yet back, which the shutdown waits for (their threads use GStreamer). */
+struct _Decode {
+  Server *srv;
+  Client *c; /* valid while cancel is not cancelled */
+  GCancellable *cancel;
+  GBytes *bytes;
+};
+
+/* The client wants no more pictures (it ends, or is freed). */
+static void
+cancel_decode (Client *c)
+{
+  if (c->decoding) {
+    g_cancellable_cancel (c->decoding->cancel);
+    c->decoding = NULL; /* freed by picture_decoded */
+  }
+  g_clear_pointer (&c->next_image, g_bytes_unref);
+}
+
 static void
 stop_session (Client *c)
 {
@@ -132,6 +166,7 @@ client_fail (Client *c, gushort code, const gchar *why)
     return;
   c->closing = TRUE;
   slog ("session %u: error: %s", c->id, why);
+  cancel_decode (c);
   stop_session (c);
   if (ws_open (c)) {
     send_bytes (c, ms_message_error (why));
@@ -142,6 +177,7 @@ client_fail (Client *c, gushort code, const gchar *why)
 static void
 client_free (Client *c)
 {
+  cancel_decode (c);
   stop_session (c);
   if (c->idle_timer)
     g_source_remove (c->idle_timer);
@@ -189,10 +225,10 @@ on_session_error (const gchar *message, gpointer user)
   client_fail (user, SOUP_WEBSOCKET_CLOSE_SERVER_ERROR, message);
 }
 
-/* Builds the pipeline (image: first message of a vision session), then
- * sends the handshake and the settings in use. */
+/* Builds the pipeline (picture: the first picture of a vision session,
+ * decoded), then sends the handshake and the settings in use. */
 static gboolean
-start_session (Client *c, GBytes *image)
+start_session (Client *c, GstSample *picture)
 {
   Server *srv = c->srv;
   MsSessionConfig cfg = {
@@ -210,7 +246,7 @@ start_session (Client *c, GBytes *image)
   gchar *meta;
 
   cfg.name = name;
-  c->session = ms_session_new (&cfg, &c->params, image, &cb, c, &err);
+  c->session = ms_session_new (&cfg, &c->params, picture, &cb, c, &err);
   g_free (name);
   if (!c->session) {
     gchar *why = g_strdup_printf ("cannot start the session: %s", err->message);
@@ -229,21 +265,130 @@ start_session (Client *c, GBytes *image)
   return TRUE;
 }
 
+/* --- pictures (vision) --------------------------------------------------- */
+
+/* A decoded picture (or its error) for a client that wants it: the first
+ * one starts the session, later ones go to it.  FALSE when the client
+ * ends (do not touch it any more). */
+static gboolean
+picture_ready (Client *c, GBytes *bytes, GstSample *sample, const GError *err)
+{
+  if (!c->session && !sample) {
+    gchar *why = g_strdup_printf ("cannot start the session: %s", err->message);
+
+    client_fail (c, SOUP_WEBSOCKET_CLOSE_SERVER_ERROR, why);
+    g_free (why);
+    return FALSE;
+  }
+  if (!c->session) {
+    if (!start_session (c, sample))
+      return FALSE;
+  } else if (!sample) {
+    client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
+    return FALSE;
+  } else {
+    ms_session_push_picture (c->session, sample, NULL);
+  }
+  g_clear_pointer (&c->image, g_bytes_unref);
+  c->image = g_bytes_ref (bytes);
+  return TRUE;
+}
+
+static void picture_decoded (GObject *src, GAsyncResult *res, gpointer data);
+
+static void
+decode_start (Client *c, GBytes *img)
+{
+  Decode *d = g_new0 (Decode, 1);
+
+  d->srv = c->srv;
+  d->c = c;
+  d->cancel = g_cancellable_new ();
+  d->bytes = g_bytes_ref (img);
+  c->decoding = d;
+  c->srv->decodes++;
+  ms_image_decode_async (img, d->cancel, picture_decoded, d);
+}
+
+static void
+picture_decoded (GObject *src, GAsyncResult *res, gpointer data)
+{
+  Decode *d = data;
+  GError *err = NULL;
+  GstSample *sample = ms_image_decode_finish (res, &err);
+
+  (void) src;
+  d->srv->decodes--;
+  if (!g_cancellable_is_cancelled (d->cancel)) {
+    Client *c = d->c;
+
+    c->decoding = NULL;
+    if (picture_ready (c, d->bytes, sample, err) && c->next_image) {
+      GBytes *next = g_steal_pointer (&c->next_image);
+
+      decode_start (c, next);
+      g_bytes_unref (next);
+    }
+  }
+  if (sample)
+    gst_sample_unref (sample);
+  g_clear_error (&err);
+  g_object_unref (d->cancel);
+  g_bytes_unref (d->bytes);
+  g_free (d);
+}
+
+/* A picture from the client (kind 8, or the file image_url names): the
+ * first one starts the session once decoded, a later one is what the model
+ * looks at from then on (a camera rig's case; Kyutai's servers ignore it or
+ * restart).  Order: one decode at a time per client, pictures taken in
+ * the order they came; one that comes while another decodes waits for it,
+ * and a newer one replaces it (the one in between is skipped: the last one
+ * wins).  Every picture that is decoded is used, or its error ends the
+ * session, as when decoding was done in place. */
+static void
+take_picture (Client *c, GBytes *img)
+{
+  GBytes *newest = c->next_image ? c->next_image
+      : c->decoding              ? c->decoding->bytes
+                                 : c->image;
+  gsize n = g_bytes_get_size (img);
+
+  if (newest && g_bytes_equal (newest, img)) {
+    /* kyutai-labs/moshivis's client sends its picture twice (two runs of
+     * its sending effect race): decoding and encoding it again would only
+     * cost CPU. */
+    slog ("session %u: the same image again (%" G_GSIZE_FORMAT
+          " bytes), ignored",
+        c->id, n);
+  } else if (c->decoding) {
+    slog ("session %u: %s, %" G_GSIZE_FORMAT
+          " bytes: waits for the one being decoded%s",
+        c->id, c->session ? "new image" : "image", n,
+        c->next_image ? " (replaces the one waiting)" : "");
+    g_clear_pointer (&c->next_image, g_bytes_unref);
+    c->next_image = g_bytes_ref (img);
+  } else {
+    slog ("session %u: %s, %" G_GSIZE_FORMAT " bytes", c->id,
+        c->session ? "new image" : "image", n);
+    decode_start (c, img);
+  }
+}
+
 static gboolean
 start_idle_cb (gpointer data)
 {
   Client *c = data;
 
   c->start_idle = 0;
-  if (c->closing || c->session)
+  if (c->closing || c->session || c->decoding)
     return G_SOURCE_REMOVE;
   if (!c->srv->opt.vision) {
     start_session (c, NULL);
   } else if (c->url_image) {
     GBytes *img = g_steal_pointer (&c->url_image);
 
-    if (start_session (c, img))
-      c->image = g_bytes_ref (img);
+    take_picture (c, img);
     g_bytes_unref (img);
   }
   return G_SOURCE_REMOVE;
@@ -315,39 +460,14 @@ on_ws_message (SoupWebsocketConnection *ws, gint type, GBytes *message,
         slog ("session %u: image (%" G_GSIZE_FORMAT
               " bytes) ignored: not a vision model",
             c->id, len - 1);
-      } else if (c->handshaken && c->session) {
-        /* A new picture mid-conversation: the model looks at it from its
-         * next step on, the conversation goes on (a camera rig's case;
-         * Kyutai's servers ignore it or restart). */
-        GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
-
-        if (c->image && g_bytes_equal (c->image, img)) {
-          /* kyutai-labs/moshivis's client sends its picture twice (two
-           * runs of its sending effect race): encoding it again would
-           * only cost CPU. */
-          slog ("session %u: the same image again (%" G_GSIZE_FORMAT
-                " bytes), ignored",
-              c->id, len - 1);
-        } else {
-          slog ("session %u: new image, %" G_GSIZE_FORMAT " bytes", c->id,
-              len - 1);
-          if (!ms_session_push_image (c->session, img, &err)) {
-            client_fail (c, SOUP_WEBSOCKET_CLOSE_BAD_DATA, err->message);
-            g_error_free (err);
-          } else {
-            g_clear_pointer (&c->image, g_bytes_unref);
-            c->image = g_bytes_ref (img);
-          }
-        }
-        g_bytes_unref (img);
-      } else if (c->handshaken) {
+      } else if (c->handshaken && !c->session) {
         slog ("session %u: image ignored: no session", c->id);
       } else {
+        /* The first picture, or a new one mid-conversation: see
+         * take_picture. */
         GBytes *img = g_bytes_new_from_bytes (message, 1, len - 1);
 
-        slog ("session %u: image, %" G_GSIZE_FORMAT " bytes", c->id, len - 1);
-        if (start_session (c, img))
-          c->image = g_bytes_ref (img);
+        take_picture (c, img);
         g_bytes_unref (img);
       }
       break;
@@ -822,6 +942,10 @@ main (int argc, char **argv)
   slog ("%" G_GUINT64_FORMAT " sessions served", srv.sessions_total);
   soup_server_disconnect (srv.server);
   g_hash_table_destroy (srv.clients);
+  /* Pictures still being decoded (cancelled by client_free: they end
+   * soon): their threads use GStreamer, which must outlive them. */
+  while (srv.decodes > 0)
+    g_main_context_iteration (NULL, TRUE);
   g_object_unref (srv.server);
   gst_element_set_state (srv.models, GST_STATE_NULL);
   gst_object_unref (srv.models);

@@ -2,10 +2,12 @@
  * a small picture is decoded, pictures whose sides are out of range are
  * refused, and a tiny file that claims a huge picture is refused before it
  * is decoded (found by reading the code for fuzz-server-image: a 180-byte
- * PNG claiming 30000x30000 pixels made the server allocate 2.7 GB). */
+ * PNG claiming 30000x30000 pixels made the server allocate 2.7 GB); the
+ * server's way of decoding, off its main loop (ms_image_decode_async):
+ * the loop goes on meanwhile, and a cancelled decode ends cleanly. */
 #include "../pipelines/server/image.h"
+#include "picture-util.h"
 
-#include <gst/app/gstappsink.h>
 #include <gst/video/video.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -14,67 +16,10 @@
 static GBytes *
 make_image (const char *enc, int w, int h)
 {
-  gchar *desc = g_strdup_printf ("videotestsrc num-buffers=1 "
-                                 "! video/x-raw,width=%d,height=%d "
-                                 "! %s ! appsink name=sink",
-      w, h, enc);
-  GstElement *p = gst_parse_launch (desc, NULL);
-  GstElement *sink = gst_bin_get_by_name (GST_BIN (p), "sink");
-  GstSample *s;
-  GstMapInfo map;
-  GBytes *png;
+  GBytes *bytes = tp_encode (enc, w, h, NULL);
 
-  g_assert_nonnull (p);
-  gst_element_set_state (p, GST_STATE_PLAYING);
-  s = gst_app_sink_pull_sample (GST_APP_SINK (sink));
-  g_assert_nonnull (s);
-  gst_buffer_map (gst_sample_get_buffer (s), &map, GST_MAP_READ);
-  png = g_bytes_new (map.data, map.size);
-  gst_buffer_unmap (gst_sample_get_buffer (s), &map);
-  gst_sample_unref (s);
-  gst_element_set_state (p, GST_STATE_NULL);
-  gst_object_unref (sink);
-  gst_object_unref (p);
-  g_free (desc);
-  return png;
-}
-
-static guint32
-png_crc (const guint8 *p, gsize n)
-{
-  guint32 c = 0xffffffffu;
-  for (gsize i = 0; i < n; i++) {
-    c ^= p[i];
-    for (int k = 0; k < 8; k++)
-      c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
-  }
-  return c ^ 0xffffffffu;
-}
-
-/* Big-endian, byte by byte: p need not be aligned (GST_WRITE_UINT32_BE
- * stores a whole word, which UBSan reports at p + 29). */
-static void
-write_be32 (guint8 *p, guint32 v)
-{
-  p[0] = (guint8) (v >> 24);
-  p[1] = (guint8) (v >> 16);
-  p[2] = (guint8) (v >> 8);
-  p[3] = (guint8) v;
-}
-
-/* The same PNG with its IHDR claiming w x h pixels (CRC fixed). */
-static GBytes *
-claim_size (GBytes *png, guint32 w, guint32 h)
-{
-  gsize n;
-  const guint8 *data = g_bytes_get_data (png, &n);
-  guint8 *p = g_memdup2 (data, n);
-
-  g_assert_cmpint (memcmp (p + 12, "IHDR", 4), ==, 0);
-  write_be32 (p + 16, w);
-  write_be32 (p + 20, h);
-  write_be32 (p + 29, png_crc (p + 12, 17));
-  return g_bytes_new_take (p, n);
+  g_assert_nonnull (bytes);
+  return bytes;
 }
 
 static void
@@ -125,7 +70,7 @@ test_out_of_range (void)
   expect_refused (png, "8192");
   g_bytes_unref (png);
   png = make_image ("pngenc", 16, 16);
-  GBytes *wide = claim_size (png, 8193, 16);
+  GBytes *wide = tp_png_claiming (png, 8193, 16);
   expect_refused (wide, "8192");
   g_bytes_unref (wide);
   g_bytes_unref (png);
@@ -149,7 +94,7 @@ static void
 test_huge_claim (void)
 {
   GBytes *png = make_image ("pngenc", 16, 16);
-  GBytes *huge = claim_size (png, 30000, 30000);
+  GBytes *huge = tp_png_claiming (png, 30000, 30000);
   struct rusage ru;
 
   expect_refused (huge, "8192");
@@ -158,6 +103,121 @@ test_huge_claim (void)
   g_assert_cmpint (ru.ru_maxrss, <, 512 * 1024);
   g_bytes_unref (huge);
   g_bytes_unref (png);
+}
+
+typedef struct {
+  GMainLoop *loop;
+  GstSample *sample;
+  GError *error;
+  guint results;
+  gboolean idle_ran; /* by the time the result came */
+  gboolean idle_first;
+} Async;
+
+static void
+on_decoded (GObject *src, GAsyncResult *res, gpointer data)
+{
+  Async *a = data;
+
+  g_assert_null (src);
+  a->sample = ms_image_decode_finish (res, &a->error);
+  a->results++;
+  a->idle_first = a->idle_ran;
+  g_main_loop_quit (a->loop);
+}
+
+static gboolean
+on_idle (gpointer data)
+{
+  ((Async *) data)->idle_ran = TRUE;
+  return G_SOURCE_REMOVE;
+}
+
+/* Decodes bytes with ms_image_decode_async; an idle source is added to
+ * the main context just after the call. cancel: cancelled after the call
+ * (before: already cancelled). */
+static void
+decode_async (Async *a, GBytes *bytes, GCancellable *cancel)
+{
+  memset (a, 0, sizeof *a);
+  a->loop = g_main_loop_new (NULL, FALSE);
+  ms_image_decode_async (bytes, cancel, on_decoded, a);
+  g_idle_add (on_idle, a);
+  if (cancel)
+    g_cancellable_cancel (cancel);
+  g_main_loop_run (a->loop);
+  g_main_loop_unref (a->loop);
+  g_assert_cmpuint (a->results, ==, 1);
+}
+
+/* The same results as ms_image_decode, in the caller's main context. */
+static void
+test_async (void)
+{
+  GBytes *png = make_image ("pngenc", 16, 20);
+  GBytes *junk = g_bytes_new_static ("not an image", 12);
+  Async a;
+  GstVideoInfo info;
+
+  decode_async (&a, png, NULL);
+  g_assert_no_error (a.error);
+  g_assert_true (
+      gst_video_info_from_caps (&info, gst_sample_get_caps (a.sample)));
+  g_assert_cmpint (info.width, ==, 16);
+  g_assert_cmpint (info.height, ==, 20);
+  gst_sample_unref (a.sample);
+  decode_async (&a, junk, NULL);
+  g_assert_null (a.sample);
+  g_assert_nonnull (a.error);
+  g_assert_nonnull (strstr (a.error->message, "undecodable image"));
+  g_error_free (a.error);
+  g_bytes_unref (junk);
+  g_bytes_unref (png);
+}
+
+/* A large picture (8192 x 8192, the largest side accepted: 256 MB of RGBA
+ * to inflate and convert) decodes in a thread: the main loop runs an idle
+ * source added after the call before the result comes.  Order of events,
+ * not time. */
+static void
+test_async_main_loop_runs (void)
+{
+  GBytes *big = tp_png_blank (8192, 8192);
+  Async a;
+  GstVideoInfo info;
+
+  decode_async (&a, big, NULL);
+  g_assert_no_error (a.error);
+  g_assert_true (a.idle_first);
+  g_assert_true (
+      gst_video_info_from_caps (&info, gst_sample_get_caps (a.sample)));
+  g_assert_cmpint (GST_VIDEO_INFO_FORMAT (&info), ==, GST_VIDEO_FORMAT_RGB);
+  g_assert_cmpint (info.width, ==, 8192);
+  g_assert_cmpint (info.height, ==, 8192);
+  gst_sample_unref (a.sample);
+  g_bytes_unref (big);
+}
+
+/* Cancelled mid-decode, or before it started: the callback comes once,
+ * with G_IO_ERROR_CANCELLED, and nothing leaks (ASan). */
+static void
+test_async_cancel (void)
+{
+  GBytes *big = tp_png_blank (8192, 8192);
+  GCancellable *cancel = g_cancellable_new ();
+  Async a;
+
+  decode_async (&a, big, cancel);
+  g_assert_null (a.sample);
+  g_assert_error (a.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&a.error);
+  /* Already cancelled. */
+  decode_async (&a, big, cancel);
+  g_assert_null (a.sample);
+  g_assert_error (a.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&a.error);
+  g_object_unref (cancel);
+  g_bytes_unref (big);
 }
 
 int
@@ -169,5 +229,9 @@ main (int argc, char **argv)
   g_test_add_func ("/server-image/out-of-range", test_out_of_range);
   g_test_add_func ("/server-image/not-an-image", test_not_an_image);
   g_test_add_func ("/server-image/huge-claim", test_huge_claim);
+  g_test_add_func ("/server-image/async", test_async);
+  g_test_add_func ("/server-image/async-main-loop-runs",
+      test_async_main_loop_runs);
+  g_test_add_func ("/server-image/async-cancel", test_async_cancel);
   return g_test_run ();
 }

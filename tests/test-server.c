@@ -3,6 +3,7 @@
  * docs/server.md).  The server process is stopped with SIGTERM at the end
  * and must exit cleanly (0: under ASan, also no leaks). */
 #include "../pipelines/server/protocol.h"
+#include "picture-util.h"
 #include "server-client.h"
 
 #include <gst/app/gstappsink.h>
@@ -15,6 +16,9 @@
 static TsServer server;
 static GPtrArray *pages; /* hello.wav as Ogg Opus pages */
 static gdouble duration;
+/* A MoshiVis server on the tiny MoshiVis. */
+static const gchar *const vision_args[] = { "--vision",
+  "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
 
 static TsMessage *
 msg_at (TsClient *c, guint i)
@@ -556,35 +560,10 @@ test_sequential_sessions (void)
 static GBytes *
 make_png (gint w, gint h, const gchar *pattern)
 {
-  gchar *path =
-      g_build_filename (g_get_tmp_dir (), "moshi-server-test.png", NULL);
-  gchar *desc = g_strdup_printf ("videotestsrc num-buffers=1 pattern=%s "
-                                 "! video/x-raw,width=%d,height=%d ! pngenc "
-                                 "! filesink location=\"%s\"",
-      pattern, w, h, path);
-  GError *err = NULL;
-  GstElement *p = gst_parse_launch (desc, &err);
-  GstBus *bus;
-  GstMessage *m;
-  gchar *data;
-  gsize len;
+  GBytes *png = tp_encode ("pngenc", w, h, pattern);
 
-  g_assert_no_error (err);
-  gst_element_set_state (p, GST_STATE_PLAYING);
-  bus = gst_element_get_bus (p);
-  m = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
-      GST_MESSAGE_EOS | GST_MESSAGE_ERROR);
-  g_assert_nonnull (m);
-  g_assert_cmpint (GST_MESSAGE_TYPE (m), ==, GST_MESSAGE_EOS);
-  gst_message_unref (m);
-  gst_object_unref (bus);
-  gst_element_set_state (p, GST_STATE_NULL);
-  gst_object_unref (p);
-  g_assert_true (g_file_get_contents (path, &data, &len, NULL));
-  g_unlink (path);
-  g_free (path);
-  g_free (desc);
-  return g_bytes_new_take (data, len);
+  g_assert_nonnull (png);
+  return png;
 }
 
 static gboolean
@@ -601,8 +580,6 @@ static void
 test_vision_server (void)
 {
   TsServer vs;
-  const gchar *args[] = { "--vision",
-    "--model=" MOSHI_BUILD_ROOT "/tests/moshivis-dialog-tiny", NULL };
   TsClient *c;
   GError *err = NULL;
   static const guint8 junk[] = "not an image";
@@ -610,7 +587,7 @@ test_vision_server (void)
   GBytes *ball = make_png (160, 160, "ball");
   guint looking = 0, n7;
 
-  g_assert_true (ts_server_start (&vs, args));
+  g_assert_true (ts_server_start (&vs, vision_args));
   c = ts_client_connect (vs.url, "", &err);
   g_assert_no_error (err);
   send_pages (c, 0, 3);
@@ -733,6 +710,142 @@ test_vision_image_url (void)
   g_free (index);
   g_free (sub);
   g_free (dir);
+}
+
+static gint64
+first_time (TsClient *c, guint8 kind)
+{
+  for (guint i = 0; i < c->messages->len; i++)
+    if (msg_at (c, i)->kind == kind)
+      return msg_at (c, i)->time_us;
+  return G_MAXINT64;
+}
+
+/* A client of a vision server that has sent a picture (kind 8). */
+static TsClient *
+connect_picture (const gchar *url, const void *picture, gsize len)
+{
+  GError *err = NULL;
+  TsClient *c = ts_client_connect (url, "", &err);
+
+  g_assert_no_error (err);
+  ts_client_send (c, 8, picture, len);
+  return c;
+}
+
+static TsClient *
+connect_bytes (const gchar *url, GBytes *picture)
+{
+  return connect_picture (url, g_bytes_get_data (picture, NULL),
+      g_bytes_get_size (picture));
+}
+
+/* ... that has its session (handshake and metadata received). */
+static TsClient *
+connect_bytes_ready (const gchar *url, GBytes *picture)
+{
+  TsClient *c = connect_bytes (url, picture);
+
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  return c;
+}
+
+/* Pictures are decoded off the server's main loop: while a large one
+ * (8192 x 8192, the largest side accepted; 256 MB of pixels to inflate and
+ * convert, a few hundred KB to send) is decoded for one client, another
+ * client connects, sends a picture that cannot be decoded and gets its
+ * error (websocket upgrade, message, a decode of its own, kind-5 message
+ * and close) before the first client's handshake; a third client's
+ * session starts meanwhile too.  Order of events, not time: decoding in
+ * the main loop answered nobody until the large picture was decoded.  The
+ * large picture's session then works as any other. */
+static void
+test_vision_slow_picture (void)
+{
+  TsServer vs;
+  static const guint8 junk[] = "not an image";
+  GBytes *big = tp_png_blank (8192, 8192);
+  GBytes *card = make_png (64, 48, "smpte");
+  TsClient *a, *b, *c;
+
+  g_assert_cmpuint (g_bytes_get_size (big), <, 1024 * 1024);
+  g_assert_true (ts_server_start (&vs, vision_args));
+  /* Warm-up: the server's first picture and session (plugins loaded). */
+  ts_client_free (connect_bytes_ready (vs.url, card), FALSE);
+  a = connect_bytes (vs.url, big);
+  b = connect_picture (vs.url, junk, sizeof junk);
+  c = connect_bytes (vs.url, card);
+  expect_error (b, "undecodable image");
+  g_assert_nonnull (strstr (b->error, "undecodable image"));
+  g_assert_true (ts_client_wait (a, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_true (ts_client_wait (c, has_messages, GUINT_TO_POINTER (2), 60));
+  g_assert_false (a->closed);
+  g_assert_false (c->closed);
+  g_assert_cmpint (msg_at (a, 0)->kind, ==, 0);
+  g_assert_cmpint (msg_at (c, 0)->kind, ==, 0);
+  g_assert_cmpint (first_time (b, 5), <, first_time (a, 0));
+  check_client_schema (msg_at (a, 1)->payload, 56);
+  send_pages (a, 0, pages->len / 2);
+  g_assert_true (ts_client_wait (a, enough_colored, GUINT_TO_POINTER (1), 60));
+  g_assert_false (a->closed);
+  ts_client_free (a, FALSE);
+  ts_client_free (b, FALSE);
+  ts_client_free (c, FALSE);
+  g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+  g_bytes_unref (card);
+  g_bytes_unref (big);
+}
+
+/* A session that ends while its picture is decoded: the client vanishes or
+ * closes, or is failed (audio before the handshake), before its first
+ * picture is decoded or mid-conversation; the server goes on and exits
+ * cleanly (under ASan: no use after free, no leak), also when stopped
+ * while a picture is being decoded.  A picture sent while another decodes
+ * waits for it: its error still reaches the client. */
+static void
+test_vision_close_mid_decode (void)
+{
+  TsServer vs;
+  static const guint8 junk[] = "not an image";
+  GBytes *big = tp_png_blank (8192, 8192);
+  GBytes *card = make_png (64, 48, "smpte");
+  TsClient *c;
+
+  g_assert_true (ts_server_start (&vs, vision_args));
+  /* Before the session: gone, closed, failed. */
+  for (guint i = 0; i < 3; i++) {
+    c = connect_bytes (vs.url, big);
+    if (i == 2) {
+      send_pages (c, 0, 1);
+      expect_error (c, "audio before the handshake");
+      g_assert_nonnull (strstr (c->error, "handshake"));
+    }
+    ts_client_free (c, i == 0);
+  }
+  /* Mid-conversation: a large picture, then junk, which waits for it and
+   * ends the session once its turn comes. */
+  c = connect_bytes_ready (vs.url, card);
+  ts_client_send (c, 8, g_bytes_get_data (big, NULL), g_bytes_get_size (big));
+  ts_client_send (c, 8, junk, sizeof junk);
+  expect_error (c, "undecodable image");
+  g_assert_nonnull (strstr (c->error, "undecodable image"));
+  g_assert_cmpuint (c->close_code, ==, SOUP_WEBSOCKET_CLOSE_BAD_DATA);
+  ts_client_free (c, FALSE);
+  /* Mid-conversation, closed while the large picture decodes. */
+  c = connect_bytes_ready (vs.url, card);
+  ts_client_send (c, 8, g_bytes_get_data (big, NULL), g_bytes_get_size (big));
+  ts_client_free (c, FALSE);
+  /* The server goes on.  Stopped with a picture being decoded (most
+   * likely: it takes far longer than the 0.2 s given to it to arrive;
+   * either way it must exit cleanly). */
+  c = connect_bytes_ready (vs.url, card);
+  ts_client_send (c, 8, g_bytes_get_data (big, NULL), g_bytes_get_size (big));
+  ts_client_wait (c, NULL, NULL, 0.2);
+  g_assert_cmpint (ts_server_stop (&vs), ==, 0);
+  ts_client_free (c, TRUE);
+  g_bytes_unref (card);
+  g_bytes_unref (big);
 }
 
 static void
@@ -906,6 +1019,9 @@ main (int argc, char **argv)
   g_test_add_func ("/server/sequential-sessions", test_sequential_sessions);
   g_test_add_func ("/server/vision", test_vision_server);
   g_test_add_func ("/server/vision-image-url", test_vision_image_url);
+  g_test_add_func ("/server/vision-slow-picture", test_vision_slow_picture);
+  g_test_add_func ("/server/vision-close-mid-decode",
+      test_vision_close_mid_decode);
   g_test_add_func ("/server/token", test_token);
   g_test_add_func ("/server/tls", test_tls);
   g_test_add_func ("/server/shutdown-with-sessions",

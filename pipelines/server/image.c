@@ -1,6 +1,7 @@
 /* moshi-server: decoding a client's picture.  See image.h. */
 #include "image.h"
 
+#include <gio/gio.h>
 #include <gst/app/gstappsink.h>
 #include <gst/app/gstappsrc.h>
 #include <gst/video/video.h>
@@ -52,8 +53,19 @@ guard_select (GstElement *bin, GstPad *pad, GstCaps *caps,
   return 2; /* GST_AUTOPLUG_SELECT_SKIP */
 }
 
-GstSample *
-ms_image_decode (GBytes *bytes, GError **error)
+/* GCancellable "cancelled" handler (any thread): wakes the wait on the
+ * decoding pipeline's bus. */
+static void
+post_cancelled (GCancellable *cancellable, gpointer bus)
+{
+  (void) cancellable;
+  gst_bus_post (bus,
+      gst_message_new_application (NULL,
+          gst_structure_new_empty ("ms-image-cancelled")));
+}
+
+static GstSample *
+decode (GBytes *bytes, GCancellable *cancellable, GError **error)
 {
   GstElement *p, *src, *dec, *sink;
   GstSample *sample = NULL;
@@ -61,6 +73,8 @@ ms_image_decode (GBytes *bytes, GError **error)
   GstMessage *msg, *err_msg = NULL;
   GstCaps *caps;
   Guard g = { 0 };
+  gulong cancel_id = 0;
+  gboolean cancelled = FALSE;
 
   /* No buffer can wrap nothing (found by fuzz-server-image: a kind-8
    * message without payload made GStreamer critical warnings). */
@@ -86,13 +100,23 @@ ms_image_decode (GBytes *bytes, GError **error)
   gst_app_src_push_buffer (GST_APP_SRC (src),
       gst_buffer_new_wrapped_bytes (g_bytes_ref (bytes)));
   gst_app_src_end_of_stream (GST_APP_SRC (src));
+  bus = gst_element_get_bus (p);
+  /* A cancellation posts an APPLICATION message that ends the wait below
+   * (at once when already cancelled). */
+  if (cancellable)
+    cancel_id = g_cancellable_connect (cancellable, G_CALLBACK (post_cancelled),
+        gst_object_ref (bus), gst_object_unref);
   gst_element_set_state (p, GST_STATE_PAUSED);
   /* A picture prerolls the sink (ASYNC_DONE); a refused or undecodable one
    * ends in an ERROR, or an EOS with nothing; 10 s at most. */
-  bus = gst_element_get_bus (p);
   msg = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
-      GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS);
-  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
+      GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS
+          | (cancellable ? GST_MESSAGE_APPLICATION : 0));
+  if (cancellable)
+    g_cancellable_disconnect (cancellable, cancel_id);
+  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_APPLICATION)
+    cancelled = TRUE;
+  else if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
     sample = gst_app_sink_try_pull_preroll (GST_APP_SINK (sink), 0);
   if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR)
     err_msg = msg;
@@ -100,7 +124,10 @@ ms_image_decode (GBytes *bytes, GError **error)
     gst_message_unref (msg);
   /* Stopped first: no streaming thread touches the guard after this. */
   gst_element_set_state (p, GST_STATE_NULL);
-  if (!sample && g.width > 0) {
+  if (cancelled) {
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+        "image decoding cancelled");
+  } else if (!sample && g.width > 0) {
     g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FORMAT,
         "image of %dx%d pixels: sides from %d to %d are accepted", g.width,
         g.height, MS_IMAGE_MIN_SIDE, MS_IMAGE_MAX_SIDE);
@@ -148,4 +175,44 @@ ms_image_decode (GBytes *bytes, GError **error)
   gst_object_unref (sink);
   gst_object_unref (p);
   return sample;
+}
+
+GstSample *
+ms_image_decode (GBytes *bytes, GError **error)
+{
+  return decode (bytes, NULL, error);
+}
+
+static void
+decode_thread (GTask *task, gpointer source, gpointer data,
+    GCancellable *cancellable)
+{
+  GError *error = NULL;
+  GstSample *sample = decode (data, cancellable, &error);
+
+  (void) source;
+  if (sample)
+    g_task_return_pointer (task, sample, (GDestroyNotify) gst_sample_unref);
+  else
+    g_task_return_error (task, error);
+}
+
+void
+ms_image_decode_async (GBytes *bytes, GCancellable *cancellable,
+    GAsyncReadyCallback callback, gpointer user_data)
+{
+  GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+
+  g_task_set_source_tag (task, ms_image_decode_async);
+  g_task_set_task_data (task, g_bytes_ref (bytes),
+      (GDestroyNotify) g_bytes_unref);
+  g_task_run_in_thread (task, decode_thread);
+  g_object_unref (task);
+}
+
+GstSample *
+ms_image_decode_finish (GAsyncResult *result, GError **error)
+{
+  g_return_val_if_fail (g_task_is_valid (result, NULL), NULL);
+  return g_task_propagate_pointer (G_TASK (result), error);
 }

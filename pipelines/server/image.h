@@ -4,6 +4,7 @@
  * fuzzer (tests/fuzz/fuzz-server-image.c) can drive it alone. */
 #pragma once
 
+#include <gio/gio.h>
 #include <gst/gst.h>
 
 G_BEGIN_DECLS
@@ -21,5 +22,16 @@ G_BEGIN_DECLS
  * only once decoded.  NULL with error set for undecodable bytes, pictures
  * outside the limits, or no picture within 10 s. */
 GstSample *ms_image_decode (GBytes *bytes, GError **error);
+
+/* The same off the calling thread (a thread of GLib's pool: a picture can
+ * take seconds), for the server's main loop.  callback runs in the
+ * thread-default main context of the caller, once, even when cancelled;
+ * ms_image_decode_finish then gives the sample, or NULL with error
+ * (G_IO_ERROR_CANCELLED once cancelled: the decoding stops waiting at
+ * once, and stops its pipeline, which lets a decoder finish the picture it
+ * is working on). */
+void ms_image_decode_async (GBytes *bytes, GCancellable *cancellable,
+    GAsyncReadyCallback callback, gpointer user_data);
+GstSample *ms_image_decode_finish (GAsyncResult *result, GError **error);
 
 G_END_DECLS

@@ -1,6 +1,5 @@
 /* moshi-server: one conversation = one GStreamer pipeline.  See session.h. */
 #include "session.h"
-#include "image.h"
 
 #include <gst/app/gstappsink.h>
 #include <gst/app/gstappsrc.h>
@@ -224,7 +223,8 @@ pipeline_error (GstElement *pipeline, const gchar *what, GError **error)
  *     ! moshivis ! lm.vision_sink
  *
  * The client's image bytes (JPEG, PNG, ... as Kyutai's kind 8) are decoded
- * first (image.c), so that an undecodable picture is a clear error of its own;
+ * first (image.c, off the main loop: moshi-server.c), so that an
+ * undecodable picture is a clear error of its own;
  * each later picture is pushed with a force-key-unit so that moshivis looks
  * at it, and moshilm takes it at its next step (the conversation goes on).
  * ==================================================================== */
@@ -294,20 +294,14 @@ push_picture (MsSession *s, GstSample *sample, gboolean again)
 }
 
 gboolean
-ms_session_push_image (MsSession *s, GBytes *image, GError **error)
+ms_session_push_picture (MsSession *s, GstSample *picture, GError **error)
 {
-  GstSample *sample;
-
   if (!s->img_src) {
     g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_FAILED,
         "this session does not take images");
     return FALSE;
   }
-  sample = ms_image_decode (image, error);
-  if (!sample)
-    return FALSE;
-  push_picture (s, sample, TRUE);
-  gst_sample_unref (sample);
+  push_picture (s, picture, TRUE);
   return TRUE;
 }
 
@@ -326,7 +320,8 @@ static const gchar *session_desc =
 
 MsSession *
 ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
-    GBytes *image, const MsSessionCallbacks *cb, gpointer user, GError **error)
+    GstSample *picture, const MsSessionCallbacks *cb, gpointer user,
+    GError **error)
 {
   MsSession *s = g_new0 (MsSession, 1);
   GstAppSinkCallbacks sink_cb = { 0 };
@@ -373,20 +368,14 @@ ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
   }
 
   if (cfg->vision) {
-    GstSample *first = NULL;
-
-    if (!image)
+    if (!picture)
       g_set_error (error, GST_CORE_ERROR, GST_CORE_ERROR_FAILED,
           "a vision session needs an image first");
-    if (!image || !(first = ms_image_decode (image, error))
-        || !attach_vision_branch (s, cfg, params, error)) {
-      if (first)
-        gst_sample_unref (first);
+    if (!picture || !attach_vision_branch (s, cfg, params, error)) {
       ms_session_free (s);
       return NULL;
     }
-    push_picture (s, first, FALSE);
-    gst_sample_unref (first);
+    push_picture (s, picture, FALSE);
   }
 
   if (gst_element_set_state (s->pipeline, GST_STATE_PLAYING)

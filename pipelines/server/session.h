@@ -38,15 +38,18 @@ typedef struct {
 typedef struct _MsSession MsSession;
 
 /* Builds the pipeline and starts it (models come from the cache: fast
- * when the server holds them). */
+ * when the server holds them).  picture: a vision session's first picture,
+ * decoded (ms_image_decode*, image.h); NULL otherwise. */
 MsSession *ms_session_new (const MsSessionConfig *cfg, const MsParams *params,
-    GBytes *image, const MsSessionCallbacks *cb, gpointer user, GError **error);
+    GstSample *picture, const MsSessionCallbacks *cb, gpointer user,
+    GError **error);
 /* One message of Ogg pages (already checked by ms_ogg_check_pages). */
 gboolean ms_session_push_audio (MsSession *s, const guint8 *data, gsize len,
     GError **error);
-/* Vision sessions: a new picture (image file bytes) for the rest of the
- * conversation; FALSE with error when it cannot be decoded. */
-gboolean ms_session_push_image (MsSession *s, GBytes *image, GError **error);
+/* Vision sessions: a new picture (decoded, as for ms_session_new) for the
+ * rest of the conversation; FALSE with error when the session takes none. */
+gboolean ms_session_push_picture (MsSession *s, GstSample *picture,
+    GError **error);
 /* The sampling settings moshilm really uses, as Kyutai's metadata JSON. */
 gchar *ms_session_metadata_json (MsSession *s);
 /* Stops the pipeline and frees everything; no callback after this. */

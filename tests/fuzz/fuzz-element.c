@@ -13,14 +13,12 @@
  * channels, layout) and a buffer is its payload repeated to 32x its length
  * (PCM frames are 7680 bytes), NaN and infinite samples included.
  *
- * Speed: by default one element (and its harnesses) serves every input:
- * before each input it goes to READY (its stop() frees all stream state, its
- * pads drop their sticky events) and back to PLAYING, the harness's own
- * pads deactivated and activated again, and a new stream-start, so that every input starts from a
- * freshly started element without creating one each time (the model comes
- * from the plugin's cache, kept loaded by an element started once).  FUZZ_FRESH=1 builds a new element and harnesses for each
- * input instead, as before (slower; for bugs that only a never-started
- * element would show, and to replay a crash without the reset).  Pushing
+ * Speed: by default one element (and its harnesses) serves every input,
+ * reset between inputs so that every input starts from a freshly started
+ * element without creating one each time (the model comes from the
+ * plugin's cache, kept loaded by an element started once); FUZZ_FRESH=1
+ * builds a new one for each input, FUZZ_RESET=flush resets with a flush
+ * (tests/fuzz/fuzz-harness.h, shared with fuzz-vision.c).  Pushing
  * stops once FUZZ_MAX_FRAMES (default 48, three times the tiny models'
  * 16-frame attention context) frames came out or the payload pushed holds
  * that many frames: the model's arithmetic is most of the time per frame.
@@ -30,25 +28,26 @@
  * output buffer of mimidec is whole 1920-sample F32 frames, every
  * audio/x-mimi buffer of moshilm and mimienc whole frames of its
  * codebooks. */
+#include "fuzz-harness.h"
+
 #include <gst/audio/audio.h>
-#include <gst/check/gstharness.h>
-#include <gst/gst.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-GST_PLUGIN_STATIC_DECLARE (moshi);
-
-static gboolean is_lm, is_enc, fresh, flush_reset;
+static gboolean is_lm, is_enc;
 /* Work per input: pushing stops once this many frames came out (or the
  * payload pushed holds this many 8-codebook / PCM frames). */
 static guint max_frames = 48;
 static const char *element;
 static gchar *model;
+static FuzzTarget target;
 
 int LLVMFuzzerInitialize (int *argc, char ***argv);
 int LLVMFuzzerTestOneInput (const uint8_t *data, size_t size);
+
+static void configure (GstElement *e, guint8 pflags);
 
 int
 LLVMFuzzerInitialize (int *argc, char ***argv)
@@ -59,75 +58,19 @@ LLVMFuzzerInitialize (int *argc, char ***argv)
   is_lm = el && strcmp (el, "moshilm") == 0;
   is_enc = el && strcmp (el, "mimienc") == 0;
   element = is_lm ? "moshilm" : is_enc ? "mimienc" : "mimidec";
-  fresh = g_getenv ("FUZZ_FRESH") && atoi (g_getenv ("FUZZ_FRESH")) > 0;
-  flush_reset = g_strcmp0 (g_getenv ("FUZZ_RESET"), "flush") == 0;
-  if (g_getenv ("FUZZ_MAX_FRAMES"))
-    max_frames = MAX (atoi (g_getenv ("FUZZ_MAX_FRAMES")), 1);
+  fuzz_harness_read_env (&max_frames);
   const char *dir = g_getenv ("MOSHI_TEST_DATA");
   if (!dir)
     dir = MOSHI_TEST_DATA_DIR;
   model = is_lm ? g_build_filename (dir, "conformance", "lm-tiny", NULL)
                 : g_build_filename (dir, "conformance", "mimi-tiny",
                     "model.safetensors", NULL);
-  /* Only our plugin, registered below: no scanning, no registry file. */
-  g_setenv ("GST_PLUGIN_SYSTEM_PATH_1_0", "", TRUE);
-  g_setenv ("GST_PLUGIN_PATH_1_0", "", TRUE);
-  g_setenv ("GST_REGISTRY_FORK", "no", TRUE);
-  /* Never /dev/null: GStreamer writes its registry to a temporary file
-   * renamed over this path. */
-  if (!g_getenv ("GST_REGISTRY")) {
-    gchar *reg = g_build_filename (g_get_tmp_dir (),
-        "gst-moshi-fuzz-registry.bin", NULL);
-    g_setenv ("GST_REGISTRY", reg, TRUE);
-    g_free (reg);
-  }
-  gst_init (NULL, NULL);
-  /* A critical warning is a bug too. */
-  g_log_set_always_fatal (G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_ERROR);
-  GST_PLUGIN_STATIC_REGISTER (moshi);
-  /* An element that stays started keeps the model in the plugin's model
-   * cache, so that each input does not load it again. */
-  GstElement *pin = gst_element_factory_make (element, "pin");
-  g_object_set (pin, "model", model, NULL);
-  if (gst_element_set_state (pin, GST_STATE_PAUSED) == GST_STATE_CHANGE_FAILURE)
-    g_error ("cannot start %s on %s", element, model);
+  target = (FuzzTarget){ .factory = element,
+    .model = model,
+    .text_src = is_lm,
+    .configure = configure };
+  fuzz_harness_init (&target, "gst-moshi-fuzz-registry.bin");
   return 0;
-}
-
-static void
-check_error_posted (GstBus *bus, GstFlowReturn ret, const char *what)
-{
-  if (ret != GST_FLOW_ERROR)
-    return;
-  GstMessage *m = gst_bus_pop_filtered (bus, GST_MESSAGE_ERROR);
-  if (!m) {
-    fprintf (stderr, "%s returned GST_FLOW_ERROR without an ERROR message\n",
-        what);
-    abort ();
-  }
-  gst_message_unref (m);
-}
-
-/* Pulls and checks all output; returns the number of whole frames. */
-static guint
-drain (GstHarness *h, gsize frame_bytes)
-{
-  GstBuffer *b;
-  guint frames = 0;
-  while ((b = gst_harness_try_pull (h))) {
-    if (frame_bytes)
-      frames += gst_buffer_get_size (b) / frame_bytes;
-    if (frame_bytes && gst_buffer_get_size (b) % frame_bytes != 0) {
-      fprintf (stderr, "output buffer of %zu bytes, frames are %zu\n",
-          gst_buffer_get_size (b), frame_bytes);
-      abort ();
-    }
-    gst_buffer_unref (b);
-  }
-  GstEvent *e;
-  while ((e = gst_harness_try_pull_event (h)))
-    gst_event_unref (e);
-  return frames;
 }
 
 /* mimienc: PCM caps, mostly the ones it accepts (F32LE or S16LE, 24 kHz,
@@ -171,15 +114,6 @@ make_caps (guint8 cb, guint8 flags, guint8 extra)
   return caps;
 }
 
-/* Elements and harnesses (see the top comment). */
-typedef struct {
-  GstElement *e;
-  GstBus *bus;
-  GstHarness *h, *ht;
-} Fixture;
-
-static Fixture reused;
-
 /* Properties that an input picks, set while the element is stopped. */
 static void
 configure (GstElement *e, guint8 pflags)
@@ -195,94 +129,6 @@ configure (GstElement *e, guint8 pflags)
     g_object_set (e, "codebooks", 1 + (pflags % 8), NULL);
 }
 
-/* A new element, configured, started and wrapped in harnesses. */
-static void
-fixture_new (Fixture *f, guint8 pflags)
-{
-  f->e = gst_element_factory_make (element, NULL);
-  g_assert (f->e);
-  f->bus = gst_bus_new ();
-  gst_element_set_bus (f->e, f->bus);
-  g_object_set (f->e, "model", model, NULL);
-  configure (f->e, pflags);
-  f->h = gst_harness_new_with_element (f->e, "sink", "src");
-  f->ht = is_lm ? gst_harness_new_with_element (f->e, NULL, "text_src") : NULL;
-}
-
-static void
-fixture_free (Fixture *f)
-{
-  if (f->ht)
-    gst_harness_teardown (f->ht);
-  gst_harness_teardown (f->h);
-  gst_element_set_bus (f->e, NULL);
-  gst_bus_set_flushing (f->bus, TRUE);
-  gst_object_unref (f->bus);
-  gst_object_unref (f->e);
-}
-
-static void
-discard (GstHarness *h)
-{
-  GstBuffer *b;
-  GstEvent *e;
-  while ((b = gst_harness_try_pull (h)))
-    gst_buffer_unref (b);
-  while ((e = gst_harness_try_pull_event (h)))
-    gst_event_unref (e);
-}
-
-static void
-reactivate (GstPad *pad)
-{
-  gst_pad_set_active (pad, FALSE);
-  gst_pad_set_active (pad, TRUE);
-}
-
-/* Reuse mode: after each input the element goes back to READY (its stop()
- * frees all stream state, its pads drop their sticky events), the output,
- * events and messages of the input are dropped, and the harness's own pads
- * are reactivated so that no EOS, flush or caps carries over.  Done at the
- * end of the input rather than at the start of the next, so that what an
- * input allocates is freed within it (libFuzzer's leak check reruns an
- * input that ends with more mallocs than frees).  FUZZ_RESET=flush: a
- * flush instead of READY (the element is never stopped: faster for moshilm,
- * whose start resolves and parses its model files; an input's properties
- * are then those of the first input, and inputs are not independent). */
-static void
-fixture_stop (Fixture *f)
-{
-  if (flush_reset) {
-    gst_harness_push_event (f->h, gst_event_new_flush_start ());
-    gst_harness_push_event (f->h, gst_event_new_flush_stop (TRUE));
-  } else if (gst_element_set_state (f->e, GST_STATE_READY)
-      == GST_STATE_CHANGE_FAILURE) {
-    g_error ("%s: no change to READY", element);
-  }
-  discard (f->h);
-  if (f->ht)
-    discard (f->ht);
-  reactivate (f->h->srcpad);
-  reactivate (f->h->sinkpad);
-  if (f->ht)
-    reactivate (f->ht->sinkpad);
-  gst_bus_set_flushing (f->bus, TRUE);
-  gst_bus_set_flushing (f->bus, FALSE);
-}
-
-/* Reuse mode, before an input: its properties, PLAYING, a new stream. */
-static void
-fixture_restart (Fixture *f, guint8 pflags)
-{
-  if (!flush_reset) {
-    configure (f->e, pflags);
-    if (gst_element_set_state (f->e, GST_STATE_PLAYING)
-        == GST_STATE_CHANGE_FAILURE)
-      g_error ("%s: no restart", element);
-  }
-  gst_harness_push_event (f->h, gst_event_new_stream_start ("fuzz"));
-}
-
 int
 LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
 {
@@ -290,18 +136,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     return 0;
   const guint8 cb = data[0], cflags = data[1], pflags = data[2];
   size_t pos = 3;
-  Fixture fresh_f, *f;
-
-  if (fresh) {
-    fixture_new (&fresh_f, pflags);
-    f = &fresh_f;
-  } else {
-    if (!reused.e)
-      fixture_new (&reused, pflags);
-    else
-      fixture_restart (&reused, pflags);
-    f = &reused;
-  }
+  FuzzFixture *f = fuzz_fixture_begin (&target, pflags);
   GstHarness *h = f->h, *ht = f->ht;
   GstBus *bus = f->bus;
   gst_harness_set_src_caps (h, make_caps (cb, cflags, pflags));
@@ -344,7 +179,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       pts += 80 * GST_MSECOND;
     }
     ret = gst_harness_push (h, buf);
-    check_error_posted (bus, ret, "push");
+    fuzz_check_error_posted (bus, ret, "push");
     if (rf & 8)
       gst_harness_push_event (h, gst_event_new_eos ());
     if (rf & 16) {
@@ -371,18 +206,15 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     }
     if (oc)
       gst_caps_unref (oc);
-    out_frames += drain (h, out_frame);
+    out_frames += fuzz_drain (h, out_frame);
     if (ht)
-      drain (ht, 0);
+      fuzz_drain (ht, 0);
   }
   if (ret == GST_FLOW_OK)
     gst_harness_push_event (h, gst_event_new_eos ());
-  drain (h, out_frame);
+  fuzz_drain (h, out_frame);
   if (ht)
-    drain (ht, 0);
-  if (fresh)
-    fixture_free (f);
-  else
-    fixture_stop (f);
+    fuzz_drain (ht, 0);
+  fuzz_fixture_end (f);
   return 0;
 }

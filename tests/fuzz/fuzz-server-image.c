@@ -12,8 +12,8 @@
  * an RGB sample at least as big as its caps say, or an error that says
  * what was wrong. */
 #include "image.h"
+#include "picture-util.h"
 
-#include <gst/app/gstappsink.h>
 #include <gst/video/video.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,30 +104,7 @@ leaked_objects (void)
 static void
 warm_up (const char *enc)
 {
-  GBytes *bytes = NULL;
-  if (enc) {
-    gchar *desc = g_strdup_printf ("videotestsrc num-buffers=1 "
-                                   "! video/x-raw,width=32,height=24 "
-                                   "! %s ! appsink name=sink",
-        enc);
-    GstElement *p = gst_parse_launch (desc, NULL);
-    g_free (desc);
-    if (p) {
-      GstElement *sink = gst_bin_get_by_name (GST_BIN (p), "sink");
-      gst_element_set_state (p, GST_STATE_PLAYING);
-      GstSample *s = gst_app_sink_pull_sample (GST_APP_SINK (sink));
-      if (s) {
-        GstMapInfo map;
-        gst_buffer_map (gst_sample_get_buffer (s), &map, GST_MAP_READ);
-        bytes = g_bytes_new (map.data, map.size);
-        gst_buffer_unmap (gst_sample_get_buffer (s), &map);
-        gst_sample_unref (s);
-      }
-      gst_element_set_state (p, GST_STATE_NULL);
-      gst_object_unref (sink);
-      gst_object_unref (p);
-    }
-  }
+  GBytes *bytes = enc ? tp_encode (enc, 32, 24, NULL) : NULL;
   if (!bytes)
     bytes = g_bytes_new ("junk", 4);
   GstSample *s = ms_image_decode (bytes, NULL);

@@ -90,6 +90,27 @@ test_not_an_image (void)
 
 /* 30000 x 30000 RGB is 2.7 GB: refused at negotiation, so the process
  * never comes near that (peak RSS checked, not time). */
+/* A picture behind a subtitle header: decodebin finds a SAMI subtitle
+ * stream, which cannot become a picture.  Refused as soon as decodebin has
+ * exposed its streams ("no picture stream"), not after the 10 s wait for a
+ * picture that cannot come (found by fuzz-server-image). */
+static void
+test_no_picture_stream (void)
+{
+  GBytes *png = make_image ("pngenc", 16, 16);
+  static const char sami[] = "<SAMI>\n<BODY>\n";
+  gsize n;
+  const guint8 *data = g_bytes_get_data (png, &n);
+  guint8 *buf = g_malloc (sizeof sami - 1 + n);
+
+  memcpy (buf, sami, sizeof sami - 1);
+  memcpy (buf + sizeof sami - 1, data, n);
+  GBytes *odd = g_bytes_new_take (buf, sizeof sami - 1 + n);
+  expect_refused (odd, "no picture stream");
+  g_bytes_unref (odd);
+  g_bytes_unref (png);
+}
+
 static void
 test_huge_claim (void)
 {
@@ -229,6 +250,7 @@ main (int argc, char **argv)
   g_test_add_func ("/server-image/out-of-range", test_out_of_range);
   g_test_add_func ("/server-image/not-an-image", test_not_an_image);
   g_test_add_func ("/server-image/huge-claim", test_huge_claim);
+  g_test_add_func ("/server-image/no-picture-stream", test_no_picture_stream);
   g_test_add_func ("/server-image/async", test_async);
   g_test_add_func ("/server-image/async-main-loop-runs",
       test_async_main_loop_runs);

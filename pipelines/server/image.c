@@ -53,6 +53,25 @@ guard_select (GstElement *bin, GstPad *pad, GstCaps *caps,
   return 2; /* GST_AUTOPLUG_SELECT_SKIP */
 }
 
+/* decodebin's "no-more-pads" (a streaming thread): when none of its
+ * streams linked to videoconvert (a subtitle or audio stream, found by
+ * fuzz-server-image: a PNG behind a SAMI header), nothing will ever preroll
+ * the sink; say so on the bus instead of letting the wait time out. */
+static void
+no_more_pads (GstElement *dec, gpointer convert_sink)
+{
+  if (!gst_pad_is_linked (convert_sink)) {
+    GstBus *bus = gst_element_get_bus (dec);
+
+    if (bus) {
+      gst_bus_post (bus,
+          gst_message_new_application (NULL,
+              gst_structure_new_empty ("ms-image-no-picture")));
+      gst_object_unref (bus);
+    }
+  }
+}
+
 /* GCancellable "cancelled" handler (any thread): wakes the wait on the
  * decoding pipeline's bus. */
 static void
@@ -74,7 +93,9 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
   GstCaps *caps;
   Guard g = { 0 };
   gulong cancel_id = 0;
-  gboolean cancelled = FALSE;
+  gboolean cancelled = FALSE, no_picture = FALSE;
+  GstElement *convert;
+  GstPad *convert_sink;
 
   /* No buffer can wrap nothing (found by fuzz-server-image: a kind-8
    * message without payload made GStreamer critical warnings). */
@@ -84,7 +105,7 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
     return NULL;
   }
   p = gst_parse_launch ("appsrc name=src ! decodebin name=dec ! videoconvert "
-                        "! appsink name=sink sync=false",
+                        "name=convert ! appsink name=sink sync=false",
       error);
   if (!p)
     return NULL;
@@ -93,6 +114,11 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
   dec = gst_bin_get_by_name (GST_BIN (p), "dec");
   sink = gst_bin_get_by_name (GST_BIN (p), "sink");
   g_signal_connect (dec, "autoplug-select", G_CALLBACK (guard_select), &g);
+  convert = gst_bin_get_by_name (GST_BIN (p), "convert");
+  convert_sink = gst_element_get_static_pad (convert, "sink");
+  gst_object_unref (convert);
+  g_signal_connect (dec, "no-more-pads", G_CALLBACK (no_more_pads),
+      convert_sink);
   caps =
       gst_caps_new_simple ("video/x-raw", "format", G_TYPE_STRING, "RGB", NULL);
   gst_app_sink_set_caps (GST_APP_SINK (sink), caps);
@@ -111,12 +137,15 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
    * ends in an ERROR, or an EOS with nothing; 10 s at most. */
   msg = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
       GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS
-          | (cancellable ? GST_MESSAGE_APPLICATION : 0));
+          | GST_MESSAGE_APPLICATION);
   if (cancellable)
     g_cancellable_disconnect (cancellable, cancel_id);
-  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_APPLICATION)
-    cancelled = TRUE;
-  else if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
+  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_APPLICATION) {
+    if (gst_message_has_name (msg, "ms-image-no-picture"))
+      no_picture = TRUE;
+    else
+      cancelled = TRUE;
+  } else if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
     sample = gst_app_sink_try_pull_preroll (GST_APP_SINK (sink), 0);
   if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR)
     err_msg = msg;
@@ -127,6 +156,10 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
   if (cancelled) {
     g_set_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
         "image decoding cancelled");
+  } else if (no_picture && g.width == 0 && !g.unsized) {
+    g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "undecodable image: no picture stream in %" G_GSIZE_FORMAT " bytes",
+        g_bytes_get_size (bytes));
   } else if (!sample && g.width > 0) {
     g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FORMAT,
         "image of %dx%d pixels: sides from %d to %d are accepted", g.width,
@@ -173,6 +206,7 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
   gst_object_unref (src);
   gst_object_unref (dec);
   gst_object_unref (sink);
+  gst_object_unref (convert_sink);
   gst_object_unref (p);
   return sample;
 }

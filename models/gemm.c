@@ -1286,9 +1286,14 @@ moshi_gemm_packed (MoshiPool *pool, int M, const float *A, int lda,
   const int threads = moshi_pool_threads (pool);
   const int n_mblocks = (M + M_BLOCK - 1) / M_BLOCK;
   if (threads > 1 && flops > 4e5 && B->n_panels >= 2) {
-    /* ~8 items per thread, of at least 2 panels where there are enough */
-    job.chunk = MAX (1, B->n_panels * n_mblocks / (8 * threads));
-    job.chunk = MIN (job.chunk, B->n_panels);
+    /* ~32 items per thread, so that the thread that finishes last keeps
+     * the other waiting for little (one product after another: ~130 per
+     * LM step), but of at least 64 KB of weights (a shared counter's
+     * round trip and the restart of the prefetch stream per item). */
+    const size_t panel_bytes = moshi_packed_bytes (B) / B->n_panels;
+    job.chunk = MAX (B->n_panels * n_mblocks / (32 * threads),
+        (int) ((65536 + panel_bytes - 1) / panel_bytes));
+    job.chunk = MAX (1, MIN (job.chunk, B->n_panels));
     job.n_items = n_mblocks * ((B->n_panels + job.chunk - 1) / job.chunk);
     moshi_pool_run (pool, packed_part, &job);
   } else {

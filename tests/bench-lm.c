@@ -25,6 +25,7 @@
 
 #include "alloc.h"
 #include "cpu.h"
+#include "bench-read.h"
 #include "lm-private.h"
 
 static long
@@ -33,48 +34,6 @@ peak_rss_kb (void)
   struct rusage ru;
   getrusage (RUSAGE_SELF, &ru);
   return ru.ru_maxrss;
-}
-
-typedef struct {
-  const float *buf;
-  size_t n;
-  float sums[64];
-} BwJob;
-
-static void
-bw_part (void *data, int index, int count)
-{
-  BwJob *j = data;
-  size_t a = j->n * index / count, b = j->n * (index + 1) / count;
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-  for (size_t i = a; i + 3 < b; i += 4) {
-    s0 += j->buf[i];
-    s1 += j->buf[i + 1];
-    s2 += j->buf[i + 2];
-    s3 += j->buf[i + 3];
-  }
-  j->sums[index % 64] = s0 + s1 + s2 + s3;
-}
-
-/* Read bandwidth with the same threads as the model: sum a buffer far
- * larger than the caches, best of 3. */
-static double
-measure_bandwidth_gbs (size_t bytes, MoshiPool *pool)
-{
-  BwJob j = { NULL, bytes / sizeof (float), { 0 } };
-  float *buf = moshi_alloc (bytes);
-  for (size_t i = 0; i < j.n; i++)
-    buf[i] = (float) (i & 7);
-  j.buf = buf;
-  double best = 0;
-  for (int r = 0; r < 3; r++) {
-    gint64 t0 = g_get_monotonic_time ();
-    moshi_pool_run (pool, bw_part, &j);
-    double dt = (g_get_monotonic_time () - t0) / 1e6;
-    best = MAX (best, bytes / dt / 1e9);
-  }
-  moshi_free (buf);
-  return best;
 }
 
 static int
@@ -204,7 +163,8 @@ main (int argc, char **argv)
   run_steps (m, &st, steps, &t_main, &t_dep);
   /* After the peak RSS of the model itself has been reached. */
   double rss_gb = peak_rss_kb () / 1048576.0;
-  double bw = measure_bandwidth_gbs ((size_t) 1 << 30, st.pool);
+  double plain_bw;
+  double bw = bench_read_bandwidth (st.pool, (size_t) 1 << 30, &plain_bw);
   double total = t_main + t_dep;
   double gb = (main_bytes + dep_bytes) / 1e9;
   double bound_ms = gb / bw * 1e3;
@@ -223,9 +183,9 @@ main (int argc, char **argv)
   printf ("real time        needs 80 ms per step: %.2fx %s\n", total / 80.0,
       total <= 80.0 ? "(real time)" : "(slower than real time)");
   printf ("weights read     %.1f GB/s effective\n", gb / (total / 1e3));
-  printf ("read bandwidth   %.1f GB/s measured (1 GiB sum, %d thread%s, this "
-          "run)\n",
-      bw, threads, threads > 1 ? "s" : "");
+  printf ("read bandwidth   %.1f GB/s measured (1 GiB read with prefetch, %d "
+          "thread%s, this run; plain sum %.1f GB/s)\n",
+      bw, threads, threads > 1 ? "s" : "", plain_bw);
   printf ("bandwidth bound  %.1f ms per step; this run is %.2fx the bound\n",
       bound_ms, total / bound_ms);
   printf ("peak RSS         %.2f GB (model + state)\n", rss_gb);

@@ -119,57 +119,9 @@ softmax_valid (float *sc, const guint8 *valid, int lo, int hi)
 }
 
 #if defined(__x86_64__)
-__attribute__ ((target ("avx512f"))) static void
-attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
-    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
-    float *sc, float *out)
-{
-  /* Scores, 64 slots at a time with the accumulators in registers. */
-  for (int j0 = lo; j0 <= hi; j0 += 64) {
-    const int n = MIN (64, hi + 1 - j0);
-    __mmask16 mk[4];
-    for (int b = 0; b < 4; b++) {
-      int r = n - 16 * b;
-      mk[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
-    }
-    __m512 acc[4] = { _mm512_setzero_ps (), _mm512_setzero_ps (),
-      _mm512_setzero_ps (), _mm512_setzero_ps () };
-    for (int c = 0; c < hd; c++) {
-      const __m512 qc = _mm512_set1_ps (q[c] * scale);
-      const float *row = kT + (size_t) c * ctx + j0;
-      for (int b = 0; b < 4; b++)
-        acc[b] = _mm512_fmadd_ps (qc,
-            _mm512_maskz_loadu_ps (mk[b], row + 16 * b), acc[b]);
-    }
-    for (int b = 0; b < 4; b++)
-      _mm512_mask_storeu_ps (sc + j0 + 16 * b, mk[b], acc[b]);
-  }
-  const float inv = softmax_valid (sc, valid, lo, hi);
-  /* Weighted sum of values, head_dim in registers (up to 128). */
-  for (int c0 = 0; c0 < hd; c0 += 128) {
-    const int w = MIN (128, hd - c0);
-    __mmask16 mv[8];
-    __m512 o[8];
-    for (int b = 0; b < 8; b++) {
-      int r = w - 16 * b;
-      mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
-      o[b] = _mm512_maskz_loadu_ps (mv[b], out + c0 + 16 * b);
-    }
-    for (int j = lo; j <= hi; j++) {
-      if (!valid[j])
-        continue;
-      const __m512 p = _mm512_set1_ps (sc[j] * inv);
-      const float *vj = v + (size_t) j * ldv + c0;
-      for (int b = 0; b < 8; b++)
-        if (mv[b])
-          o[b] = _mm512_fmadd_ps (p, _mm512_maskz_loadu_ps (mv[b], vj + 16 * b),
-              o[b]);
-    }
-    for (int b = 0; b < 8; b++)
-      _mm512_mask_storeu_ps (out + c0 + 16 * b, mv[b], o[b]);
-  }
-}
-
+static void attention_head_avx512 (const float *q, const float *kT, int ctx,
+    const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
+    int hi, float *sc, float *out);
 #endif
 
 void
@@ -236,8 +188,9 @@ load16 (const void *p, size_t i, __mmask16 m, const gboolean half)
 }
 
 /* nq (1 or 2) queries in one pass over the cache; per query the arithmetic
- * and its order are attention_head_avx512's.  nq and half are constants
- * at each call: the compiler drops the unused paths. */
+ * and its order are the same whether it is alone or paired (a query's
+ * output does not depend on its partner: tests/test-attention.c).  nq and
+ * half are constants at each call: the compiler drops the unused paths. */
 __attribute__ ((target (PAIR_TARGET), always_inline)) static inline void
 heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
     int ldv, int hd, float scale, const guint8 *const valid[2], const int lo[2],
@@ -344,6 +297,20 @@ head2_f16_avx512 (const float *const q[2], const uint16_t *kT, int ctx,
     float *const sc[2], float *const out[2])
 {
   heads_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, 2, TRUE);
+}
+
+/* One query over a float32 cache: the pair kernel with nq = 1. */
+__attribute__ ((target (PAIR_TARGET))) static void
+attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
+{
+  const float *qs[2] = { q, q };
+  const guint8 *vs[2] = { valid, valid };
+  const int los[2] = { lo, lo }, his[2] = { hi, hi };
+  float *scs[2] = { sc, sc }, *outs[2] = { out, out };
+  heads_avx512 (qs, kT, ctx, v, ldv, hd, scale, vs, los, his, scs, outs, 1,
+      FALSE);
 }
 
 __attribute__ ((target (PAIR_TARGET))) static void

@@ -93,7 +93,8 @@ test_not_an_image (void)
 /* A picture behind a subtitle header: decodebin finds a SAMI subtitle
  * stream, which cannot become a picture.  Refused as soon as decodebin has
  * exposed its streams ("no picture stream"), not after the 10 s wait for a
- * picture that cannot come (found by fuzz-server-image). */
+ * picture that cannot come; the same for a demuxer that finds no stream at
+ * all (both found by fuzz-server-image). */
 static void
 test_no_picture_stream (void)
 {
@@ -109,6 +110,12 @@ test_no_picture_stream (void)
   expect_refused (odd, "no picture stream");
   g_bytes_unref (odd);
   g_bytes_unref (png);
+  /* A RealMedia signature and nothing else: rmdemux finds no stream and
+   * says nothing; refused half a second after the end of the input reached
+   * it. */
+  GBytes *rm = g_bytes_new_static (".RMF", 4);
+  expect_refused (rm, "no picture stream");
+  g_bytes_unref (rm);
 }
 
 static void

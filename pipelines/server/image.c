@@ -13,6 +13,8 @@ typedef struct {
   GMutex lock;
   gint width, height; /* of a picture refused for its size, else 0 */
   gchar *unsized; /* caps of a picture refused for want of a size */
+  GstElement *demuxer; /* the demuxer decodebin plugged, if any (a ref) */
+  gint64 demuxer_eos; /* when the input's end reached it, or 0 */
 } Guard;
 
 /* A decoder allocates the whole picture as soon as it has read its header,
@@ -72,6 +74,67 @@ no_more_pads (GstElement *dec, gpointer convert_sink)
   }
 }
 
+/* The input's end reaching the demuxer (a streaming thread). */
+static GstPadProbeReturn
+demuxer_eos (GstPad *pad, GstPadProbeInfo *info, gpointer data)
+{
+  Guard *g = data;
+
+  (void) pad;
+  if (GST_EVENT_TYPE (GST_PAD_PROBE_INFO_EVENT (info)) == GST_EVENT_EOS) {
+    g_mutex_lock (&g->lock);
+    g->demuxer_eos = g_get_monotonic_time ();
+    g_mutex_unlock (&g->lock);
+  }
+  return GST_PAD_PROBE_OK;
+}
+
+/* decodebin's "element-added": keeps its demuxer and watches for the end
+ * of the input reaching it (see demuxer_gave_nothing). */
+static void
+element_added (GstBin *bin, GstElement *element, gpointer data)
+{
+  Guard *g = data;
+  GstElementFactory *f = gst_element_get_factory (element);
+  const gchar *klass = f
+      ? gst_element_factory_get_metadata (f, GST_ELEMENT_METADATA_KLASS)
+      : NULL;
+  GstPad *sink;
+
+  (void) bin;
+  if (!klass || !strstr (klass, "Demux"))
+    return;
+  g_mutex_lock (&g->lock);
+  if (!g->demuxer) {
+    g->demuxer = gst_object_ref (element);
+    sink = gst_element_get_static_pad (element, "sink");
+    if (sink) {
+      gst_pad_add_probe (sink, GST_PAD_PROBE_TYPE_EVENT_DOWNSTREAM, demuxer_eos,
+          g, NULL);
+      gst_object_unref (sink);
+    }
+  }
+  g_mutex_unlock (&g->lock);
+}
+
+/* A demuxer that found no stream in the bytes and says nothing (rmdemux
+ * after the 4 bytes ".RMF", found by fuzz-server-image) never exposes a pad
+ * and never posts an error: the wait would last its 10 s.  Half a second
+ * after the input's end reached it (headers parsed long before), a
+ * demuxer still without any output gives no picture. */
+static gboolean
+demuxer_gave_nothing (Guard *g)
+{
+  gboolean nothing;
+
+  g_mutex_lock (&g->lock);
+  nothing = g->demuxer && g->demuxer_eos
+      && g_get_monotonic_time () - g->demuxer_eos > G_USEC_PER_SEC / 2
+      && g->demuxer->numsrcpads == 0;
+  g_mutex_unlock (&g->lock);
+  return nothing;
+}
+
 /* GCancellable "cancelled" handler (any thread): wakes the wait on the
  * decoding pipeline's bus. */
 static void
@@ -114,6 +177,7 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
   dec = gst_bin_get_by_name (GST_BIN (p), "dec");
   sink = gst_bin_get_by_name (GST_BIN (p), "sink");
   g_signal_connect (dec, "autoplug-select", G_CALLBACK (guard_select), &g);
+  g_signal_connect (dec, "element-added", G_CALLBACK (element_added), &g);
   convert = gst_bin_get_by_name (GST_BIN (p), "convert");
   convert_sink = gst_element_get_static_pad (convert, "sink");
   gst_object_unref (convert);
@@ -134,10 +198,19 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
         gst_object_ref (bus), gst_object_unref);
   gst_element_set_state (p, GST_STATE_PAUSED);
   /* A picture prerolls the sink (ASYNC_DONE); a refused or undecodable one
-   * ends in an ERROR, or an EOS with nothing; 10 s at most. */
-  msg = gst_bus_timed_pop_filtered (bus, 10 * GST_SECOND,
-      GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS
-          | GST_MESSAGE_APPLICATION);
+   * ends in an ERROR, or an EOS with nothing; 10 s at most, looked at every
+   * 100 ms for a demuxer that gave nothing. */
+  for (int slice = 0; slice < 100; slice++) {
+    msg = gst_bus_timed_pop_filtered (bus, GST_SECOND / 10,
+        GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS
+            | GST_MESSAGE_APPLICATION);
+    if (msg)
+      break;
+    if (demuxer_gave_nothing (&g)) {
+      no_picture = TRUE;
+      break;
+    }
+  }
   if (cancellable)
     g_cancellable_disconnect (cancellable, cancel_id);
   if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_APPLICATION) {
@@ -202,6 +275,8 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
     gst_message_unref (err_msg);
   gst_object_unref (bus);
   g_free (g.unsized);
+  if (g.demuxer)
+    gst_object_unref (g.demuxer);
   g_mutex_clear (&g.lock);
   gst_object_unref (src);
   gst_object_unref (dec);

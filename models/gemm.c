@@ -913,6 +913,14 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
     store_tile_avx512 (MR, acc0, acc1, pa, C, ldc);                            \
   }
 
+/* Quantized weights are consumed fast enough that one thread's DRAM
+ * stream, not the kernel, is the limit: both VNNI kernels ask for the line
+ * 4 KB ahead (the panels are contiguous) into L2, measured ~20 % faster on
+ * 2 x 4096 x 11264 q4 with the weights out of cache; 2 and 8 KB and the
+ * other hints were no better (docs/performance.md).  Prefetches never
+ * fault past the end. */
+#define VNNI_PREFETCH 4096
+
 /* Q8 x Q8 with AVX-512 VNNI.  vpdpbusd multiplies 4 unsigned by 4 signed
  * bytes per lane.  The weights are made its unsigned operand by flipping
  * their sign bit (q + 128, one xor per 64 bytes); the activations arrive
@@ -920,8 +928,6 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
  * and the block's sum SS.  So sum (qw + 128) qa = sum qw qa + 128 SS: the
  * accumulators start at -128 SS, per row and block, and no per-column
  * correction has to be read with the weights (see the Q4 kernel below). */
-/* As Q4_PREFETCH below: the q8 panels stream from DRAM too. */
-#define Q8_PREFETCH 4096
 #define DEFINE_TILE_VNNI(MR)                                                  \
   __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void        \
       tile_vnni_##MR (const uint8_t *QA, int ldq, const float *SA,            \
@@ -948,9 +954,9 @@ store_tile_avx512 (int mr, __m512 *acc0, __m512 *acc1, const PanelArgs *pa,
         __m512i b1 = _mm512_xor_si512 (_mm512_load_si512 ((const void *) (bb  \
                                            + g * 4 * NR + 64)),               \
             sign);                                                            \
-        _mm_prefetch ((const char *) bb + Q8_PREFETCH + g * 4 * NR,           \
+        _mm_prefetch ((const char *) bb + VNNI_PREFETCH + g * 4 * NR,         \
             _MM_HINT_T1);                                                     \
-        _mm_prefetch ((const char *) bb + Q8_PREFETCH + g * 4 * NR + 64,      \
+        _mm_prefetch ((const char *) bb + VNNI_PREFETCH + g * 4 * NR + 64,    \
             _MM_HINT_T1);                                                     \
         for (int i = 0; i < MR; i++) {                                        \
           int32_t a4;                                                         \
@@ -986,11 +992,6 @@ bf16x16_to_ps (const uint16_t *p)
  * unsigned operand (q + 8 in [1, 15] from the low nibbles; 16 (q + 8) from
  * the high nibbles, masked in place), so sum (qw + 8) qa = sum qw qa +
  * 8 SS, and the high half's factor 16 goes into its scales. */
-/* Q4 weights are consumed fast enough that one thread's DRAM stream, not
- * the kernel, is the limit: asking for the line 4 KB (8 blocks; the panels
- * are contiguous) ahead into L2 measured ~20 % faster on 2 x 4096 x 11264
- * with the weights out of cache (prefetches never fault past the end). */
-#define Q4_PREFETCH 4096
 #define DEFINE_TILE_VNNI_Q4(MR)                                               \
   __attribute__ ((target ("avx512f,avx512bw,avx512vnni"))) static void        \
       tile_vnni_q4_##MR (const uint8_t *QA, int ldq, const float *SA,         \
@@ -1016,7 +1017,7 @@ bf16x16_to_ps (const uint16_t *p)
       const uint8_t *bb = Bp + (size_t) kb * QB * (NR / 2);                   \
       for (int g = 0; g < QB / 4; g++) {                                      \
         __m512i x = _mm512_load_si512 ((const void *) (bb + g * 2 * NR));     \
-        _mm_prefetch ((const char *) bb + Q4_PREFETCH + g * 2 * NR,           \
+        _mm_prefetch ((const char *) bb + VNNI_PREFETCH + g * 2 * NR,         \
             _MM_HINT_T1);                                                     \
         __m512i b0 = _mm512_and_si512 (x, lo_mask);                           \
         __m512i b1 = _mm512_and_si512 (x, hi_mask);                           \

@@ -487,23 +487,26 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         rope_apply (tr, k, pos);
       }
       int slot = (int) (pos % ctx);
-      /* Head h's value row goes to [h][slot][head_dim]. */
+      /* Key channel c goes to [c][slot] (heads are runs of head_dim
+       * channels), head h's value row to [h][slot][head_dim]. */
+      if (half) {
+        uint16_t kh[256];
+        for (int c0 = 0; c0 < d; c0 += 256) {
+          const int n = MIN (256, d - c0);
+          moshi_f32_to_f16_n (kh, k + c0, n);
+          for (int c = 0; c < n; c++)
+            kc16[(size_t) (c0 + c) * ctx + slot] = kh[c];
+        }
+      } else {
+        for (int c = 0; c < d; c++)
+          kc[(size_t) c * ctx + slot] = k[c];
+      }
       for (int h = 0; h < H; h++) {
         const size_t vrow = ((size_t) h * ctx + slot) * hd;
-        if (half) {
-          uint16_t kh[256];
-          for (int c0 = h * hd; c0 < (h + 1) * hd; c0 += 256) {
-            const int n = MIN (256, (h + 1) * hd - c0);
-            moshi_f32_to_f16_n (kh, k + c0, n);
-            for (int c = 0; c < n; c++)
-              kc16[(size_t) (c0 + c) * ctx + slot] = kh[c];
-          }
+        if (half)
           moshi_f32_to_f16_n (vc16 + vrow, v + h * hd, hd);
-        } else {
-          for (int c = h * hd; c < (h + 1) * hd; c++)
-            kc[(size_t) c * ctx + slot] = k[c];
+        else
           memcpy (vc + vrow, v + h * hd, sizeof (float) * hd);
-        }
       }
     }
     /* Queries two at a time: one pass over the cache serves both. */

@@ -4,12 +4,18 @@
  * is decoded (found by reading the code for fuzz-server-image: a 180-byte
  * PNG claiming 30000x30000 pixels made the server allocate 2.7 GB); the
  * server's way of decoding, off its main loop (ms_image_decode_async):
- * the loop goes on meanwhile, and a cancelled decode ends cleanly. */
+ * the loop goes on meanwhile, and a cancelled decode ends cleanly; it
+ * runs in a decoder process of its own (moshi-picture-decoder, named by
+ * MOSHI_PICTURE_DECODER in meson's test environment), so pictures that
+ * make GStreamer's pngdec leak descriptors leave the server's count alone,
+ * and a decoder that crashes, fails or answers nonsense is an error. */
 #include "../pipelines/server/image.h"
 #include "picture-util.h"
 
+#include <glib/gstdio.h>
 #include <gst/video/video.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
 
 /* An image file of w x h pixels made by GStreamer's encoder enc. */
@@ -248,6 +254,153 @@ test_async_cancel (void)
   g_bytes_unref (big);
 }
 
+/* Open file descriptors of this process. */
+static guint
+open_descriptors (void)
+{
+  DIR *d = opendir ("/proc/self/fd");
+  guint n = 0;
+
+  g_assert_nonnull (d);
+  while (readdir (d))
+    n++;
+  closedir (d);
+  return n;
+}
+
+/* GLib's worker closes a child's pidfd just after the answer came back:
+ * the count once two readings 20 ms apart agree (1 s at most). */
+static guint
+settled_descriptors (void)
+{
+  guint n = open_descriptors ();
+
+  for (int i = 0; i < 50; i++) {
+    guint again;
+
+    g_usleep (20000);
+    again = open_descriptors ();
+    if (again == n)
+      break;
+    n = again;
+  }
+  return n;
+}
+
+static GBytes *
+read_data_file (const char *name)
+{
+  gchar *path = g_build_filename (MOSHI_SOURCE_ROOT, "tests", "fuzz", "corpus",
+      "server-image", name, NULL);
+  gchar *data;
+  gsize n;
+
+  if (!g_file_get_contents (path, &data, &n, NULL))
+    g_error ("cannot read %s", path);
+  g_free (path);
+  return g_bytes_new_take (data, n);
+}
+
+/* A 16 x 16 PNG whose second row has filter type 7 (fuzz-server-image):
+ * libpng fails mid-picture, and GStreamer 1.22's pngdec then leaks its
+ * buffer pool, two descriptors each time (in-process, 10 000 of them
+ * exhausted the fuzzer's 20 000).  Decoded the server's way, each in its
+ * own process, the server's count stays the same. */
+static void
+test_async_broken_pictures (void)
+{
+  GBytes *bad = read_data_file ("bad-filter.png");
+  Async a;
+  guint before;
+
+  /* The first decode sets up what stays (GLib's worker thread). */
+  decode_async (&a, bad, NULL);
+  g_assert_null (a.sample);
+  g_clear_error (&a.error);
+  before = settled_descriptors ();
+  for (int i = 0; i < 40; i++) {
+    decode_async (&a, bad, NULL);
+    g_assert_null (a.sample);
+    g_assert_error (a.error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE);
+    g_assert_nonnull (strstr (a.error->message, "undecodable image"));
+    g_clear_error (&a.error);
+  }
+  g_assert_cmpuint (settled_descriptors (), ==, before);
+  g_bytes_unref (bad);
+}
+
+/* Decodes bytes with the decoder program `script` (shell) in place of
+ * moshi-picture-decoder; the error must say `what`. */
+static void
+expect_decoder_failure (const char *dir, const char *script, GBytes *bytes,
+    const char *what)
+{
+  gchar *path = g_build_filename (dir, "decoder.sh", NULL);
+  gchar *text = g_strdup_printf ("#!/bin/sh\n%s\n", script);
+  gchar *saved = g_strdup (g_getenv ("MOSHI_PICTURE_DECODER"));
+  Async a;
+
+  g_assert_true (g_file_set_contents (path, text, -1, NULL));
+  g_assert_cmpint (g_chmod (path, 0700), ==, 0);
+  g_setenv ("MOSHI_PICTURE_DECODER", path, TRUE);
+  decode_async (&a, bytes, NULL);
+  g_setenv ("MOSHI_PICTURE_DECODER", saved, TRUE);
+  g_assert_null (a.sample);
+  g_assert_nonnull (a.error);
+  if (!strstr (a.error->message, what))
+    g_error ("\"%s\" does not say \"%s\"", a.error->message, what);
+  g_clear_error (&a.error);
+  g_unlink (path);
+  g_free (path);
+  g_free (text);
+  g_free (saved);
+}
+
+/* A decoder process that is missing, crashes, fails, answers nonsense or
+ * a picture of the wrong size, or quits without reading its input (1 MB:
+ * more than a pipe holds, so the write to it fails, and must not kill this
+ * process with SIGPIPE): each is an error that says so. */
+static void
+test_async_decoder_failures (void)
+{
+  gchar *dir = g_dir_make_tmp ("picture-decoder-XXXXXX", NULL);
+  GBytes *png = make_image ("pngenc", 16, 16);
+  GBytes *big = g_bytes_new_take (g_malloc0 (1 << 20), 1 << 20);
+  gchar *missing = g_build_filename (dir, "missing", NULL);
+  gchar *saved = g_strdup (g_getenv ("MOSHI_PICTURE_DECODER"));
+  Async a;
+
+  g_assert_nonnull (dir);
+  g_setenv ("MOSHI_PICTURE_DECODER", missing, TRUE);
+  decode_async (&a, png, NULL);
+  g_setenv ("MOSHI_PICTURE_DECODER", saved, TRUE);
+  g_assert_null (a.sample);
+  g_assert_nonnull (a.error);
+  g_assert_nonnull (
+      strstr (a.error->message, "cannot start the picture decoder"));
+  g_clear_error (&a.error);
+  expect_decoder_failure (dir, "cat >/dev/null; kill -SEGV $$", png,
+      "died of signal 11");
+  expect_decoder_failure (dir, "cat >/dev/null; exit 3", png, "exit status 3");
+  expect_decoder_failure (dir, "cat >/dev/null; echo nonsense", png,
+      "malformed answer");
+  /* "MSPIC-OK", 16 x 16, and 3 bytes of the 768 that says. */
+  expect_decoder_failure (dir,
+      "cat >/dev/null; printf 'MSPIC-OK\\020\\0\\0\\0\\020\\0\\0\\0abc'", png,
+      "malformed answer");
+  /* An error answer with code 0 (no GstStreamError). */
+  expect_decoder_failure (dir,
+      "cat >/dev/null; printf 'MSPIC-ER\\0\\0\\0\\0\\002\\0\\0\\0hi'", png,
+      "malformed answer");
+  expect_decoder_failure (dir, "exit 0", big, "picture decoder");
+  g_rmdir (dir);
+  g_free (dir);
+  g_free (missing);
+  g_free (saved);
+  g_bytes_unref (big);
+  g_bytes_unref (png);
+}
+
 int
 main (int argc, char **argv)
 {
@@ -262,5 +415,9 @@ main (int argc, char **argv)
   g_test_add_func ("/server-image/async-main-loop-runs",
       test_async_main_loop_runs);
   g_test_add_func ("/server-image/async-cancel", test_async_cancel);
+  g_test_add_func ("/server-image/async-broken-pictures",
+      test_async_broken_pictures);
+  g_test_add_func ("/server-image/async-decoder-failures",
+      test_async_decoder_failures);
   return g_test_run ();
 }

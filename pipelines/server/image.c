@@ -1,11 +1,18 @@
 /* moshi-server: decoding a client's picture.  See image.h. */
 #include "image.h"
 
+#ifndef MS_PICTURE_DECODER_INSTALLED
+#define MS_PICTURE_DECODER_INSTALLED ""
+#endif
+
 #include <gio/gio.h>
 #include <gst/app/gstappsink.h>
 #include <gst/app/gstappsrc.h>
 #include <gst/video/video.h>
+#include <errno.h>
+#include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 /* What the decoder guard saw (written by streaming threads, read once the
  * pipeline is stopped). */
@@ -135,19 +142,8 @@ demuxer_gave_nothing (Guard *g)
   return nothing;
 }
 
-/* GCancellable "cancelled" handler (any thread): wakes the wait on the
- * decoding pipeline's bus. */
-static void
-post_cancelled (GCancellable *cancellable, gpointer bus)
-{
-  (void) cancellable;
-  gst_bus_post (bus,
-      gst_message_new_application (NULL,
-          gst_structure_new_empty ("ms-image-cancelled")));
-}
-
 static GstSample *
-decode (GBytes *bytes, GCancellable *cancellable, GError **error)
+decode (GBytes *bytes, GError **error)
 {
   GstElement *p, *src, *dec, *sink;
   GstSample *sample = NULL;
@@ -155,8 +151,7 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
   GstMessage *msg, *err_msg = NULL;
   GstCaps *caps;
   Guard g = { 0 };
-  gulong cancel_id = 0;
-  gboolean cancelled = FALSE, no_picture = FALSE;
+  gboolean no_picture = FALSE;
   GstElement *convert;
   GstPad *convert_sink;
 
@@ -191,11 +186,6 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
       gst_buffer_new_wrapped_bytes (g_bytes_ref (bytes)));
   gst_app_src_end_of_stream (GST_APP_SRC (src));
   bus = gst_element_get_bus (p);
-  /* A cancellation posts an APPLICATION message that ends the wait below
-   * (at once when already cancelled). */
-  if (cancellable)
-    cancel_id = g_cancellable_connect (cancellable, G_CALLBACK (post_cancelled),
-        gst_object_ref (bus), gst_object_unref);
   gst_element_set_state (p, GST_STATE_PAUSED);
   /* A picture prerolls the sink (ASYNC_DONE); a refused or undecodable one
    * ends in an ERROR, or an EOS with nothing; 10 s at most, looked at every
@@ -211,14 +201,9 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
       break;
     }
   }
-  if (cancellable)
-    g_cancellable_disconnect (cancellable, cancel_id);
-  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_APPLICATION) {
-    if (gst_message_has_name (msg, "ms-image-no-picture"))
-      no_picture = TRUE;
-    else
-      cancelled = TRUE;
-  } else if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
+  if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_APPLICATION)
+    no_picture = TRUE;
+  else if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ASYNC_DONE)
     sample = gst_app_sink_try_pull_preroll (GST_APP_SINK (sink), 0);
   if (msg && GST_MESSAGE_TYPE (msg) == GST_MESSAGE_ERROR)
     err_msg = msg;
@@ -226,10 +211,7 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
     gst_message_unref (msg);
   /* Stopped first: no streaming thread touches the guard after this. */
   gst_element_set_state (p, GST_STATE_NULL);
-  if (cancelled) {
-    g_set_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
-        "image decoding cancelled");
-  } else if (no_picture && g.width == 0 && !g.unsized) {
+  if (no_picture && g.width == 0 && !g.unsized) {
     g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
         "undecodable image: no picture stream in %" G_GSIZE_FORMAT " bytes",
         g_bytes_get_size (bytes));
@@ -289,21 +271,322 @@ decode (GBytes *bytes, GCancellable *cancellable, GError **error)
 GstSample *
 ms_image_decode (GBytes *bytes, GError **error)
 {
-  return decode (bytes, NULL, error);
+  return decode (bytes, error);
+}
+
+/* The answer of the picture decoder process (moshi-picture-decoder,
+ * ms_image_serve) on its standard output, little-endian:
+ *   "MSPIC-OK" | u32 width | u32 height | RGB rows (GstVideoInfo's default
+ *     layout for RGB at that size: rows padded to 4 bytes)
+ *   "MSPIC-ER" | u32 GstStreamError code | u32 length | message (UTF-8) */
+#define ANSWER_OK "MSPIC-OK"
+#define ANSWER_ERROR "MSPIC-ER"
+#define ANSWER_MAGIC 8
+#define ANSWER_MAX_MESSAGE 4096
+/* Far above any picture file a client sends (the websocket's message limit
+ * is smaller); the decoder reads no further. */
+#define MAX_INPUT_BYTES (256u << 20)
+/* The decoder gives up after 10 s (decode); this covers its start-up and
+ * the copy of the largest picture (200 MB) too. */
+#define DECODER_TIMEOUT_S 30
+
+static void
+put_u32 (guint8 *p, guint32 v)
+{
+  for (int i = 0; i < 4; i++)
+    p[i] = (guint8) (v >> (8 * i));
+}
+
+static guint32
+get_u32 (const guint8 *p)
+{
+  return p[0] | (guint32) p[1] << 8 | (guint32) p[2] << 16
+      | (guint32) p[3] << 24;
+}
+
+static gboolean
+write_all (int fd, const void *data, gsize n)
+{
+  const guint8 *p = data;
+
+  while (n > 0) {
+    gssize w = write (fd, p, n);
+
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return FALSE;
+    p += w;
+    n -= (gsize) w;
+  }
+  return TRUE;
+}
+
+/* The sample's picture in the answer's layout (default strides), whatever
+ * strides the sink's buffer has. */
+static GBytes *
+packed_rgb (GstSample *sample, guint32 *width, guint32 *height)
+{
+  GstVideoInfo info, packed;
+  GstVideoFrame frame;
+  guint8 *out;
+
+  if (!gst_video_info_from_caps (&info, gst_sample_get_caps (sample))
+      || !gst_video_frame_map (&frame, &info, gst_sample_get_buffer (sample),
+          GST_MAP_READ))
+    return NULL;
+  gst_video_info_set_format (&packed, GST_VIDEO_FORMAT_RGB, info.width,
+      info.height);
+  out = g_malloc (packed.size);
+  for (int y = 0; y < info.height; y++)
+    memcpy (out + (gsize) y * packed.stride[0],
+        (const guint8 *) GST_VIDEO_FRAME_PLANE_DATA (&frame, 0)
+            + (gsize) y * GST_VIDEO_FRAME_PLANE_STRIDE (&frame, 0),
+        (gsize) info.width * 3);
+  gst_video_frame_unmap (&frame);
+  *width = (guint32) info.width;
+  *height = (guint32) info.height;
+  return g_bytes_new_take (out, packed.size);
+}
+
+int
+ms_image_serve (int in_fd, int out_fd)
+{
+  GByteArray *in = g_byte_array_new ();
+  guint8 chunk[65536], head[ANSWER_MAGIC + 8];
+  GError *error = NULL;
+  GstSample *sample = NULL;
+  gboolean ok;
+
+  for (;;) {
+    gssize r = read (in_fd, chunk, sizeof chunk);
+
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      g_byte_array_unref (in);
+      return 1;
+    }
+    if (r == 0)
+      break;
+    if (in->len + (gsize) r > MAX_INPUT_BYTES) {
+      g_set_error (&error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+          "undecodable image: more than %u MB", MAX_INPUT_BYTES >> 20);
+      break;
+    }
+    g_byte_array_append (in, chunk, (guint) r);
+  }
+  if (!error) {
+    GBytes *bytes = g_byte_array_free_to_bytes (in);
+
+    in = NULL;
+    sample = decode (bytes, &error);
+    g_bytes_unref (bytes);
+  }
+  if (in)
+    g_byte_array_unref (in);
+  if (sample) {
+    guint32 w = 0, h = 0;
+    GBytes *rgb = packed_rgb (sample, &w, &h);
+    gsize n;
+    const void *data;
+
+    gst_sample_unref (sample);
+    if (!rgb)
+      return 1;
+    memcpy (head, ANSWER_OK, ANSWER_MAGIC);
+    put_u32 (head + ANSWER_MAGIC, w);
+    put_u32 (head + ANSWER_MAGIC + 4, h);
+    data = g_bytes_get_data (rgb, &n);
+    ok = write_all (out_fd, head, sizeof head) && write_all (out_fd, data, n);
+    g_bytes_unref (rgb);
+  } else {
+    gsize n = MIN (strlen (error->message), ANSWER_MAX_MESSAGE);
+    guint32 code = error->domain == GST_STREAM_ERROR ? (guint32) error->code
+                                                     : GST_STREAM_ERROR_DECODE;
+
+    memcpy (head, ANSWER_ERROR, ANSWER_MAGIC);
+    put_u32 (head + ANSWER_MAGIC, code);
+    put_u32 (head + ANSWER_MAGIC + 4, (guint32) n);
+    ok = write_all (out_fd, head, sizeof head)
+        && write_all (out_fd, error->message, n);
+    g_error_free (error);
+  }
+  return ok ? 0 : 1;
+}
+
+/* The sample, or the error, that the decoder's answer holds. */
+static GstSample *
+parse_answer (GBytes *answer, GError **error)
+{
+  gsize n;
+  const guint8 *p = answer ? g_bytes_get_data (answer, &n) : NULL;
+  guint32 a, b;
+
+  if (!p || n < ANSWER_MAGIC + 8)
+    goto malformed;
+  a = get_u32 (p + ANSWER_MAGIC);
+  b = get_u32 (p + ANSWER_MAGIC + 4);
+  if (memcmp (p, ANSWER_ERROR, ANSWER_MAGIC) == 0) {
+    gchar *msg;
+
+    if (b > ANSWER_MAX_MESSAGE || n != ANSWER_MAGIC + 8 + (gsize) b || a == 0
+        || a >= GST_STREAM_ERROR_NUM_ERRORS)
+      goto malformed;
+    msg = g_utf8_make_valid ((const gchar *) p + ANSWER_MAGIC + 8, b);
+    g_set_error_literal (error, GST_STREAM_ERROR, (gint) a, msg);
+    g_free (msg);
+    return NULL;
+  }
+  if (memcmp (p, ANSWER_OK, ANSWER_MAGIC) == 0 && a >= MS_IMAGE_MIN_SIDE
+      && a <= MS_IMAGE_MAX_SIDE && b >= MS_IMAGE_MIN_SIDE
+      && b <= MS_IMAGE_MAX_SIDE) {
+    GstVideoInfo info;
+    GstCaps *caps;
+    GstBuffer *buf;
+    GBytes *rgb;
+    GstSample *sample;
+
+    gst_video_info_set_format (&info, GST_VIDEO_FORMAT_RGB, a, b);
+    if (n != ANSWER_MAGIC + 8 + info.size)
+      goto malformed;
+    GST_VIDEO_INFO_FPS_N (&info) = 0;
+    GST_VIDEO_INFO_FPS_D (&info) = 1;
+    caps = gst_video_info_to_caps (&info);
+    rgb = g_bytes_new_from_bytes (answer, ANSWER_MAGIC + 8, info.size);
+    buf = gst_buffer_new_wrapped_bytes (rgb);
+    g_bytes_unref (rgb);
+    sample = gst_sample_new (buf, caps, NULL, NULL);
+    gst_buffer_unref (buf);
+    gst_caps_unref (caps);
+    return sample;
+  }
+malformed:
+  g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_FAILED,
+      "the picture decoder gave a malformed answer (%" G_GSIZE_FORMAT " bytes)",
+      answer ? g_bytes_get_size (answer) : 0);
+  return NULL;
+}
+
+/* Where the decoder program is: $MOSHI_PICTURE_DECODER, beside the running
+ * program (moshi-server in the build tree), or where it is installed. */
+static gchar *
+decoder_path (GError **error)
+{
+  const gchar *env = g_getenv ("MOSHI_PICTURE_DECODER");
+  gchar *self, *path = NULL;
+
+  if (env && *env)
+    return g_strdup (env);
+  self = g_file_read_link ("/proc/self/exe", NULL);
+  if (self) {
+    gchar *dir = g_path_get_dirname (self);
+
+    path = g_build_filename (dir, MS_PICTURE_DECODER_NAME, NULL);
+    g_free (dir);
+    if (!g_file_test (path, G_FILE_TEST_IS_EXECUTABLE))
+      g_clear_pointer (&path, g_free);
+  }
+  if (!path && *MS_PICTURE_DECODER_INSTALLED
+      && g_file_test (MS_PICTURE_DECODER_INSTALLED, G_FILE_TEST_IS_EXECUTABLE))
+    path = g_strdup (MS_PICTURE_DECODER_INSTALLED);
+  if (!path)
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+        "the picture decoder %s is not installed (looked beside %s%s%s); "
+        "MOSHI_PICTURE_DECODER may name it",
+        MS_PICTURE_DECODER_NAME, self ? self : "this program",
+        *MS_PICTURE_DECODER_INSTALLED ? " and at " : "",
+        MS_PICTURE_DECODER_INSTALLED);
+  g_free (self);
+  return path;
+}
+
+/* One picture in its decoder process. */
+typedef struct {
+  GSubprocess *proc;
+  GCancellable *cancellable;
+  gulong cancel_id;
+  GSource *timeout;
+  gboolean timed_out;
+} Helper;
+
+static void
+helper_free (Helper *h)
+{
+  if (h->cancel_id)
+    g_cancellable_disconnect (h->cancellable, h->cancel_id);
+  g_clear_object (&h->cancellable);
+  if (h->timeout) {
+    g_source_destroy (h->timeout);
+    g_source_unref (h->timeout);
+  }
+  g_object_unref (h->proc);
+  g_free (h);
+}
+
+/* A cancellation (any thread) or the time limit (the caller's context)
+ * kills the decoder; the answer comes back once it is gone. */
+static void
+kill_decoder (GCancellable *cancellable, gpointer proc)
+{
+  (void) cancellable;
+  g_subprocess_force_exit (proc);
+}
+
+static gboolean
+decoder_too_slow (gpointer data)
+{
+  Helper *h = data;
+
+  h->timed_out = TRUE;
+  g_subprocess_force_exit (h->proc);
+  return G_SOURCE_REMOVE;
 }
 
 static void
-decode_thread (GTask *task, gpointer source, gpointer data,
-    GCancellable *cancellable)
+decoder_done (GObject *src, GAsyncResult *res, gpointer data)
 {
+  GTask *task = data;
+  Helper *h = g_task_get_task_data (task);
+  GBytes *answer = NULL;
   GError *error = NULL;
-  GstSample *sample = decode (data, cancellable, &error);
+  GstSample *sample = NULL;
+  gboolean ok;
 
-  (void) source;
+  (void) src;
+  /* The process has ended and its output is read: no cancellable was
+   * given to communicate, so the answer always waits for the end. */
+  ok = g_subprocess_communicate_finish (h->proc, res, &answer, NULL, &error);
+  if (g_cancellable_is_cancelled (h->cancellable)) {
+    g_clear_error (&error);
+    g_set_error (&error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+        "image decoding cancelled");
+  } else if (h->timed_out) {
+    g_clear_error (&error);
+    g_set_error (&error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "undecodable image: not decoded within %d s", DECODER_TIMEOUT_S);
+  } else if (!ok) {
+    g_prefix_error (&error, "the picture decoder: ");
+  } else if (g_subprocess_get_if_signaled (h->proc)) {
+    int sig = g_subprocess_get_term_sig (h->proc);
+
+    g_set_error (&error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "undecodable image: the picture decoder died of signal %d (%s)", sig,
+        g_strsignal (sig));
+  } else if (g_subprocess_get_exit_status (h->proc) != 0) {
+    g_set_error (&error, GST_STREAM_ERROR, GST_STREAM_ERROR_FAILED,
+        "the picture decoder failed (exit status %d)",
+        g_subprocess_get_exit_status (h->proc));
+  } else {
+    sample = parse_answer (answer, &error);
+  }
+  if (answer)
+    g_bytes_unref (answer);
   if (sample)
     g_task_return_pointer (task, sample, (GDestroyNotify) gst_sample_unref);
   else
     g_task_return_error (task, error);
+  g_object_unref (task);
 }
 
 void
@@ -311,14 +594,41 @@ ms_image_decode_async (GBytes *bytes, GCancellable *cancellable,
     GAsyncReadyCallback callback, gpointer user_data)
 {
   GTask *task = g_task_new (NULL, cancellable, callback, user_data);
+  GError *error = NULL;
+  gchar *path = decoder_path (&error);
+  Helper *h;
+  GSubprocess *proc = NULL;
 
   g_task_set_source_tag (task, ms_image_decode_async);
-  g_task_set_task_data (task, g_bytes_ref (bytes),
-      (GDestroyNotify) g_bytes_unref);
-  g_task_run_in_thread (task, decode_thread);
-  g_object_unref (task);
+  /* A decoder that dies before it has read the picture must not take the
+   * server with it (SIGPIPE on the write to its input). */
+  signal (SIGPIPE, SIG_IGN);
+  if (path)
+    proc = g_subprocess_new (G_SUBPROCESS_FLAGS_STDIN_PIPE
+            | G_SUBPROCESS_FLAGS_STDOUT_PIPE
+            | G_SUBPROCESS_FLAGS_STDERR_SILENCE,
+        &error, path, NULL);
+  g_free (path);
+  if (!proc) {
+    g_prefix_error (&error, "cannot start the picture decoder: ");
+    g_task_return_error (task, error);
+    g_object_unref (task);
+    return;
+  }
+  h = g_new0 (Helper, 1);
+  h->proc = proc;
+  g_task_set_task_data (task, h, (GDestroyNotify) helper_free);
+  if (cancellable) {
+    h->cancellable = g_object_ref (cancellable);
+    /* At once when already cancelled. */
+    h->cancel_id = g_cancellable_connect (cancellable,
+        G_CALLBACK (kill_decoder), g_object_ref (proc), g_object_unref);
+  }
+  h->timeout = g_timeout_source_new_seconds (DECODER_TIMEOUT_S);
+  g_source_set_callback (h->timeout, decoder_too_slow, h, NULL);
+  g_source_attach (h->timeout, g_main_context_get_thread_default ());
+  g_subprocess_communicate_async (proc, bytes, NULL, decoder_done, task);
 }
-
 GstSample *
 ms_image_decode_finish (GAsyncResult *result, GError **error)
 {

@@ -23,15 +23,27 @@ G_BEGIN_DECLS
  * outside the limits, or no picture within 10 s. */
 GstSample *ms_image_decode (GBytes *bytes, GError **error);
 
-/* The same off the calling thread (a thread of GLib's pool: a picture can
- * take seconds), for the server's main loop.  callback runs in the
- * thread-default main context of the caller, once, even when cancelled;
+/* The server's way: the same decoding in a process of its own, the
+ * program moshi-picture-decoder (found as $MOSHI_PICTURE_DECODER, beside
+ * the running program, or where it is installed), one per picture.  A
+ * decoder's bug then stays in that process: GStreamer 1.22's pngdec leaks
+ * its buffer pool and two file descriptors on every PNG that libpng
+ * rejects mid-picture, which exhausted a long-running server's descriptors
+ * (found by fuzz-server-image); a crash or a hang would take every session
+ * with it.  callback runs in the thread-default main context of the
+ * caller, once, after the process has ended (killed after 30 s);
  * ms_image_decode_finish then gives the sample, or NULL with error
- * (G_IO_ERROR_CANCELLED once cancelled: the decoding stops waiting at
- * once, and stops its pipeline, which lets a decoder finish the picture it
- * is working on). */
+ * (G_IO_ERROR_CANCELLED once cancelled: the process is killed at once). */
 void ms_image_decode_async (GBytes *bytes, GCancellable *cancellable,
     GAsyncReadyCallback callback, gpointer user_data);
 GstSample *ms_image_decode_finish (GAsyncResult *result, GError **error);
+
+#define MS_PICTURE_DECODER_NAME "moshi-picture-decoder"
+
+/* The decoder process's work: the image file's bytes from in_fd (to their
+ * end), the picture or the error to out_fd, as ms_image_decode_async
+ * reads them.  Returns the process's exit status: 0 once the answer is
+ * written (a picture or an error), 1 when it could not be. */
+int ms_image_serve (int in_fd, int out_fd);
 
 G_END_DECLS

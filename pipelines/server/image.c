@@ -14,6 +14,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* How long decode () waits for a picture. */
+#define DECODE_LIMIT_S 10
+
 /* What the decoder guard saw (written by streaming threads, read once the
  * pipeline is stopped). */
 typedef struct {
@@ -190,7 +193,7 @@ decode (GBytes *bytes, GError **error)
   /* A picture prerolls the sink (ASYNC_DONE); a refused or undecodable one
    * ends in an ERROR, or an EOS with nothing; 10 s at most, looked at every
    * 100 ms for a demuxer that gave nothing. */
-  for (int slice = 0; slice < 100; slice++) {
+  for (int slice = 0; slice < DECODE_LIMIT_S * 10; slice++) {
     msg = gst_bus_timed_pop_filtered (bus, GST_SECOND / 10,
         GST_MESSAGE_ASYNC_DONE | GST_MESSAGE_ERROR | GST_MESSAGE_EOS
             | GST_MESSAGE_APPLICATION);
@@ -349,6 +352,76 @@ packed_rgb (GstSample *sample, guint32 *width, guint32 *height)
   return g_bytes_new_take (out, packed.size);
 }
 
+/* A decode in a thread of the decoder process, watched by its main
+ * thread. */
+typedef struct {
+  GMutex lock;
+  GCond cond;
+  gboolean done;
+  GBytes *bytes;
+  GstSample *sample;
+  GError *error;
+} Watched;
+
+static gpointer
+watched_thread (gpointer data)
+{
+  Watched *w = data;
+  GError *error = NULL;
+  GstSample *sample = decode (w->bytes, &error);
+
+  g_mutex_lock (&w->lock);
+  w->sample = sample;
+  w->error = error;
+  w->done = TRUE;
+  g_cond_signal (&w->cond);
+  g_mutex_unlock (&w->lock);
+  return NULL;
+}
+
+/* decode () gives up waiting for a picture after 10 s, but then has to
+ * stop its pipeline, which waits for the streaming threads: a decoder
+ * stuck in a loop never lets it (GStreamer 1.22's jpegdec on a JPEG with
+ * a second start-of-image marker inside its header, found by
+ * fuzz-server-image: a core at 100 % forever).  The decoder process
+ * answers after 12 s whatever the thread does, and ends with it. */
+static GstSample *
+watched_decode (GBytes *bytes, GError **error)
+{
+  Watched *w = g_new0 (Watched, 1);
+  const gint64 deadline =
+      g_get_monotonic_time () + (DECODE_LIMIT_S + 2) * G_TIME_SPAN_SECOND;
+  GThread *thread;
+  GstSample *sample;
+
+  g_mutex_init (&w->lock);
+  g_cond_init (&w->cond);
+  w->bytes = g_bytes_ref (bytes);
+  thread = g_thread_new ("decode", watched_thread, w);
+  g_mutex_lock (&w->lock);
+  while (!w->done && g_cond_wait_until (&w->cond, &w->lock, deadline))
+    ;
+  if (!w->done) {
+    /* Left to the end of the process. */
+    g_mutex_unlock (&w->lock);
+    g_thread_unref (thread);
+    g_set_error (error, GST_STREAM_ERROR, GST_STREAM_ERROR_DECODE,
+        "undecodable image: the system's decoder was still busy after %d s",
+        DECODE_LIMIT_S + 2);
+    return NULL;
+  }
+  g_mutex_unlock (&w->lock);
+  g_thread_join (thread);
+  sample = w->sample;
+  if (!sample)
+    g_propagate_error (error, w->error);
+  g_bytes_unref (w->bytes);
+  g_mutex_clear (&w->lock);
+  g_cond_clear (&w->cond);
+  g_free (w);
+  return sample;
+}
+
 int
 ms_image_serve (int in_fd, int out_fd)
 {
@@ -380,7 +453,7 @@ ms_image_serve (int in_fd, int out_fd)
     GBytes *bytes = g_byte_array_free_to_bytes (in);
 
     in = NULL;
-    sample = decode (bytes, &error);
+    sample = watched_decode (bytes, &error);
     g_bytes_unref (bytes);
   }
   if (in)

@@ -20,7 +20,9 @@ G_BEGIN_DECLS
  * for input whose parsed caps give a size within them: a small file that
  * claims a huge picture costs nothing); so are formats whose size is known
  * only once decoded.  NULL with error set for undecodable bytes, pictures
- * outside the limits, or no picture within 10 s. */
+ * outside the limits, or no picture within 10 s.  In this process: a
+ * system decoder stuck in a loop (GStreamer 1.22's jpegdec on some broken
+ * JPEGs) keeps it from ever returning; the server uses the following. */
 GstSample *ms_image_decode (GBytes *bytes, GError **error);
 
 /* The server's way: the same decoding in a process of its own, the
@@ -31,7 +33,8 @@ GstSample *ms_image_decode (GBytes *bytes, GError **error);
  * rejects mid-picture, which exhausted a long-running server's descriptors
  * (found by fuzz-server-image); a crash or a hang would take every session
  * with it.  callback runs in the thread-default main context of the
- * caller, once, after the process has ended (killed after 30 s);
+ * caller, once, after the process has ended (it answers after 12 s at
+ * most, even with a decoder stuck in a loop, and is killed after 30 s);
  * ms_image_decode_finish then gives the sample, or NULL with error
  * (G_IO_ERROR_CANCELLED once cancelled: the process is killed at once). */
 void ms_image_decode_async (GBytes *bytes, GCancellable *cancellable,

@@ -85,13 +85,29 @@ q8_index (int pn, int k, int j, int KP)
   return (((size_t) pn * (KP / 4) + k / 4) * NR + j) * 4 + (k & 3);
 }
 
+/* Q4 blocks (gemm.h): per 32 k of a panel, the weights, then the 32
+ * column scales, one stream.  Offsets within a block are multiples of 64
+ * bytes, as are the blocks' sizes, so every 64-byte load stays aligned. */
+#define Q4_WBYTES (QB * NR / 2) /* 512 */
+#define Q4_SBYTES (NR * 2) /* 64 */
+#define Q4_BLOCK (Q4_WBYTES + Q4_SBYTES) /* 576 */
+#define Q4_W_OFF 0
+#define Q4_S_OFF Q4_WBYTES
+
+/* Block kb of panel pn in Q4 data. */
+static inline size_t
+q4_block (int pn, int kb, int KP)
+{
+  return ((size_t) pn * (KP / QB) + kb) * Q4_BLOCK;
+}
+
 /* Byte offset of weight (k, column j of panel pn) in the Q4 layout; its
  * nibble is the low one for j < 16, the high one for j >= 16. */
 static inline size_t
 q4_index (int pn, int k, int j, int KP)
 {
-  return (((size_t) pn * (KP / 4) + k / 4) * (NR / 2) + j % (NR / 2)) * 4
-      + (k & 3);
+  return q4_block (pn, k / QB, KP) + Q4_W_OFF
+      + ((size_t) (k % QB / 4) * (NR / 2) + j % (NR / 2)) * 4 + (k & 3);
 }
 
 static inline int
@@ -99,6 +115,14 @@ q4_value (const uint8_t *data, int pn, int k, int j, int KP)
 {
   const uint8_t byte = data[q4_index (pn, k, j, KP)];
   return (j < NR / 2 ? byte & 0x0f : byte >> 4) - 8;
+}
+
+/* The 32 bf16 column scales of block kb of panel pn. */
+static inline const uint16_t *
+q4_scales (const void *data, int pn, int kb, int KP)
+{
+  return (const uint16_t *) ((const uint8_t *) data + q4_block (pn, kb, KP)
+      + Q4_S_OFF);
 }
 
 /* Squared error of one Q4 block (levels -8..7) stored with bf16 scale sb;
@@ -286,6 +310,9 @@ pack_panels (const PackJob *job)
       } else if (type == MOSHI_WEIGHTS_Q4) {
         uint8_t *q = (uint8_t *) p->data;
         const int shift = j < NR / 2 ? 0 : 4;
+        if (j == 0) /* columns past N keep scale 0 */
+          for (int kb = 0; kb < KP / QB; kb++)
+            memset (q + q4_block (pn, kb, KP) + Q4_S_OFF, 0, Q4_SBYTES);
         for (int kb = 0; kb < KP / QB; kb++) {
           float x[QB];
           const int nk = MIN (K, kb * QB + QB) - kb * QB;
@@ -294,7 +321,7 @@ pack_panels (const PackJob *job)
           const uint16_t sb = q4_block_scale (x, nk);
           const float scale = bf16_to_f32 (sb);
           const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-          p->scales_bf16[((size_t) pn * (KP / QB) + kb) * NR + j] = sb;
+          ((uint16_t *) q4_scales (q, pn, kb, KP))[j] = sb;
           for (int k = 0; k < nk; k++) {
             int v = (int) CLAMP (rintf (x[k] * inv), -8.0f, 7.0f);
             uint8_t *byte = &q[q4_index (pn, kb * QB + k, j, KP)];
@@ -315,6 +342,8 @@ pack_panels (const PackJob *job)
 #undef B_AT
 }
 
+static void packed_sizes (const MoshiPackedB *p, size_t bytes[4]);
+
 static gpointer
 pack_thread (gpointer data)
 {
@@ -331,28 +360,22 @@ moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N, int ldb,
   p->N = N;
   p->type = type;
   p->n_panels = (N + NR - 1) / NR;
-  const int KP = k_padded (p);
-  const size_t elems = (size_t) p->n_panels * KP * NR;
-  const size_t n_scales = (size_t) p->n_panels * (KP / QB) * NR;
-  const size_t data_bytes = type == MOSHI_WEIGHTS_F32 ? 4 * elems
-      : type == MOSHI_WEIGHTS_BF16                    ? 2 * elems
-      : type == MOSHI_WEIGHTS_Q8                      ? elems
-                                                      : elems / 2;
+  size_t bytes[4];
+  packed_sizes (p, bytes);
+  const size_t data_bytes = bytes[0];
   p->data = moshi_alloc (data_bytes);
   gboolean ok = p->data != NULL;
   if (type == MOSHI_WEIGHTS_Q8) {
-    p->scales = moshi_alloc (sizeof (float) * n_scales);
+    p->scales = moshi_alloc (bytes[1]);
     ok = ok && p->scales;
-  } else if (type == MOSHI_WEIGHTS_Q4) {
-    p->scales_bf16 = moshi_alloc (sizeof (uint16_t) * n_scales);
-    ok = ok && p->scales_bf16;
   }
   if (!ok) {
     moshi_packed_clear (p);
     return FALSE;
   }
   if (type == MOSHI_WEIGHTS_Q4)
-    memset (p->data, 0x88, data_bytes); /* q = 0 in both nibbles */
+    /* q = 0 in both nibbles; pack_panels sets the scales. */
+    memset (p->data, 0x88, data_bytes);
   /* Big quantized matrices (the LM's) take seconds each, Q4's step
    * search most: their panels are shared out over the cores. */
   const size_t work = (size_t) K * N * (type == MOSHI_WEIGHTS_Q4 ? 8 : 1);
@@ -392,10 +415,12 @@ packed_sizes (const MoshiPackedB *p, size_t bytes[4])
   bytes[0] = p->type == MOSHI_WEIGHTS_F32 ? 4 * elems
       : p->type == MOSHI_WEIGHTS_BF16     ? 2 * elems
       : p->type == MOSHI_WEIGHTS_Q8       ? elems
-                                          : elems / 2;
+                                          : n_scales / NR * Q4_BLOCK;
   bytes[1] = p->type == MOSHI_WEIGHTS_Q8 ? sizeof (float) * n_scales : 0;
-  bytes[2] = 0; /* once Q8 column sums; the slot keeps the file layout */
-  bytes[3] = p->type == MOSHI_WEIGHTS_Q4 ? sizeof (uint16_t) * n_scales : 0;
+  /* Once Q8 column sums and Q4 scales (now inside the data); the slots
+   * keep the file layout. */
+  bytes[2] = 0;
+  bytes[3] = 0;
 }
 
 void
@@ -405,7 +430,7 @@ moshi_packed_layout (const MoshiPackedB *p, void *ptrs[4], size_t bytes[4])
   ptrs[0] = p->data;
   ptrs[1] = p->scales;
   ptrs[2] = NULL;
-  ptrs[3] = p->scales_bf16;
+  ptrs[3] = NULL;
 }
 
 void
@@ -420,7 +445,6 @@ moshi_packed_borrow (MoshiPackedB *p, int K, int N, MoshiWeightType type,
   p->borrowed = TRUE;
   p->data = ptrs[0];
   p->scales = ptrs[1];
-  p->scales_bf16 = ptrs[3];
 }
 
 void
@@ -432,10 +456,8 @@ moshi_packed_clear (MoshiPackedB *p)
   }
   moshi_free (p->data);
   moshi_free (p->scales);
-  moshi_free (p->scales_bf16);
   p->data = NULL;
   p->scales = NULL;
-  p->scales_bf16 = NULL;
 }
 
 size_t
@@ -459,9 +481,7 @@ moshi_packed_get (const MoshiPackedB *p, int k, int n)
           * p->scales[((size_t) (n / NR) * (KP / QB) + k / QB) * NR + n % NR];
     case MOSHI_WEIGHTS_Q4:
       return (float) q4_value (p->data, n / NR, k, n % NR, KP)
-          * bf16_to_f32 (
-              p->scales_bf16[((size_t) (n / NR) * (KP / QB) + k / QB) * NR
-                  + n % NR]);
+          * bf16_to_f32 (q4_scales (p->data, n / NR, k / QB, KP)[n % NR]);
     default:
       return ((const float *) p->data)[idx];
   }
@@ -520,14 +540,14 @@ panel_generic (int M, const float *A, int lda, const PanelArgs *pa, float *C,
       }
     } else {
       const uint8_t *Bq = (const uint8_t *) B->data;
-      const uint16_t *S = B->scales_bf16 + (size_t) pa->panel * (KP / QB) * NR;
       for (int kb = 0; kb * QB < K; kb++) {
+        const uint16_t *S = q4_scales (Bq, pa->panel, kb, KP);
         float part[NR] = { 0 };
         for (int k = kb * QB; k < MIN (K, kb * QB + QB); k++)
           for (int j = 0; j < NR; j++)
             part[j] += a[k] * (float) q4_value (Bq, pa->panel, k, j, KP);
         for (int j = 0; j < NR; j++)
-          sum[j] += part[j] * bf16_to_f32 (S[(size_t) kb * NR + j]);
+          sum[j] += part[j] * bf16_to_f32 (S[j]);
       }
     }
     store_row (C + (size_t) m * ldc, sum, pa);
@@ -733,10 +753,11 @@ tile_avx2_quant (const int MR, const gboolean q4, const float *A, int lda,
 {
   const MoshiPackedB *B = pa->B;
   const int K = B->K, KP = k_padded (B), KB = KP / QB;
-  /* Bytes per group of 4 k and per block. */
+  /* Bytes per group of 4 k and per block (Q4: weights and scales). */
   const size_t gbytes = q4 ? 2 * NR : 4 * NR;
+  const size_t block = q4 ? Q4_BLOCK : (QB / 4) * gbytes;
   const uint8_t *Bp =
-      (const uint8_t *) B->data + (size_t) pa->panel * (KP / 4) * gbytes;
+      (const uint8_t *) B->data + (size_t) pa->panel * KB * block;
   __m256 acc[AVX2_MR][4];
   for (int i = 0; i < MR; i++)
     for (int j = 0; j < 4; j++)
@@ -748,14 +769,15 @@ tile_avx2_quant (const int MR, const gboolean q4, const float *A, int lda,
         part[i][j] = _mm256_setzero_ps ();
     const int k0 = kb * QB;
     const int nk = MIN (QB, K - k0);
-    const uint8_t *bb = Bp + (size_t) kb * (QB / 4) * gbytes;
+    const uint8_t *bb = Bp + (size_t) kb * block;
+    const uint8_t *bw = q4 ? bb + Q4_W_OFF : bb;
     int g = 0;
     for (; 4 * g + 4 <= nk; g++) {
       const float *a = A + k0 + 4 * g;
       if (q4)
-        q4_group_avx2 (MR, a, lda, bb + g * gbytes, part);
+        q4_group_avx2 (MR, a, lda, bw + g * gbytes, part);
       else
-        q8_group_avx2 (MR, a, lda, (const int8_t *) bb + g * gbytes, part);
+        q8_group_avx2 (MR, a, lda, (const int8_t *) bw + g * gbytes, part);
     }
     if (4 * g < nk) {
       /* Last k of the matrix: A ends there, the padded weights are 0. */
@@ -764,14 +786,15 @@ tile_avx2_quant (const int MR, const gboolean q4, const float *A, int lda,
         for (int r = 0; r < nk - 4 * g; r++)
           at[i * 4 + r] = A[(size_t) i * lda + k0 + 4 * g + r];
       if (q4)
-        q4_group_avx2 (MR, at, 4, bb + g * gbytes, part);
+        q4_group_avx2 (MR, at, 4, bw + g * gbytes, part);
       else
-        q8_group_avx2 (MR, at, 4, (const int8_t *) bb + g * gbytes, part);
+        q8_group_avx2 (MR, at, 4, (const int8_t *) bw + g * gbytes, part);
     }
     for (int j = 0; j < 4; j++) {
-      const size_t sidx = ((size_t) pa->panel * KB + kb) * NR + 8 * j;
-      const __m256 s = q4 ? bf16x8_to_ps_avx2 (B->scales_bf16 + sidx)
-                          : _mm256_loadu_ps (B->scales + sidx);
+      const __m256 s = q4
+          ? bf16x8_to_ps_avx2 ((const uint16_t *) (bb + Q4_S_OFF) + 8 * j)
+          : _mm256_loadu_ps (
+              B->scales + ((size_t) pa->panel * KB + kb) * NR + 8 * j);
       /* Exact: a power of two. */
       const __m256 unit = _mm256_set1_ps (q4 ? 0x1p-28f : 0x1p-24f);
       for (int i = 0; i < MR; i++)
@@ -1000,8 +1023,7 @@ bf16x16_to_ps (const uint16_t *p)
     const MoshiPackedB *B = pa->B;                                            \
     const int KP = k_padded (B), KB = KP / QB;                                \
     const uint8_t *Bp =                                                       \
-        (const uint8_t *) B->data + (size_t) pa->panel * KP * (NR / 2);       \
-    const uint16_t *S = B->scales_bf16 + (size_t) pa->panel * KB * NR;        \
+        (const uint8_t *) B->data + q4_block (pa->panel, 0, KP);              \
     const __m512i lo_mask = _mm512_set1_epi8 (0x0f);                          \
     const __m512i hi_mask = _mm512_set1_epi8 ((char) 0xf0);                   \
     __m512 acc0[MR], acc1[MR];                                                \
@@ -1014,9 +1036,14 @@ bf16x16_to_ps (const uint16_t *p)
         d0[i] = _mm512_set1_epi32 (-8 * sum);                                 \
         d1[i] = _mm512_set1_epi32 (-128 * sum);                               \
       }                                                                       \
-      const uint8_t *bb = Bp + (size_t) kb * QB * (NR / 2);                   \
+      const uint8_t *bb = Bp + (size_t) kb * Q4_BLOCK;                        \
+      const uint8_t *bw = bb + Q4_W_OFF;                                      \
+      const uint16_t *S = (const uint16_t *) (bb + Q4_S_OFF);                 \
+      /* The block's 9 lines, VNNI_PREFETCH ahead. */                         \
+      _mm_prefetch ((const char *) bb + VNNI_PREFETCH + Q4_BLOCK - 64,        \
+          _MM_HINT_T1);                                                       \
       for (int g = 0; g < QB / 4; g++) {                                      \
-        __m512i x = _mm512_load_si512 ((const void *) (bb + g * 2 * NR));     \
+        __m512i x = _mm512_load_si512 ((const void *) (bw + g * 2 * NR));     \
         _mm_prefetch ((const char *) bb + VNNI_PREFETCH + g * 2 * NR,         \
             _MM_HINT_T1);                                                     \
         __m512i b0 = _mm512_and_si512 (x, lo_mask);                           \
@@ -1029,8 +1056,8 @@ bf16x16_to_ps (const uint16_t *p)
           d1[i] = _mm512_dpbusd_epi32 (d1[i], b1, a);                         \
         }                                                                     \
       }                                                                       \
-      __m512 s0 = bf16x16_to_ps (S + (size_t) kb * NR);                       \
-      __m512 s1 = _mm512_mul_ps (bf16x16_to_ps (S + (size_t) kb * NR + 16),   \
+      __m512 s0 = bf16x16_to_ps (S);                                          \
+      __m512 s1 = _mm512_mul_ps (bf16x16_to_ps (S + 16),                      \
           _mm512_set1_ps (1.0f / 16.0f));                                     \
       for (int i = 0; i < MR; i++) {                                          \
         __m512 sa = _mm512_set1_ps (SA[(size_t) i * lds + kb]);               \

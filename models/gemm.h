@@ -33,22 +33,24 @@ typedef struct {
    *       (groups of 4 consecutive k per column: the operand layout of
    *       AVX-512 VNNI's vpdpbusd), scales [n_panels][K32 / 32][32] floats.
    *       Padding is zero.
-   * Q4:   uint8_t  [n_panels][K32 / 4][16][4]: byte (g, j, r) holds weight
-   *       (k = 4g + r, column j) in its low nibble and (k, column j + 16)
-   *       in its high nibble, each as q + 8 with q in [-7, 7].  Masking 64
-   *       bytes with 0x0F / 0xF0 gives the Q8-layout vpdpbusd operands of
-   *       columns 0-15 and 16-31 (as q + 8, the second times 16) without
-   *       any shift.  Scales in
-   *       scales_bf16 [n_panels][K32 / 32][32].
-   *       Padding is q = 0. */
+   * Q4:   uint8_t  [n_panels][K32 / 32][576]: per panel, one contiguous
+   *       stream of 32-k blocks, each 512 bytes of weights then 64 bytes of
+   *       scales, so that a kernel reads one stream, not two.  The weights
+   *       are [8][16][4]: byte (g, j, r) holds weight (k = 32 kb + 4g + r,
+   *       column j) in its low nibble and (k, column j + 16) in its high
+   *       nibble, each as q + 8 with q in [-7, 7].  Masking 64 bytes with
+   *       0x0F / 0xF0 gives the Q8-layout vpdpbusd operands of columns 0-15
+   *       and 16-31 (as q + 8, the second times 16) without any shift.  The
+   *       scales are 32 bf16 (uint16_t), one per column.
+   *       Padding is q = 0, scale 0. */
   void *data;
   float *scales;
-  uint16_t *scales_bf16;
   gboolean borrowed; /* arrays point into a mapped cache file: not freed */
 } MoshiPackedB;
 
-/* The arrays of a packed matrix (data, scales, unused, scales_bf16) and
- * their byte sizes, for writing them to a cache file; unused ones are 0. */
+/* The arrays of a packed matrix (data, scales and two unused slots: once
+ * Q8 column sums and Q4 scales, both now gone) and their byte sizes, for
+ * writing them to a cache file; unused ones are 0. */
 void moshi_packed_layout (const MoshiPackedB *p, void *ptrs[4],
     size_t bytes[4]);
 /* Shapes p as a K x N matrix of `type` whose arrays are the given memory

@@ -13,7 +13,8 @@
 
 #include <glib/gstdio.h>
 
-#define MAGIC "MOSHIPK2" /* 2: Q8 without column sums */
+/* 2: Q8 without column sums; 3: Q4 scales inside the weights' stream */
+#define MAGIC "MOSHIPK3"
 #define END_MAGIC "MOSHIEND"
 #define RECORD_MAGIC 0x44434552u /* "RECD" */
 #define ALIGN 64

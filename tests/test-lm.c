@@ -609,16 +609,22 @@ test_pack_cache (void)
   g_free (again);
   g_free (data);
 
-  /* Another storage type is another key: rewritten, not lent. */
+  /* Another storage type is another key: rewritten, not lent; Q4 (scales
+   * inside the weights' stream) lent gives the same outputs too. */
   m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q4, cache, &warn,
       &err);
   g_assert_no_error (err);
   g_assert_false (lm_model_from_cache (m));
+  greedy_trace (m, &cfg, user, steps, l1, o1);
   lm_model_unref (m);
   m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q4, cache, &warn,
       &err);
   g_assert_true (lm_model_from_cache (m));
+  greedy_trace (m, &cfg, user, steps, l2, o2);
   lm_model_unref (m);
+  g_assert_cmpmem (l1, sizeof (float) * steps * 100, l2,
+      sizeof (float) * steps * 100);
+  g_assert_cmpmem (o1, sizeof (int) * steps * 9, o2, sizeof (int) * steps * 9);
 
   /* Unwritable: the model loads, the reason comes back as a warning. */
   m = lm_model_load_cached (p, NULL, &cfg, MOSHI_WEIGHTS_Q8,

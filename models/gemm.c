@@ -1012,7 +1012,7 @@ bf16x16_to_ps (const uint16_t *p)
 }
 
 /* Q4 x Q8 with AVX-512 VNNI, the same scheme: the weights are vpdpbusd's
- * unsigned operand (q + 8 in [1, 15] from the low nibbles; 16 (q + 8) from
+ * unsigned operand (q + 8 in [0, 15] from the low nibbles; 16 (q + 8) from
  * the high nibbles, masked in place), so sum (qw + 8) qa = sum qw qa +
  * 8 SS, and the high half's factor 16 goes into its scales. */
 #define DEFINE_TILE_VNNI_Q4(MR)                                               \

@@ -38,7 +38,7 @@ typedef struct {
    *       scales, so that a kernel reads one stream, not two.  The weights
    *       are [8][16][4]: byte (g, j, r) holds weight (k = 32 kb + 4g + r,
    *       column j) in its low nibble and (k, column j + 16) in its high
-   *       nibble, each as q + 8 with q in [-7, 7].  Masking 64 bytes with
+   *       nibble, each as q + 8 with q in [-8, 7].  Masking 64 bytes with
    *       0x0F / 0xF0 gives the Q8-layout vpdpbusd operands of columns 0-15
    *       and 16-31 (as q + 8, the second times 16) without any shift.  The
    *       scales are 32 bf16 (uint16_t), one per column.

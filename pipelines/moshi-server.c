@@ -18,7 +18,8 @@
  * Files: moshi-server.c (options, HTTP and websocket front),
  *        server/protocol.c (message kinds, Ogg page checks, query params),
  *        server/session.c (the pipeline of one session),
- *        server/image.c (a client's picture, decoded off the main loop),
+ *        server/image.c (a client's picture, decoded off the main loop in
+ *          a process of its own, moshi-picture-decoder.c),
  *        server/models.c (default model lookup, as pipelines/env.sh).
  *
  * Usage: moshi-server [--host 127.0.0.1] [--port 8998] [--model M]
@@ -122,15 +123,16 @@ send_bytes (Client *c, GBytes *msg)
   g_bytes_unref (msg);
 }
 
-/* A client's picture being decoded off the main loop (a thread of GLib's
- * pool, ms_image_decode_async): a large picture takes up to seconds, and
+/* A client's picture being decoded off the main loop (in a process of its
+ * own, ms_image_decode_async): a large picture takes up to seconds, and
  * every other session must go on meanwhile.  The result comes back in the
  * main context (picture_decoded).  The client may be gone by then:
  * client_fail () and client_free () cancel its decode and forget it
  * (cancel_decode), and picture_decoded () touches the client only when
  * the decode was not cancelled; both run in the main context, so the
  * check cannot race with the free.  Server.decodes counts the decodes not
- * yet back, which the shutdown waits for (their threads use GStreamer). */
+ * yet back, which the shutdown waits for (a cancelled decode comes back
+ * once its process is killed and reaped). */
 struct _Decode {
   Server *srv;
   Client *c; /* valid while cancel is not cancelled */

@@ -293,6 +293,9 @@ ms_image_decode (GBytes *bytes, GError **error)
  * the copy of the largest picture (200 MB) too. */
 #define DECODER_TIMEOUT_S 30
 
+/* Byte by byte: GST_WRITE_UINT32_LE / GST_READ_UINT32_LE are plain
+ * (misaligned) word accesses on x86, which UBSan rejects (see
+ * tests/picture-util.c). */
 static void
 put_u32 (guint8 *p, guint32 v)
 {
@@ -702,6 +705,7 @@ ms_image_decode_async (GBytes *bytes, GCancellable *cancellable,
   g_source_attach (h->timeout, g_main_context_get_thread_default ());
   g_subprocess_communicate_async (proc, bytes, NULL, decoder_done, task);
 }
+
 GstSample *
 ms_image_decode_finish (GAsyncResult *result, GError **error)
 {

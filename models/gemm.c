@@ -86,12 +86,12 @@ q8_index (int pn, int k, int j, int KP)
 }
 
 /* Q4 blocks (gemm.h): per 32 k of a panel, the weights, then the 32
- * column scales, one stream.  Offsets within a block are multiples of 64
+ * column scales, one stream (the weights at offset 0, the scales at
+ * Q4_S_OFF).  Offsets within a block are multiples of 64
  * bytes, as are the blocks' sizes, so every 64-byte load stays aligned. */
 #define Q4_WBYTES (QB * NR / 2) /* 512 */
 #define Q4_SBYTES (NR * 2) /* 64 */
 #define Q4_BLOCK (Q4_WBYTES + Q4_SBYTES) /* 576 */
-#define Q4_W_OFF 0
 #define Q4_S_OFF Q4_WBYTES
 
 /* Block kb of panel pn in Q4 data. */
@@ -106,7 +106,7 @@ q4_block (int pn, int kb, int KP)
 static inline size_t
 q4_index (int pn, int k, int j, int KP)
 {
-  return q4_block (pn, k / QB, KP) + Q4_W_OFF
+  return q4_block (pn, k / QB, KP)
       + ((size_t) (k % QB / 4) * (NR / 2) + j % (NR / 2)) * 4 + (k & 3);
 }
 
@@ -770,14 +770,13 @@ tile_avx2_quant (const int MR, const gboolean q4, const float *A, int lda,
     const int k0 = kb * QB;
     const int nk = MIN (QB, K - k0);
     const uint8_t *bb = Bp + (size_t) kb * block;
-    const uint8_t *bw = q4 ? bb + Q4_W_OFF : bb;
     int g = 0;
     for (; 4 * g + 4 <= nk; g++) {
       const float *a = A + k0 + 4 * g;
       if (q4)
-        q4_group_avx2 (MR, a, lda, bw + g * gbytes, part);
+        q4_group_avx2 (MR, a, lda, bb + g * gbytes, part);
       else
-        q8_group_avx2 (MR, a, lda, (const int8_t *) bw + g * gbytes, part);
+        q8_group_avx2 (MR, a, lda, (const int8_t *) bb + g * gbytes, part);
     }
     if (4 * g < nk) {
       /* Last k of the matrix: A ends there, the padded weights are 0. */
@@ -786,9 +785,9 @@ tile_avx2_quant (const int MR, const gboolean q4, const float *A, int lda,
         for (int r = 0; r < nk - 4 * g; r++)
           at[i * 4 + r] = A[(size_t) i * lda + k0 + 4 * g + r];
       if (q4)
-        q4_group_avx2 (MR, at, 4, bw + g * gbytes, part);
+        q4_group_avx2 (MR, at, 4, bb + g * gbytes, part);
       else
-        q8_group_avx2 (MR, at, 4, (const int8_t *) bw + g * gbytes, part);
+        q8_group_avx2 (MR, at, 4, (const int8_t *) bb + g * gbytes, part);
     }
     for (int j = 0; j < 4; j++) {
       const __m256 s = q4
@@ -1037,13 +1036,12 @@ bf16x16_to_ps (const uint16_t *p)
         d1[i] = _mm512_set1_epi32 (-128 * sum);                               \
       }                                                                       \
       const uint8_t *bb = Bp + (size_t) kb * Q4_BLOCK;                        \
-      const uint8_t *bw = bb + Q4_W_OFF;                                      \
       const uint16_t *S = (const uint16_t *) (bb + Q4_S_OFF);                 \
       /* The block's 9 lines, VNNI_PREFETCH ahead. */                         \
       _mm_prefetch ((const char *) bb + VNNI_PREFETCH + Q4_BLOCK - 64,        \
           _MM_HINT_T1);                                                       \
       for (int g = 0; g < QB / 4; g++) {                                      \
-        __m512i x = _mm512_load_si512 ((const void *) (bw + g * 2 * NR));     \
+        __m512i x = _mm512_load_si512 ((const void *) (bb + g * 2 * NR));     \
         _mm_prefetch ((const char *) bb + VNNI_PREFETCH + g * 2 * NR,         \
             _MM_HINT_T1);                                                     \
         __m512i b0 = _mm512_and_si512 (x, lo_mask);                           \

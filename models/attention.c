@@ -299,31 +299,36 @@ head2_f16_avx512 (const float *const q[2], const uint16_t *kT, int ctx,
   heads_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, 2, TRUE);
 }
 
-/* One query over a float32 cache: the pair kernel with nq = 1. */
+/* One query: the pair kernel with nq = 1 (inlined, half constant). */
+__attribute__ ((target (PAIR_TARGET), always_inline)) static inline void
+head1_avx512 (const float *q, const void *kT, int ctx, const void *v, int ldv,
+    int hd, float scale, const guint8 *valid, int lo, int hi, float *sc,
+    float *out, const gboolean half)
+{
+  const float *qs[2] = { q, q };
+  const guint8 *vs[2] = { valid, valid };
+  const int los[2] = { lo, lo }, his[2] = { hi, hi };
+  float *scs[2] = { sc, sc }, *outs[2] = { out, out };
+  heads_avx512 (qs, kT, ctx, v, ldv, hd, scale, vs, los, his, scs, outs, 1,
+      half);
+}
+
+/* One query over a float32 cache. */
 __attribute__ ((target (PAIR_TARGET))) static void
 attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
     int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
     float *sc, float *out)
 {
-  const float *qs[2] = { q, q };
-  const guint8 *vs[2] = { valid, valid };
-  const int los[2] = { lo, lo }, his[2] = { hi, hi };
-  float *scs[2] = { sc, sc }, *outs[2] = { out, out };
-  heads_avx512 (qs, kT, ctx, v, ldv, hd, scale, vs, los, his, scs, outs, 1,
-      FALSE);
+  head1_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, FALSE);
 }
 
+/* One query over a half cache. */
 __attribute__ ((target (PAIR_TARGET))) static void
 head1_f16_avx512 (const float *q, const uint16_t *kT, int ctx,
     const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
     int lo, int hi, float *sc, float *out)
 {
-  const float *qs[2] = { q, q };
-  const guint8 *vs[2] = { valid, valid };
-  const int los[2] = { lo, lo }, his[2] = { hi, hi };
-  float *scs[2] = { sc, sc }, *outs[2] = { out, out };
-  heads_avx512 (qs, kT, ctx, v, ldv, hd, scale, vs, los, his, scs, outs, 1,
-      TRUE);
+  head1_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, TRUE);
 }
 #endif
 

@@ -119,20 +119,19 @@ softmax_valid (float *sc, const guint8 *valid, int lo, int hi)
 }
 
 #if defined(__x86_64__)
-static void attention_head_avx512 (const float *q, const float *kT, int ctx,
+static void attention_head_avx512 (const float *q, const float *kT,
     const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
     int hi, float *sc, float *out);
 #endif
 
 void
-moshi_attention_head (const float *q, const float *kT, int ctx, const float *v,
-    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
-    float *sc, float *out)
+moshi_attention_head (const float *q, const float *kT, const float *v, int ldv,
+    int hd, float scale, const guint8 *valid, int lo, int hi, float *sc,
+    float *out)
 {
 #if defined(__x86_64__)
   if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
-    attention_head_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc,
-        out);
+    attention_head_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, sc, out);
     return;
   }
 #endif
@@ -140,9 +139,8 @@ moshi_attention_head (const float *q, const float *kT, int ctx, const float *v,
     sc[j] = 0.0f;
   for (int c = 0; c < hd; c++) {
     const float qc = q[c] * scale;
-    const float *row = kT + (size_t) c * ctx;
     for (int j = lo; j <= hi; j++)
-      sc[j] += qc * row[j];
+      sc[j] += qc * kT[moshi_key_index (hd, c, j)];
   }
   const float inv = softmax_valid (sc, valid, lo, hi);
   for (int j = lo; j <= hi; j++)
@@ -155,17 +153,16 @@ moshi_attention_head (const float *q, const float *kT, int ctx, const float *v,
 
 /* One query over a half-precision cache, portable. */
 static void
-head_f16_generic (const float *q, const uint16_t *kT, int ctx,
-    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
-    int lo, int hi, float *sc, float *out)
+head_f16_generic (const float *q, const uint16_t *kT, const uint16_t *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
 {
   for (int j = lo; j <= hi; j++)
     sc[j] = 0.0f;
   for (int c = 0; c < hd; c++) {
     const float qc = q[c] * scale;
-    const uint16_t *row = kT + (size_t) c * ctx;
     for (int j = lo; j <= hi; j++)
-      sc[j] += qc * moshi_f16_to_f32 (row[j]);
+      sc[j] += qc * moshi_f16_to_f32 (kT[moshi_key_index (hd, c, j)]);
   }
   const float inv = softmax_valid (sc, valid, lo, hi);
   for (int j = lo; j <= hi; j++)
@@ -192,38 +189,43 @@ load16 (const void *p, size_t i, __mmask16 m, const gboolean half)
  * output does not depend on its partner: tests/test-attention.c).  nq and
  * half are constants at each call: the compiler drops the unused paths. */
 __attribute__ ((target (PAIR_TARGET), always_inline)) static inline void
-heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
-    int ldv, int hd, float scale, const guint8 *const valid[2], const int lo[2],
+heads_avx512 (const float *const q[2], const void *kT, const void *v, int ldv,
+    int hd, float scale, const guint8 *const valid[2], const int lo[2],
     const int hi[2], float *const sc[2], float *const out[2], const int nq,
     const gboolean half)
 {
   const int es = half ? 2 : 4; /* bytes per cache element */
   const int lo_all = nq == 2 ? MIN (lo[0], lo[1]) : lo[0];
   const int hi_all = nq == 2 ? MAX (hi[0], hi[1]) : hi[0];
-  for (int j0 = lo_all; j0 <= hi_all; j0 += 64) {
-    const int n = MIN (64, hi_all + 1 - j0);
+  const size_t tile = (size_t) MOSHI_KEY_TILE * hd; /* elements per tile */
+  /* Four tiles (64 slots) at a time, from the tile holding lo_all. */
+  for (int j0 = lo_all / 16 * 16; j0 <= hi_all; j0 += 64) {
+    /* Slots of tile b that are in [lo_all, hi_all]: the others are neither
+     * read (a masked load does not touch memory) nor stored. */
     __mmask16 mk[4];
     for (int b = 0; b < 4; b++) {
-      int r = n - 16 * b;
-      mk[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
+      const int jb = j0 + 16 * b;
+      const int first = MAX (lo_all - jb, 0), last = MIN (hi_all - jb, 15);
+      mk[b] = last < first
+          ? 0
+          : (__mmask16) (((1u << (last + 1)) - 1) & ~((1u << first) - 1));
     }
+    const char *cur = (const char *) kT + (size_t) (j0 / 16) * tile * es;
+    const gboolean more = j0 + 64 <= hi_all;
     __m512 acc0[4], acc1[4];
     for (int b = 0; b < 4; b++)
       acc0[b] = acc1[b] = _mm512_setzero_ps ();
     for (int c = 0; c < hd; c++) {
       const __m512 qc0 = _mm512_set1_ps (q[0][c] * scale);
       const __m512 qc1 = _mm512_set1_ps (q[1][c] * scale);
-      const size_t row = (size_t) c * ctx + j0;
-      /* The cache was evicted by the frame's weights: ask for this row's
-       * next block now (the rows are ctx apart, too many streams for the
-       * hardware prefetcher to follow). */
-      if (j0 + 64 <= hi_all) {
-        const char *next = (const char *) kT + (row + 64) * es;
-        for (int l = 0; l < 64 * es; l += 64)
-          _mm_prefetch (next + l, _MM_HINT_T0);
-      }
+      /* The cache was evicted by the frame's weights: ask for the next
+       * four tiles' rows of this channel now. */
+      if (more && (c * 16 * es) % 64 == 0)
+        for (int b = 0; b < 4; b++)
+          _mm_prefetch (cur + ((4 + b) * tile + (size_t) c * 16) * es,
+              _MM_HINT_T0);
       for (int b = 0; b < 4; b++) {
-        const __m512 k = load16 (kT, row + 16 * b, mk[b], half);
+        const __m512 k = load16 (cur, b * tile + (size_t) c * 16, mk[b], half);
         acc0[b] = _mm512_fmadd_ps (qc0, k, acc0[b]);
         if (nq == 2)
           acc1[b] = _mm512_fmadd_ps (qc1, k, acc1[b]);
@@ -282,103 +284,97 @@ heads_avx512 (const float *const q[2], const void *kT, int ctx, const void *v,
 }
 
 __attribute__ ((target (PAIR_TARGET))) static void
-head2_f32_avx512 (const float *const q[2], const float *kT, int ctx,
-    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
-    const int lo[2], const int hi[2], float *const sc[2], float *const out[2])
+head2_f32_avx512 (const float *const q[2], const float *kT, const float *v,
+    int ldv, int hd, float scale, const guint8 *const valid[2], const int lo[2],
+    const int hi[2], float *const sc[2], float *const out[2])
 {
-  heads_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, 2,
-      FALSE);
+  heads_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, sc, out, 2, FALSE);
 }
 
 __attribute__ ((target (PAIR_TARGET))) static void
-head2_f16_avx512 (const float *const q[2], const uint16_t *kT, int ctx,
+head2_f16_avx512 (const float *const q[2], const uint16_t *kT,
     const uint16_t *v, int ldv, int hd, float scale,
     const guint8 *const valid[2], const int lo[2], const int hi[2],
     float *const sc[2], float *const out[2])
 {
-  heads_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, 2, TRUE);
+  heads_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, sc, out, 2, TRUE);
 }
 
 /* One query: the pair kernel with nq = 1 (inlined, half constant). */
 __attribute__ ((target (PAIR_TARGET), always_inline)) static inline void
-head1_avx512 (const float *q, const void *kT, int ctx, const void *v, int ldv,
-    int hd, float scale, const guint8 *valid, int lo, int hi, float *sc,
-    float *out, const gboolean half)
+head1_avx512 (const float *q, const void *kT, const void *v, int ldv, int hd,
+    float scale, const guint8 *valid, int lo, int hi, float *sc, float *out,
+    const gboolean half)
 {
   const float *qs[2] = { q, q };
   const guint8 *vs[2] = { valid, valid };
   const int los[2] = { lo, lo }, his[2] = { hi, hi };
   float *scs[2] = { sc, sc }, *outs[2] = { out, out };
-  heads_avx512 (qs, kT, ctx, v, ldv, hd, scale, vs, los, his, scs, outs, 1,
-      half);
+  heads_avx512 (qs, kT, v, ldv, hd, scale, vs, los, his, scs, outs, 1, half);
 }
 
 /* One query over a float32 cache. */
 __attribute__ ((target (PAIR_TARGET))) static void
-attention_head_avx512 (const float *q, const float *kT, int ctx, const float *v,
-    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
-    float *sc, float *out)
+attention_head_avx512 (const float *q, const float *kT, const float *v, int ldv,
+    int hd, float scale, const guint8 *valid, int lo, int hi, float *sc,
+    float *out)
 {
-  head1_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, FALSE);
+  head1_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, sc, out, FALSE);
 }
 
 /* One query over a half cache. */
 __attribute__ ((target (PAIR_TARGET))) static void
-head1_f16_avx512 (const float *q, const uint16_t *kT, int ctx,
-    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
-    int lo, int hi, float *sc, float *out)
+head1_f16_avx512 (const float *q, const uint16_t *kT, const uint16_t *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *sc, float *out)
 {
-  head1_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, sc, out, TRUE);
+  head1_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, sc, out, TRUE);
 }
 #endif
 
 void
-moshi_attention_head2 (const float *const q[2], const float *kT, int ctx,
-    const float *v, int ldv, int hd, float scale, const guint8 *const valid[2],
-    const int lo[2], const int hi[2], float *const scores[2],
-    float *const out[2])
+moshi_attention_head2 (const float *const q[2], const float *kT, const float *v,
+    int ldv, int hd, float scale, const guint8 *const valid[2], const int lo[2],
+    const int hi[2], float *const scores[2], float *const out[2])
 {
 #if defined(__x86_64__)
   if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
-    head2_f32_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores,
-        out);
+    head2_f32_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, scores, out);
     return;
   }
 #endif
   for (int i = 0; i < 2; i++)
-    moshi_attention_head (q[i], kT, ctx, v, ldv, hd, scale, valid[i], lo[i],
-        hi[i], scores[i], out[i]);
+    moshi_attention_head (q[i], kT, v, ldv, hd, scale, valid[i], lo[i], hi[i],
+        scores[i], out[i]);
 }
 
 void
-moshi_attention_head2_f16 (const float *const q[2], const uint16_t *kT, int ctx,
+moshi_attention_head2_f16 (const float *const q[2], const uint16_t *kT,
     const uint16_t *v, int ldv, int hd, float scale,
     const guint8 *const valid[2], const int lo[2], const int hi[2],
     float *const scores[2], float *const out[2])
 {
 #if defined(__x86_64__)
   if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
-    head2_f16_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores,
-        out);
+    head2_f16_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, scores, out);
     return;
   }
 #endif
   for (int i = 0; i < 2; i++)
-    head_f16_generic (q[i], kT, ctx, v, ldv, hd, scale, valid[i], lo[i], hi[i],
+    head_f16_generic (q[i], kT, v, ldv, hd, scale, valid[i], lo[i], hi[i],
         scores[i], out[i]);
 }
 
 void
-moshi_attention_head_f16 (const float *q, const uint16_t *kT, int ctx,
-    const uint16_t *v, int ldv, int hd, float scale, const guint8 *valid,
-    int lo, int hi, float *scores, float *out)
+moshi_attention_head_f16 (const float *q, const uint16_t *kT, const uint16_t *v,
+    int ldv, int hd, float scale, const guint8 *valid, int lo, int hi,
+    float *scores, float *out)
 {
 #if defined(__x86_64__)
   if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
-    head1_f16_avx512 (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores,
-        out);
+    head1_f16_avx512 (q, kT, v, ldv, hd, scale, valid, lo, hi, scores, out);
     return;
   }
 #endif
-  head_f16_generic (q, kT, ctx, v, ldv, hd, scale, valid, lo, hi, scores, out);
+  head_f16_generic (q, kT, v, ldv, hd, scale, valid, lo, hi, scores, out);
 }

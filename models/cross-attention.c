@@ -186,22 +186,21 @@ cross_attention_memory_new (const CrossAttention *xa, MoshiPool *pool,
   mem->tokens = tokens;
   mem->dim = d;
   mem->num_heads = H;
-  mem->kT = moshi_alloc (sizeof (float) * tokens * d);
+  mem->kT = moshi_alloc (sizeof (float) * moshi_key_slots (tokens) * d);
   mem->v = moshi_alloc (sizeof (float) * tokens * d);
   if (!mem->kT || !mem->v) {
     cross_attention_memory_unref (mem);
     return NULL;
   }
-  /* K lands in v first, then is transposed per head into kT: the attention
-   * kernel scores all keys of a head with contiguous loads. */
+  /* K lands in v first, then goes per head into key tiles (attention.h),
+   * the layout the attention kernel scores 16 keys at a time from. */
   moshi_linear_forward (&xa->k, pool, img, tokens, FALSE, mem->v);
+  const size_t head_keys = (size_t) moshi_key_slots (tokens) * hd;
   for (int h = 0; h < H; h++)
-    for (int c = 0; c < hd; c++) {
-      float *dst = mem->kT + ((size_t) h * hd + c) * tokens;
-      const float *src = mem->v + h * hd + c;
-      for (int j = 0; j < tokens; j++)
-        dst[j] = src[(size_t) j * d];
-    }
+    for (int j = 0; j < tokens; j++)
+      for (int c = 0; c < hd; c++)
+        mem->kT[h * head_keys + moshi_key_index (hd, c, j)] =
+            mem->v[(size_t) j * d + h * hd + c];
   moshi_linear_forward (&xa->v, pool, img, tokens, FALSE, mem->v);
   return mem;
 }
@@ -226,7 +225,9 @@ cross_attention_memory_unref (CrossAttentionMemory *mem)
 size_t
 cross_attention_memory_bytes (const CrossAttentionMemory *mem)
 {
-  return mem ? 2 * sizeof (float) * mem->tokens * mem->dim : 0;
+  return mem ? sizeof (float)
+          * ((size_t) moshi_key_slots (mem->tokens) + mem->tokens) * mem->dim
+             : 0;
 }
 
 void
@@ -276,9 +277,9 @@ cross_attention_step (const CrossAttention *xa, const CrossAttentionGate *gate,
   moshi_linear_forward (&xa->q, pool, u, 1, FALSE, s->q);
   memset (s->attn, 0, sizeof (float) * d);
   for (int h = 0; h < H; h++)
-    moshi_attention_head (s->q + h * hd, mem->kT + (size_t) h * hd * n, n,
-        mem->v + h * hd, d, hd, scale, s->valid, 0, n - 1, s->scores,
-        s->attn + h * hd);
+    moshi_attention_head (s->q + h * hd,
+        mem->kT + (size_t) h * hd * moshi_key_slots (n), mem->v + h * hd, d, hd,
+        scale, s->valid, 0, n - 1, s->scores, s->attn + h * hd);
   moshi_linear_forward (&xa->out, pool, s->attn, 1, FALSE, s->a);
   moshi_linear_forward (&gate->gate_in, pool, s->a, 1, FALSE, s->z);
   for (int j = 0; j < hidden; j++)

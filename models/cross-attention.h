@@ -35,7 +35,7 @@ typedef struct {
 typedef struct {
   gint refcount;
   int tokens, dim, num_heads;
-  float *kT; /* [heads][head_dim][tokens], keys transposed per head */
+  float *kT; /* per head, the keys in tiles (attention.h: moshi_key_index) */
   float *v; /* [tokens][dim] */
 } CrossAttentionMemory;
 

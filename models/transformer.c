@@ -272,7 +272,7 @@ transformer_state_init (TransformerState *s, const Transformer *tr, int max_t)
   s->max_t = max_t;
   s->slot_pos = g_new (int64_t, ctx);
   const size_t kv_elem = c->kv_half ? 2 : sizeof (float);
-  s->k = moshi_alloc (kv_elem * c->num_layers * ctx * d);
+  s->k = moshi_alloc (kv_elem * c->num_layers * moshi_key_slots (ctx) * d);
   s->v = moshi_alloc (kv_elem * c->num_layers * ctx * d);
   s->h = moshi_alloc (sizeof (float) * max_t * d);
   s->qkv = moshi_alloc (sizeof (float) * max_t * 3 * d);
@@ -322,7 +322,8 @@ transformer_state_bytes (const TransformerState *s, const Transformer *tr)
   const size_t ffw = (size_t) c->dim_feedforward * (c->gating ? 2 : 1);
   const size_t kv_elem = c->kv_half ? 2 : sizeof (float);
   return sizeof (int64_t) * c->context
-      + kv_elem * 2 * (size_t) c->num_layers * c->context * d
+      + kv_elem * (size_t) c->num_layers
+      * (moshi_key_slots (c->context) + c->context) * d
       + sizeof (float)
       * ((size_t) s->max_t * (5 * d + ffw)
           + 2 * (size_t) c->context * c->num_heads)
@@ -381,6 +382,7 @@ norm (const Transformer *tr, float *dst, const float *src, const float *w,
 typedef struct {
   const TransformerConfig *c;
   const void *kc, *vc; /* this layer's cache */
+  int key_slots; /* moshi_key_slots (context): a head's key tiles */
   const float *q[2];
   float *out[2];
   float *scores; /* [heads][2][context] */
@@ -401,24 +403,25 @@ attend_heads (void *arg, int index, int count)
       j->scores + ((size_t) h * 2 + 1) * ctx };
     const float *qh[2] = { j->q[0] + h * hd, j->q[j->nq - 1] + h * hd };
     float *oh[2] = { j->out[0] + h * hd, j->out[j->nq - 1] + h * hd };
-    const size_t off = (size_t) h * hd * ctx;
+    const size_t koff = (size_t) h * hd * j->key_slots;
+    const size_t voff = (size_t) h * hd * ctx;
     if (c->kv_half) {
-      const uint16_t *kh = (const uint16_t *) j->kc + off;
-      const uint16_t *vh = (const uint16_t *) j->vc + off;
+      const uint16_t *kh = (const uint16_t *) j->kc + koff;
+      const uint16_t *vh = (const uint16_t *) j->vc + voff;
       if (j->nq == 2)
-        moshi_attention_head2_f16 (qh, kh, ctx, vh, hd, hd, j->scale, j->valid,
+        moshi_attention_head2_f16 (qh, kh, vh, hd, hd, j->scale, j->valid,
             j->lo, j->hi, sc, oh);
       else
-        moshi_attention_head_f16 (qh[0], kh, ctx, vh, hd, hd, j->scale,
-            j->valid[0], j->lo[0], j->hi[0], sc[0], oh[0]);
+        moshi_attention_head_f16 (qh[0], kh, vh, hd, hd, j->scale, j->valid[0],
+            j->lo[0], j->hi[0], sc[0], oh[0]);
     } else {
-      const float *kh = (const float *) j->kc + off;
-      const float *vh = (const float *) j->vc + off;
+      const float *kh = (const float *) j->kc + koff;
+      const float *vh = (const float *) j->vc + voff;
       if (j->nq == 2)
-        moshi_attention_head2 (qh, kh, ctx, vh, hd, hd, j->scale, j->valid,
-            j->lo, j->hi, sc, oh);
+        moshi_attention_head2 (qh, kh, vh, hd, hd, j->scale, j->valid, j->lo,
+            j->hi, sc, oh);
       else
-        moshi_attention_head (qh[0], kh, ctx, vh, hd, hd, j->scale, j->valid[0],
+        moshi_attention_head (qh[0], kh, vh, hd, hd, j->scale, j->valid[0],
             j->lo[0], j->hi[0], sc[0], oh[0]);
     }
   }
@@ -430,6 +433,7 @@ transformer_forward (const Transformer *tr, TransformerState *s,
 {
   const TransformerConfig *c = &tr->cfg;
   const int d = c->d_model, H = c->num_heads, hd = d / H, ctx = c->context;
+  const int key_slots = moshi_key_slots (ctx);
   const float scale = 1.0f / sqrtf ((float) hd);
   g_assert (t > 0 && t <= s->max_t && t <= ctx);
 
@@ -461,9 +465,10 @@ transformer_forward (const Transformer *tr, TransformerState *s,
   for (int l = 0; l < c->num_layers; l++) {
     const TransformerLayer *L = &tr->layers[l];
     const gboolean half = c->kv_half;
-    float *kc = half ? NULL : (float *) s->k + (size_t) l * ctx * d;
+    float *kc = half ? NULL : (float *) s->k + (size_t) l * key_slots * d;
     float *vc = half ? NULL : (float *) s->v + (size_t) l * ctx * d;
-    uint16_t *kc16 = half ? (uint16_t *) s->k + (size_t) l * ctx * d : NULL;
+    uint16_t *kc16 =
+        half ? (uint16_t *) s->k + (size_t) l * key_slots * d : NULL;
     uint16_t *vc16 = half ? (uint16_t *) s->v + (size_t) l * ctx * d : NULL;
 
     /* --- self-attention block --- */
@@ -487,19 +492,25 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         rope_apply (tr, k, pos);
       }
       int slot = (int) (pos % ctx);
-      /* Key channel c goes to [c][slot] (heads are runs of head_dim
-       * channels), head h's value row to [h][slot][head_dim]. */
-      if (half) {
-        uint16_t kh[256];
-        for (int c0 = 0; c0 < d; c0 += 256) {
-          const int n = MIN (256, d - c0);
-          moshi_f32_to_f16_n (kh, k + c0, n);
-          for (int c = 0; c < n; c++)
-            kc16[(size_t) (c0 + c) * ctx + slot] = kh[c];
+      /* Head h's key goes into its tiles (attention.h: moshi_key_index),
+       * its value row to [h][slot][head_dim]. */
+      for (int h = 0; h < H; h++) {
+        /* channel c of this slot: at + c * MOSHI_KEY_TILE */
+        const size_t at =
+            (size_t) h * hd * key_slots + moshi_key_index (hd, 0, slot);
+        const float *kh = k + h * hd;
+        for (int c0 = 0; c0 < hd; c0 += 256) {
+          const int n = MIN (256, hd - c0);
+          if (half) {
+            uint16_t k16[256];
+            moshi_f32_to_f16_n (k16, kh + c0, n);
+            for (int c = 0; c < n; c++)
+              kc16[at + (size_t) (c0 + c) * MOSHI_KEY_TILE] = k16[c];
+          } else {
+            for (int c = 0; c < n; c++)
+              kc[at + (size_t) (c0 + c) * MOSHI_KEY_TILE] = kh[c0 + c];
+          }
         }
-      } else {
-        for (int c = 0; c < d; c++)
-          kc[(size_t) c * ctx + slot] = k[c];
       }
       for (int h = 0; h < H; h++) {
         const size_t vrow = ((size_t) h * ctx + slot) * hd;
@@ -514,6 +525,7 @@ transformer_forward (const Transformer *tr, TransformerState *s,
       AttendJob job = { .c = c,
         .kc = half ? (void *) kc16 : (void *) kc,
         .vc = half ? (void *) vc16 : (void *) vc,
+        .key_slots = key_slots,
         .scores = s->scores,
         .nq = MIN (2, t - i),
         .scale = scale };

@@ -82,6 +82,60 @@ run_steps (LmModel *m, LmState *st, int steps, double *t_main, double *t_dep)
   g_free (tokens);
 }
 
+/* Every packed array a step streams (bench_read_arrays' list). */
+typedef struct {
+  GPtrArray *arrays;
+  GArray *bytes;
+} StreamedArrays;
+
+static void
+add_linear (StreamedArrays *s, const MoshiLinear *l)
+{
+  void *ptrs[4];
+  size_t bytes[4];
+  moshi_packed_layout (&l->w, ptrs, bytes);
+  for (int i = 0; i < 4; i++)
+    if (bytes[i] > 0) {
+      g_ptr_array_add (s->arrays, ptrs[i]);
+      g_array_append_val (s->bytes, bytes[i]);
+    }
+}
+
+static void
+add_transformer (StreamedArrays *s, const Transformer *tr)
+{
+  const int sets = MAX (1, tr->cfg.weight_sets);
+  for (int l = 0; l < tr->cfg.num_layers; l++)
+    for (int k = 0; k < sets; k++) {
+      const TransformerLayer *L = &tr->layers[l];
+      add_linear (s, &L->in_proj[k]);
+      add_linear (s, &L->out_proj[k]);
+      add_linear (s, &L->ff_in[k]);
+      add_linear (s, &L->ff_out[k]);
+    }
+}
+
+/* GB/s reading the model's own weights, in step order. */
+static double
+read_own_weights (const LmModel *m, MoshiPool *pool)
+{
+  StreamedArrays s = { g_ptr_array_new (),
+    g_array_new (FALSE, FALSE, sizeof (size_t)) };
+  add_transformer (&s, &m->transformer);
+  add_linear (&s, &m->text_linear);
+  for (int i = 0; i < m->n_dep_in; i++)
+    add_linear (&s, &m->dep_in[i]);
+  add_transformer (&s, &m->depformer);
+  for (int i = 0; i < m->cfg.dep_q; i++)
+    add_linear (&s, &m->linears[i]);
+  const double gbs =
+      bench_read_arrays (pool, (const void *const *) s.arrays->pdata,
+          (const size_t *) s.bytes->data, (int) s.arrays->len, NULL);
+  g_ptr_array_free (s.arrays, TRUE);
+  g_array_free (s.bytes, TRUE);
+  return gbs;
+}
+
 int
 main (int argc, char **argv)
 {
@@ -165,6 +219,7 @@ main (int argc, char **argv)
   double rss_gb = peak_rss_kb () / 1048576.0;
   double plain_bw;
   double bw = bench_read_bandwidth (st.pool, (size_t) 1 << 30, &plain_bw);
+  const double own_bw = read_own_weights (m, st.pool);
   double total = t_main + t_dep;
   double gb = (main_bytes + dep_bytes) / 1e9;
   double bound_ms = gb / bw * 1e3;
@@ -188,6 +243,14 @@ main (int argc, char **argv)
       bw, threads, threads > 1 ? "s" : "", plain_bw);
   printf ("bandwidth bound  %.1f ms per step; this run is %.2fx the bound\n",
       bound_ms, total / bound_ms);
+  /* On this VM the same code's temporal part took 163-208 ms from one
+   * process to the next (2026-11-26) while the fresh buffer's read stayed
+   * at 27-30 GB/s: the weights' own pages read slower than a fresh
+   * buffer, by a different amount in each process.  This line separates
+   * the kernels' share of the ratio above from where the weights lie. */
+  printf ("own memory       %.1f GB/s reading this model's weights in step "
+          "order: %.1f ms, the step is %.2fx that\n",
+      own_bw, gb / own_bw * 1e3, total / (gb / own_bw * 1e3));
   printf ("peak RSS         %.2f GB (model + state)\n", rss_gb);
   if (vision > 0) {
     float *img = g_new (float, (size_t) vision * c->dim);

@@ -13,4 +13,11 @@ G_BEGIN_DECLS
  * loop).  *plain_gbs, when not NULL, gets the plain sum's figure. */
 double bench_read_bandwidth (MoshiPool *pool, size_t bytes, double *plain_gbs);
 
+/* The same read over memory that already holds data (n arrays, 64-byte
+ * aligned, of the given sizes; each thread reads its share of each, in
+ * order, as the products do): how fast this process can stream a model's
+ * own weights, which on a VM need not be as fast as a fresh buffer. */
+double bench_read_arrays (MoshiPool *pool, const void *const *arrays,
+    const size_t *bytes, int n, double *plain_gbs);
+
 G_END_DECLS

@@ -83,9 +83,10 @@ typedef struct {
   int max_t; /* most steps per call */
   int64_t offset; /* position of the next step */
   int64_t *slot_pos; /* [context]: position held by each ring slot, -1 empty */
-  /* Keys [layers][heads][head_dim][context], transposed so that a query
-   * scores every slot with contiguous vector FMAs; values
-   * [layers][context][d]; float, or uint16_t halves with cfg.kv_half. */
+  /* Keys [layers][heads][moshi_key_slots (context) slots in tiles of 16]
+   * (attention.h: moshi_key_index), so that a query scores 16 slots with
+   * contiguous vector FMAs; values [layers][heads][context][head_dim];
+   * float, or uint16_t halves with cfg.kv_half. */
   void *k, *v;
   float *h, *qkv, *attn, *ff, *scores; /* scratch */
   guint8 *valid; /* [context] slot usable by the current query */

@@ -24,6 +24,7 @@
 #include <sys/resource.h>
 
 #include "alloc.h"
+#include "attention.h"
 #include "cpu.h"
 #include "bench-read.h"
 #include "lm-private.h"
@@ -80,6 +81,24 @@ run_steps (LmModel *m, LmState *st, int steps, double *t_main, double *t_dep)
   g_free (tl);
   g_free (dl);
   g_free (tokens);
+}
+
+/* As if `past` steps had run (at most the context, less the steps to
+ * come): their slots hold positions and the key/value memory is written
+ * (never-written pages would all read the one zero page, from cache). */
+static void
+fill_cache (const LmModel *m, LmState *st, int past)
+{
+  const Transformer *tr = &m->transformer;
+  const TransformerConfig *c = &tr->cfg;
+  const size_t elem = c->kv_half ? 2 : sizeof (float);
+  const size_t per_layer_k = (size_t) moshi_key_slots (c->context) * c->d_model;
+  const size_t per_layer_v = (size_t) c->context * c->d_model;
+  memset (st->main.k, 0x11, elem * per_layer_k * c->num_layers);
+  memset (st->main.v, 0x11, elem * per_layer_v * c->num_layers);
+  st->main.offset = past;
+  for (int i = 0; i < c->context; i++)
+    st->main.slot_pos[i] = i < past ? i : -1;
 }
 
 /* Every packed array a step streams (bench_read_arrays' list). */
@@ -139,7 +158,7 @@ read_own_weights (const LmModel *m, MoshiPool *pool)
 int
 main (int argc, char **argv)
 {
-  int threads = 1, steps = 8, vision = 0;
+  int threads = 1, steps = 8, vision = 0, filled = 0;
   gboolean small = FALSE;
   gchar *quant = NULL;
   GOptionEntry entries[] = { { "quant", 'q', 0, G_OPTION_ARG_STRING, &quant,
@@ -150,6 +169,10 @@ main (int argc, char **argv)
         "S" },
     { "small", 0, 0, G_OPTION_ARG_NONE, &small, "1/8-width model (quick check)",
         NULL },
+    { "filled", 0, 0, G_OPTION_ARG_INT, &filled,
+        "Start with N past steps in the KV cache (up to the context): the "
+        "step's attention then reads them all",
+        "N" },
     { "vision", 0, 0, G_OPTION_ARG_INT, &vision,
         "Add MoshiVis cross-attention and time it on an image of N tokens",
         "N" },
@@ -179,6 +202,11 @@ main (int argc, char **argv)
     cfg.text_card /= 8;
   }
   cfg.cross_attention = vision > 0;
+  if (filled < 0 || filled > cfg.context) {
+    fprintf (stderr, "--filled %d: the context is %d steps\n", filled,
+        cfg.context);
+    return 2;
+  }
   gint64 t0 = g_get_monotonic_time ();
   LmModel *m = lm_model_new_random (&cfg, 7, wt);
   double t_build = (g_get_monotonic_time () - t0) / 1e6;
@@ -192,6 +220,8 @@ main (int argc, char **argv)
     moshi_pool_free (st.pool);
     st.pool = moshi_pool_new (threads);
   }
+  if (filled > 0)
+    fill_cache (m, &st, filled);
   /* Bytes streamed per step: every packed weight once (both halves). */
   const Transformer *tr = &m->transformer;
   size_t xa_bytes = 0; /* read per step by the cross-attention */
@@ -251,6 +281,15 @@ main (int argc, char **argv)
   printf ("own memory       %.1f GB/s reading this model's weights in step "
           "order: %.1f ms, the step is %.2fx that\n",
       own_bw, gb / own_bw * 1e3, total / (gb / own_bw * 1e3));
+  if (filled > 0) {
+    /* keys and values of every valid slot, every layer, once per step */
+    const size_t slots = MIN (c->context, filled + steps);
+    const double kv_gb =
+        2.0 * (tr->cfg.kv_half ? 2 : 4) * c->dim * slots * c->num_layers / 1e9;
+    printf ("kv cache         %d past steps: attention reads about %.2f GB of "
+            "keys and values per step (%.1f ms at the read above)\n",
+        filled, kv_gb, kv_gb / bw * 1e3);
+  }
   printf ("peak RSS         %.2f GB (model + state)\n", rss_gb);
   if (vision > 0) {
     float *img = g_new (float, (size_t) vision * c->dim);

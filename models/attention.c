@@ -1,6 +1,7 @@
 #include "attention.h"
 
 #include "cpu.h"
+#include "vec-math.h"
 
 #include <math.h>
 #include <string.h>
@@ -102,20 +103,13 @@ moshi_f16_to_f32 (uint16_t h)
 
 /* Exponentiates the valid scores in [lo, hi] against their maximum (the
  * rest become 0) and returns 1 / their sum: softmax without the final
- * division, which the callers fold into the value weights. */
+ * division, which the callers fold into the value weights.  Vectorized
+ * (vec-math.c): at a full 3000-step context the 7B takes 3 M exponentials
+ * a step. */
 static float
 softmax_valid (float *sc, const guint8 *valid, int lo, int hi)
 {
-  float mx = -INFINITY;
-  for (int j = lo; j <= hi; j++)
-    if (valid[j])
-      mx = MAX (mx, sc[j]);
-  double sum = 0.0;
-  for (int j = lo; j <= hi; j++) {
-    sc[j] = valid[j] ? expf (sc[j] - mx) : 0.0f;
-    sum += sc[j];
-  }
-  return (float) (1.0 / sum);
+  return moshi_softmax_kept (sc, valid, lo, hi);
 }
 
 #if defined(__x86_64__)

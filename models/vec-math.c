@@ -268,6 +268,68 @@ moshi_gelu_tanh (float *dst, const float *src, size_t n)
   gelu_tanh_generic (dst, src, n);
 }
 
+static float
+softmax_kept_generic (float *x, const unsigned char *keep, int lo, int hi)
+{
+  float m = -INFINITY;
+  for (int j = lo; j <= hi; j++)
+    if (keep[j])
+      m = x[j] > m ? x[j] : m;
+  double s = 0.0;
+  for (int j = lo; j <= hi; j++) {
+    x[j] = keep[j] ? exp_scalar (x[j] - m) : 0.0f;
+    s += x[j];
+  }
+  return (float) (1.0 / s);
+}
+
+#if defined(__x86_64__)
+/* Slots [j, j + 16) of [lo, hi] that keep[] marks. */
+__attribute__ ((target ("avx512f,avx512bw,avx512vl"))) static inline __mmask16
+kept16 (const unsigned char *keep, int j, int lo, int hi)
+{
+  const int first = MAX (lo - j, 0), last = MIN (hi - j, 15);
+  const __mmask16 range =
+      (__mmask16) (((1u << (last + 1)) - 1) & ~((1u << first) - 1));
+  const __m128i k = _mm_maskz_loadu_epi8 (range, keep + j);
+  return _mm_test_epi8_mask (k, k) & range;
+}
+
+__attribute__ ((target ("avx512f,avx512bw,avx512vl"))) static float
+softmax_kept_avx512 (float *x, const unsigned char *keep, int lo, int hi)
+{
+  __m512 vm = _mm512_set1_ps (-INFINITY);
+  for (int j = lo; j <= hi; j += 16)
+    vm = _mm512_mask_max_ps (vm, kept16 (keep, j, lo, hi), vm,
+        _mm512_maskz_loadu_ps (kept16 (keep, j, lo, hi), x + j));
+  const __m512 mm = _mm512_set1_ps (_mm512_reduce_max_ps (vm));
+  __m512d s0 = _mm512_setzero_pd (), s1 = s0;
+  for (int j = lo; j <= hi; j += 16) {
+    const int last = MIN (hi - j, 15);
+    const __mmask16 range = (__mmask16) ((1u << (last + 1)) - 1);
+    const __mmask16 k = kept16 (keep, j, lo, hi);
+    const __m512 e = _mm512_maskz_mov_ps (k,
+        exp_avx512 (_mm512_sub_ps (_mm512_maskz_loadu_ps (k, x + j), mm)));
+    _mm512_mask_storeu_ps (x + j, range, e);
+    s0 = _mm512_add_pd (s0, _mm512_cvtps_pd (_mm512_castps512_ps256 (e)));
+    s1 = _mm512_add_pd (s1,
+        _mm512_cvtps_pd (_mm256_castpd_ps (
+            _mm512_extractf64x4_pd (_mm512_castps_pd (e), 1))));
+  }
+  return (float) (1.0 / _mm512_reduce_add_pd (_mm512_add_pd (s0, s1)));
+}
+#endif
+
+float
+moshi_softmax_kept (float *x, const unsigned char *keep, int lo, int hi)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512)
+    return softmax_kept_avx512 (x, keep, lo, hi);
+#endif
+  return softmax_kept_generic (x, keep, lo, hi);
+}
+
 void
 moshi_softmax_rows (float *x, int rows, int n, size_t ld)
 {

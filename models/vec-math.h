@@ -1,4 +1,4 @@
-/* Elementwise kernels of the vision tower, where a library expf/tanhf per
+/* Elementwise kernels of the vision tower (and attention's softmax), where a library expf/tanhf per
  * element would cost as much as a good share of the matrix products (one
  * 448 image: ~120 M GELUs and ~450 M softmax exponentials).  AVX-512 and
  * AVX2+FMA versions are chosen at run time (cpu.h), with a portable C
@@ -13,3 +13,9 @@ void moshi_gelu_tanh (float *dst, const float *src, size_t n);
 
 /* Row-wise softmax in place over `rows` rows of n values (row stride ld). */
 void moshi_softmax_rows (float *x, int rows, int n, size_t ld);
+
+/* Attention's softmax over slots [lo, hi] of x where keep[j] != 0 (at
+ * least one): x[j] = exp(x[j] - max) there and 0 at the other slots of the
+ * range; returns 1 / the sum, the division left to the caller.  The sum is
+ * accumulated in double. */
+float moshi_softmax_kept (float *x, const unsigned char *keep, int lo, int hi);

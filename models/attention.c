@@ -234,11 +234,14 @@ heads_avx512 (const float *const q[2], const void *kT, const void *v, int ldv,
   const float inv0 = softmax_valid (sc[0], valid[0], lo[0], hi[0]);
   const float inv1 =
       nq == 2 ? softmax_valid (sc[1], valid[1], lo[1], hi[1]) : 0.0f;
-  for (int c0 = 0; c0 < hd; c0 += 64) {
-    const int w = MIN (64, hd - c0);
-    __mmask16 mv[4];
-    __m512 o0[4], o1[4];
-    for (int b = 0; b < 4; b++) {
+  /* Values: 128 channels (8 vectors per query: 16 accumulators for a
+   * pair, of 32 registers) per pass over the slots, so that a head of
+   * 128 reads each value row once, in order. */
+  for (int c0 = 0; c0 < hd; c0 += 128) {
+    const int w = MIN (128, hd - c0);
+    __mmask16 mv[8];
+    __m512 o0[8], o1[8];
+    for (int b = 0; b < 8; b++) {
       int r = w - 16 * b;
       mv[b] = r >= 16 ? 0xFFFF : r <= 0 ? 0 : (__mmask16) ((1u << r) - 1);
       o0[b] = _mm512_maskz_loadu_ps (mv[b], out[0] + c0 + 16 * b);
@@ -246,12 +249,9 @@ heads_avx512 (const float *const q[2], const void *kT, const void *v, int ldv,
                       : _mm512_setzero_ps ();
     }
     for (int j = lo_all; j <= hi_all; j++) {
-      _mm_prefetch ((const char *) v + ((size_t) (j + 8) * ldv + c0) * es,
-          _MM_HINT_T0);
-      if (w * es > 64)
-        _mm_prefetch ((const char *) v + ((size_t) (j + 8) * ldv + c0) * es
-                + 64,
-            _MM_HINT_T0);
+      const char *ahead = (const char *) v + ((size_t) (j + 8) * ldv + c0) * es;
+      for (int l = 0; l < w * es; l += 64)
+        _mm_prefetch (ahead + l, _MM_HINT_T0);
       const gboolean u0 = j >= lo[0] && j <= hi[0] && valid[0][j];
       const gboolean u1 = nq == 2 && j >= lo[1] && j <= hi[1] && valid[1][j];
       if (!u0 && !u1)
@@ -259,7 +259,7 @@ heads_avx512 (const float *const q[2], const void *kT, const void *v, int ldv,
       const __m512 p0 = _mm512_set1_ps (u0 ? sc[0][j] * inv0 : 0.0f);
       const __m512 p1 = _mm512_set1_ps (u1 ? sc[1][j] * inv1 : 0.0f);
       const size_t row = (size_t) j * ldv + c0;
-      for (int b = 0; b < 4; b++) {
+      for (int b = 0; b < 8; b++) {
         if (!mv[b])
           continue;
         const __m512 x = load16 (v, row + 16 * b, mv[b], half);
@@ -269,7 +269,7 @@ heads_avx512 (const float *const q[2], const void *kT, const void *v, int ldv,
           o1[b] = _mm512_fmadd_ps (p1, x, o1[b]);
       }
     }
-    for (int b = 0; b < 4; b++) {
+    for (int b = 0; b < 8; b++) {
       _mm512_mask_storeu_ps (out[0] + c0 + 16 * b, mv[b], o0[b]);
       if (nq == 2)
         _mm512_mask_storeu_ps (out[1] + c0 + 16 * b, mv[b], o1[b]);

@@ -107,7 +107,7 @@ typedef struct {
   float *key; /* [ctx][hd]: the keys as a plain matrix, for the reference */
   float *kT, *v; /* the cache: keys in tiles (attention.h), values rows */
   uint16_t *kT16, *v16;
-  float q[2][128];
+  float q[2][256];
   guint8 valid[2][300];
   int lo[2], hi[2];
 } Case;
@@ -205,14 +205,14 @@ check_case (int ctx, int hd, int first)
 {
   Case c;
   case_init (&c, (guint32) (ctx * 31 + hd + first), ctx, hd, first);
-  float one[2][128], two[2][128], half[2][128];
+  float one[2][256], two[2][256], half[2][256];
   float *sc = g_new (float, 2 * ctx);
   const float scale = 1.0f / sqrtf ((float) hd);
   for (int r = 0; r < 2; r++) {
     memset (one[r], 0, sizeof one[r]);
     moshi_attention_head (c.q[r], c.kT, c.v, c.ldv, hd, scale, c.valid[r],
         c.lo[r], c.hi[r], sc, one[r]);
-    double ref[128];
+    double ref[256];
     reference (&c, r, scale, ref);
     for (int d = 0; d < hd; d++)
       g_assert_cmpfloat (fabs (one[r][d] - ref[d]), <, 1e-5);
@@ -237,7 +237,7 @@ check_case (int ctx, int hd, int first)
     for (int d = 0; d < hd; d++)
       g_assert_cmpfloat (fabsf (half[r][d] - one[r][d]), <, 4e-3f);
   /* One query alone: the pair's arithmetic for that query, bit for bit. */
-  float lone[128] = { 0 };
+  float lone[256] = { 0 };
   moshi_attention_head_f16 (c.q[1], c.kT16, c.v16, c.ldv, hd, scale, c.valid[1],
       c.lo[1], c.hi[1], sc, lone);
   g_assert_cmpmem (lone, sizeof (float) * hd, half[1], sizeof (float) * hd);
@@ -258,6 +258,9 @@ test_attention (void)
     check_case (250, 64, 21);
     check_case (37, 128, 30);
     check_case (300, 40, 235);
+    /* a head wider than one pass of the value loop (128 channels) */
+    check_case (70, 200, 0);
+    check_case (70, 256, 9);
   }
   moshi_cpu_set_level (top);
 }

@@ -3,6 +3,7 @@
 #include "alloc.h"
 #include "attention.h"
 #include "model-error.h"
+#include "vec-math.h"
 #include "weights.h"
 
 #include <math.h>
@@ -596,13 +597,11 @@ transformer_forward (const Transformer *tr, TransformerState *s,
     if (c->gating) {
       /* linear_in gives [gate | value]; hidden = silu(gate) * value. */
       for (int i = 0; i < t; i++) {
-        float *row = s->ff + (size_t) i * 2 * ff;
-        float *dst = s->ff + (size_t) i * ff;
-        for (int j = 0; j < ff; j++) {
-          float g = row[j];
-          float val = row[ff + j];
-          dst[j] = g / (1.0f + expf (-g)) * val;
-        }
+        /* Row i's output lands at row i of [t][ff], which starts at or
+         * before its own [gate | value] (row i of [t][2 ff]): for i > 0
+         * it overlaps the previous row's input, already consumed. */
+        const float *row = s->ff + (size_t) i * 2 * ff;
+        moshi_silu_mul (s->ff + (size_t) i * ff, row, row + ff, ff);
       }
     } else {
       moshi_gelu (s->ff, s->ff, (size_t) t * ff);

@@ -268,6 +268,44 @@ moshi_gelu_tanh (float *dst, const float *src, size_t n)
   gelu_tanh_generic (dst, src, n);
 }
 
+static void
+silu_mul_generic (float *dst, const float *gate, const float *value, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    const float g = gate[i];
+    dst[i] = g / (1.0f + exp_scalar (-g)) * value[i];
+  }
+}
+
+#if defined(__x86_64__)
+__attribute__ ((target ("avx512f"))) static void
+silu_mul_avx512 (float *dst, const float *gate, const float *value, size_t n)
+{
+  const __m512 one = _mm512_set1_ps (1.0f);
+  for (size_t i = 0; i < n; i += 16) {
+    const __mmask16 m =
+        n - i >= 16 ? 0xFFFF : (__mmask16) ((1u << (n - i)) - 1);
+    const __m512 g = _mm512_maskz_loadu_ps (m, gate + i);
+    const __m512 e = exp_avx512 (_mm512_sub_ps (_mm512_setzero_ps (), g));
+    const __m512 y = _mm512_mul_ps (_mm512_div_ps (g, _mm512_add_ps (one, e)),
+        _mm512_maskz_loadu_ps (m, value + i));
+    _mm512_mask_storeu_ps (dst + i, m, y);
+  }
+}
+#endif
+
+void
+moshi_silu_mul (float *dst, const float *gate, const float *value, size_t n)
+{
+#if defined(__x86_64__)
+  if (moshi_cpu_level () >= MOSHI_CPU_AVX512) {
+    silu_mul_avx512 (dst, gate, value, n);
+    return;
+  }
+#endif
+  silu_mul_generic (dst, gate, value, n);
+}
+
 static float
 softmax_kept_generic (float *x, const unsigned char *keep, int lo, int hi)
 {

@@ -19,3 +19,8 @@ void moshi_softmax_rows (float *x, int rows, int n, size_t ld);
  * range; returns 1 / the sum, the division left to the caller.  The sum is
  * accumulated in double. */
 float moshi_softmax_kept (float *x, const unsigned char *keep, int lo, int hi);
+
+/* dst[i] = silu(gate[i]) * value[i] = gate / (1 + exp(-gate)) * value:
+ * the gated feed-forward of Moshi's transformers.  dst may be gate. */
+void moshi_silu_mul (float *dst, const float *gate, const float *value,
+    size_t n);

@@ -11,7 +11,6 @@
 #include "attention.h"
 #include "cpu.h"
 #include "transformer.h"
-#include "vec-math.h"
 
 static float
 frand (guint32 *s)
@@ -265,50 +264,6 @@ test_attention (void)
   moshi_cpu_set_level (top);
 }
 
-/* moshi_softmax_kept at every CPU level: ranges that start and end inside
- * vectors, slots dropped by the mask become 0, slots outside [lo, hi] are
- * not touched, and exp / sum match a double-precision reference. */
-static void
-test_softmax_kept (void)
-{
-  const MoshiCpuLevel top = moshi_cpu_level ();
-  const int n = 300;
-  const int ranges[][2] = { { 0, 0 }, { 3, 17 }, { 0, 299 }, { 21, 250 },
-    { 290, 299 }, { 16, 31 } };
-  guint32 seed = 5;
-  float x[300], orig[300];
-  guint8 keep[300];
-  for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
-    moshi_cpu_set_level ((MoshiCpuLevel) level);
-    for (guint r = 0; r < G_N_ELEMENTS (ranges); r++) {
-      const int lo = ranges[r][0], hi = ranges[r][1];
-      for (int j = 0; j < n; j++) {
-        orig[j] = x[j] = 20.0f * frand (&seed);
-        keep[j] = j == lo || frand (&seed) > -0.6f;
-      }
-      const float inv = moshi_softmax_kept (x, keep, lo, hi);
-      double m = -INFINITY, sum = 0.0;
-      for (int j = lo; j <= hi; j++)
-        if (keep[j])
-          m = MAX (m, orig[j]);
-      for (int j = lo; j <= hi; j++)
-        if (keep[j])
-          sum += exp ((double) orig[j] - m);
-      g_assert_cmpfloat (fabs (inv * sum - 1.0), <, 3e-6);
-      for (int j = 0; j < n; j++) {
-        if (j < lo || j > hi)
-          g_assert_cmpfloat (x[j], ==, orig[j]);
-        else if (!keep[j])
-          g_assert_cmpfloat (x[j], ==, 0.0f);
-        else /* x - max rounded to float (up to 2e-6 here), then ~2 ulp */
-          g_assert_cmpfloat (fabs (x[j] - exp ((double) orig[j] - m)), <=,
-              3e-6 * exp ((double) orig[j] - m));
-      }
-    }
-  }
-  moshi_cpu_set_level (top);
-}
-
 /* Same weights, cache in float32 and in halves: 1 and 2 rows per call
  * (the lone-query path and the pair), past the 16-step context. */
 static void
@@ -366,7 +321,6 @@ main (int argc, char **argv)
   g_test_add_func ("/attention/half-conversion-vector",
       test_half_conversion_vector);
   g_test_add_func ("/attention/pair-and-half", test_attention);
-  g_test_add_func ("/attention/softmax-kept", test_softmax_kept);
   g_test_add_func ("/attention/transformer-half-cache",
       test_transformer_half_cache);
   return g_test_run ();

@@ -101,16 +101,9 @@ moshi_f16_to_f32 (uint16_t h)
 
 /* ---------------------------------------------------------- one query --- */
 
-/* Exponentiates the valid scores in [lo, hi] against their maximum (the
- * rest become 0) and returns 1 / their sum: softmax without the final
- * division, which the callers fold into the value weights.  Vectorized
- * (vec-math.c): at a full 3000-step context the 7B takes 3 M exponentials
- * a step. */
-static float
-softmax_valid (float *sc, const guint8 *valid, int lo, int hi)
-{
-  return moshi_softmax_kept (sc, valid, lo, hi);
-}
+/* The softmax of the valid scores in [lo, hi] (moshi_softmax_kept,
+ * vectorized: a full 3000-step context is 3 M exponentials a step for the
+ * 7B) is left undivided: the callers fold 1 / sum into the value weights. */
 
 #if defined(__x86_64__)
 static void attention_head_avx512 (const float *q, const float *kT,
@@ -136,7 +129,7 @@ moshi_attention_head (const float *q, const float *kT, const float *v, int ldv,
     for (int j = lo; j <= hi; j++)
       sc[j] += qc * kT[moshi_key_index (hd, c, j)];
   }
-  const float inv = softmax_valid (sc, valid, lo, hi);
+  const float inv = moshi_softmax_kept (sc, valid, lo, hi);
   for (int j = lo; j <= hi; j++)
     if (valid[j])
       for (int c = 0; c < hd; c++)
@@ -158,7 +151,7 @@ head_f16_generic (const float *q, const uint16_t *kT, const uint16_t *v,
     for (int j = lo; j <= hi; j++)
       sc[j] += qc * moshi_f16_to_f32 (kT[moshi_key_index (hd, c, j)]);
   }
-  const float inv = softmax_valid (sc, valid, lo, hi);
+  const float inv = moshi_softmax_kept (sc, valid, lo, hi);
   for (int j = lo; j <= hi; j++)
     if (valid[j])
       for (int c = 0; c < hd; c++)
@@ -231,9 +224,9 @@ heads_avx512 (const float *const q[2], const void *kT, const void *v, int ldv,
         _mm512_mask_storeu_ps (sc[1] + j0 + 16 * b, mk[b], acc1[b]);
     }
   }
-  const float inv0 = softmax_valid (sc[0], valid[0], lo[0], hi[0]);
+  const float inv0 = moshi_softmax_kept (sc[0], valid[0], lo[0], hi[0]);
   const float inv1 =
-      nq == 2 ? softmax_valid (sc[1], valid[1], lo[1], hi[1]) : 0.0f;
+      nq == 2 ? moshi_softmax_kept (sc[1], valid[1], lo[1], hi[1]) : 0.0f;
   /* Values: 128 channels (8 vectors per query: 16 accumulators for a
    * pair, of 32 registers) per pass over the slots, so that a head of
    * 128 reads each value row once, in order. */

@@ -499,6 +499,7 @@ transformer_forward (const Transformer *tr, TransformerState *s,
         /* channel c of this slot: at + c * MOSHI_KEY_TILE */
         const size_t at =
             (size_t) h * hd * key_slots + moshi_key_index (hd, 0, slot);
+        const size_t vrow = ((size_t) h * ctx + slot) * hd;
         const float *kh = k + h * hd;
         for (int c0 = 0; c0 < hd; c0 += 256) {
           const int n = MIN (256, hd - c0);
@@ -512,9 +513,6 @@ transformer_forward (const Transformer *tr, TransformerState *s,
               kc[at + (size_t) (c0 + c) * MOSHI_KEY_TILE] = kh[c0 + c];
           }
         }
-      }
-      for (int h = 0; h < H; h++) {
-        const size_t vrow = ((size_t) h * ctx + slot) * hd;
         if (half)
           moshi_f32_to_f16_n (vc16 + vrow, v + h * hd, hd);
         else

@@ -322,13 +322,17 @@ softmax_kept_generic (float *x, const unsigned char *keep, int lo, int hi)
 }
 
 #if defined(__x86_64__)
-/* Slots [j, j + 16) of [lo, hi] that keep[] marks. */
+/* The loops below start at lo, so a window [j, j + 16) only ends early:
+ * its lanes up to hi, and of those the ones keep[] marks. */
 __attribute__ ((target ("avx512f,avx512bw,avx512vl"))) static inline __mmask16
-kept16 (const unsigned char *keep, int j, int lo, int hi)
+upto16 (int j, int hi)
 {
-  const int first = MAX (lo - j, 0), last = MIN (hi - j, 15);
-  const __mmask16 range =
-      (__mmask16) (((1u << (last + 1)) - 1) & ~((1u << first) - 1));
+  return hi - j >= 15 ? 0xFFFF : (__mmask16) ((1u << (hi - j + 1)) - 1);
+}
+
+__attribute__ ((target ("avx512f,avx512bw,avx512vl"))) static inline __mmask16
+kept16 (const unsigned char *keep, int j, __mmask16 range)
+{
   const __m128i k = _mm_maskz_loadu_epi8 (range, keep + j);
   return _mm_test_epi8_mask (k, k) & range;
 }
@@ -337,15 +341,15 @@ __attribute__ ((target ("avx512f,avx512bw,avx512vl"))) static float
 softmax_kept_avx512 (float *x, const unsigned char *keep, int lo, int hi)
 {
   __m512 vm = _mm512_set1_ps (-INFINITY);
-  for (int j = lo; j <= hi; j += 16)
-    vm = _mm512_mask_max_ps (vm, kept16 (keep, j, lo, hi), vm,
-        _mm512_maskz_loadu_ps (kept16 (keep, j, lo, hi), x + j));
+  for (int j = lo; j <= hi; j += 16) {
+    const __mmask16 k = kept16 (keep, j, upto16 (j, hi));
+    vm = _mm512_mask_max_ps (vm, k, vm, _mm512_maskz_loadu_ps (k, x + j));
+  }
   const __m512 mm = _mm512_set1_ps (_mm512_reduce_max_ps (vm));
   __m512d s0 = _mm512_setzero_pd (), s1 = s0;
   for (int j = lo; j <= hi; j += 16) {
-    const int last = MIN (hi - j, 15);
-    const __mmask16 range = (__mmask16) ((1u << (last + 1)) - 1);
-    const __mmask16 k = kept16 (keep, j, lo, hi);
+    const __mmask16 range = upto16 (j, hi);
+    const __mmask16 k = kept16 (keep, j, range);
     const __m512 e = _mm512_maskz_mov_ps (k,
         exp_avx512 (_mm512_sub_ps (_mm512_maskz_loadu_ps (k, x + j), mm)));
     _mm512_mask_storeu_ps (x + j, range, e);

@@ -25,7 +25,7 @@ G_BEGIN_DECLS
  * head's one tile, and a query streams whole tiles.  (Rows of [hd][ctx], the
  * layout before, put each channel of a step on a page of its own: 4096
  * scattered stores per layer and step for the 7B; its cache write and
- * attention fell from ~10-14 to ~4 ms a step: docs/performance.md.)  A
+ * attention fell from ~10-15 to ~4 ms a step: docs/performance.md.)  A
  * cache of ctx slots needs moshi_key_slots (ctx) slots of room. */
 #define MOSHI_KEY_TILE 16
 

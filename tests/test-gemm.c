@@ -229,11 +229,12 @@ test_levels (gconstpointer data)
 
 /* Splitting the work over threads only changes who computes each column,
  * never the summation order (activations are quantized once, before the
- * split): results must be bit-identical, for every type and CPU level. */
+ * split): results must be bit-identical, for every type and CPU level and
+ * any number of threads, including more threads than items (every item
+ * must be computed once, whoever takes it: the output starts as NaN). */
 static void
-threads_identical (int M)
+threads_identical (int M, int N, int K)
 {
-  const int N = 300, K = 257;
   float *A = g_new (float, (size_t) M *K), *B = g_new (float, (size_t) K *N);
   float *C1 = g_new (float, (size_t) M *N), *C2 = g_new (float, (size_t) M *N);
   guint32 seed = 1;
@@ -243,22 +244,30 @@ threads_identical (int M)
     B[i] = frand (&seed);
   const MoshiWeightType types[] = { MOSHI_WEIGHTS_F32, MOSHI_WEIGHTS_BF16,
     MOSHI_WEIGHTS_Q8, MOSHI_WEIGHTS_Q4 };
-  MoshiPool *p1 = moshi_pool_new (1), *p2 = moshi_pool_new (2);
+  const int thread_counts[] = { 2, 3, 5 };
+  MoshiPool *p1 = moshi_pool_new (1);
   MoshiCpuLevel top = moshi_cpu_level ();
-  for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
-    moshi_cpu_set_level ((MoshiCpuLevel) level);
-    for (size_t t = 0; t < G_N_ELEMENTS (types); t++) {
-      MoshiPackedB P;
-      g_assert_true (moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
-      moshi_gemm_packed (p1, M, A, K, &P, NULL, FALSE, C1, N);
-      moshi_gemm_packed (p2, M, A, K, &P, NULL, FALSE, C2, N);
-      g_assert_cmpmem (C1, sizeof (float) * M * N, C2, sizeof (float) * M * N);
-      moshi_packed_clear (&P);
+  for (size_t n = 0; n < G_N_ELEMENTS (thread_counts); n++) {
+    MoshiPool *pn = moshi_pool_new (thread_counts[n]);
+    for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
+      moshi_cpu_set_level ((MoshiCpuLevel) level);
+      for (size_t t = 0; t < G_N_ELEMENTS (types); t++) {
+        MoshiPackedB P;
+        g_assert_true (
+            moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
+        moshi_gemm_packed (p1, M, A, K, &P, NULL, FALSE, C1, N);
+        for (int i = 0; i < M * N; i++)
+          C2[i] = NAN;
+        moshi_gemm_packed (pn, M, A, K, &P, NULL, FALSE, C2, N);
+        g_assert_cmpmem (C1, sizeof (float) * M * N, C2,
+            sizeof (float) * M * N);
+        moshi_packed_clear (&P);
+      }
     }
+    moshi_pool_free (pn);
   }
   moshi_cpu_set_level (top);
   moshi_pool_free (p1);
-  moshi_pool_free (p2);
   g_free (A);
   g_free (B);
   g_free (C1);
@@ -268,8 +277,11 @@ threads_identical (int M)
 static void
 test_threads_identical (void)
 {
-  threads_identical (9);
-  threads_identical (70); /* AMX-sized for bf16 */
+  threads_identical (9, 300, 257);
+  threads_identical (70, 300, 257); /* AMX-sized for bf16 */
+  threads_identical (1, 2000, 512); /* a streaming step's shape */
+  threads_identical (1, 64, 4096); /* two panels, five threads */
+  threads_identical (200, 96, 300); /* several row blocks */
 }
 
 static void

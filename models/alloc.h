@@ -7,6 +7,12 @@
 void *moshi_alloc (size_t bytes);
 void moshi_free (void *p);
 
+/* For weights that every step streams: 2 MB-aligned, with transparent
+ * huge pages requested for the whole 2 MB pages (madvise; where THP is off
+ * or no huge page is free, small pages as usual).  Zero-filled; freed with
+ * moshi_free.  See moshi_packed_settle (gemm.h) for why. */
+void *moshi_alloc_huge (size_t bytes);
+
 /* Fault injection for tests: the n-th call from now (1 = next) fails.
  * 0 disables.  Not thread-safe; for tests only. */
 void moshi_alloc_fail_after (long n);

@@ -460,6 +460,30 @@ moshi_packed_clear (MoshiPackedB *p)
   p->scales = NULL;
 }
 
+gboolean
+moshi_packed_settle (MoshiPackedB *p)
+{
+  if (p->borrowed || !p->data)
+    return TRUE;
+  size_t bytes[4];
+  packed_sizes (p, bytes);
+  void *data = moshi_alloc_huge (bytes[0]);
+  void *scales = bytes[1] > 0 ? moshi_alloc_huge (bytes[1]) : NULL;
+  if (!data || (bytes[1] > 0 && !scales)) {
+    moshi_free (data);
+    moshi_free (scales);
+    return FALSE;
+  }
+  memcpy (data, p->data, bytes[0]);
+  if (scales)
+    memcpy (scales, p->scales, bytes[1]);
+  moshi_free (p->data);
+  moshi_free (p->scales);
+  p->data = data;
+  p->scales = scales;
+  return TRUE;
+}
+
 size_t
 moshi_packed_bytes (const MoshiPackedB *p)
 {

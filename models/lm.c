@@ -305,6 +305,21 @@ lm_model_from_cache (const LmModel *m)
   return m->pack_cache && moshi_pack_cache_is_reading (m->pack_cache);
 }
 
+/* Once every weight is packed and the load's temporaries are gone. */
+static void
+settle_weights (LmModel *m)
+{
+  transformer_settle_weights (&m->transformer);
+  moshi_packed_settle (&m->text_linear.w);
+  for (int i = 0; i < m->n_dep_in; i++)
+    moshi_packed_settle (&m->dep_in[i].w);
+  if (m->cfg.dep_q > 0) {
+    transformer_settle_weights (&m->depformer);
+    for (int i = 0; i < m->cfg.dep_q; i++)
+      moshi_packed_settle (&m->linears[i].w);
+  }
+}
+
 LmModel *
 lm_model_load_cached (const char *path, const char *lora_path,
     const LmConfig *cfg_in, MoshiWeightType weights, const char *cache_path,
@@ -456,6 +471,7 @@ out:
     model_free (m);
     return NULL;
   }
+  settle_weights (m);
   return m;
 }
 
@@ -510,6 +526,7 @@ lm_model_new_random (const LmConfig *cfg, uint64_t seed,
     for (int i = 0; i < c->dep_q; i++)
       moshi_linear_random (&m->linears[i], &s, c->dep_dim, c->card, weights);
   }
+  settle_weights (m);
   return m;
 }
 

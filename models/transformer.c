@@ -243,6 +243,27 @@ transformer_clear (Transformer *tr)
   tr->rope_freqs = NULL;
 }
 
+void
+transformer_settle_weights (Transformer *tr)
+{
+  const int sets = n_sets (&tr->cfg);
+  for (int i = 0; i < tr->cfg.num_layers; i++) {
+    TransformerLayer *L = &tr->layers[i];
+    for (int s = 0; s < sets; s++) {
+      moshi_packed_settle (&L->in_proj[s].w);
+      moshi_packed_settle (&L->out_proj[s].w);
+      moshi_packed_settle (&L->ff_in[s].w);
+      moshi_packed_settle (&L->ff_out[s].w);
+    }
+    moshi_packed_settle (&L->xa_gate.gate_in.w);
+    moshi_packed_settle (&L->xa_gate.gate_out.w);
+  }
+  moshi_packed_settle (&tr->xa.q.w);
+  moshi_packed_settle (&tr->xa.k.w);
+  moshi_packed_settle (&tr->xa.v.w);
+  moshi_packed_settle (&tr->xa.out.w);
+}
+
 size_t
 transformer_bytes (const Transformer *tr)
 {

@@ -108,6 +108,9 @@ gboolean transformer_load (Transformer *tr, const TransformerConfig *cfg,
 void transformer_random (Transformer *tr, const TransformerConfig *cfg,
     uint64_t *seed);
 void transformer_clear (Transformer *tr);
+/* Moves the layers' packed weights into huge-page memory once loaded
+ * (moshi_packed_settle); weights that stay put are still usable. */
+void transformer_settle_weights (Transformer *tr);
 size_t transformer_bytes (const Transformer *tr);
 
 gboolean transformer_state_init (TransformerState *s, const Transformer *tr,

@@ -274,6 +274,81 @@ threads_identical (int M, int N, int K)
   g_free (C2);
 }
 
+/* moshi_alloc_huge: 2 MB-aligned, zero-filled and writable to its last
+ * byte, at sizes below, at and past a huge page; a failed madvise (THP off)
+ * must not matter. */
+static void
+test_alloc_huge (void)
+{
+  const size_t sizes[] = { 1, 4095, 4096, (size_t) 2 << 20,
+    ((size_t) 2 << 20) + 1, ((size_t) 5 << 20) + 123 };
+  for (size_t i = 0; i < G_N_ELEMENTS (sizes); i++) {
+    uint8_t *p = moshi_alloc_huge (sizes[i]);
+    g_assert_nonnull (p);
+    g_assert_cmpuint ((uintptr_t) p % ((uintptr_t) 2 << 20), ==, 0);
+    for (size_t k = 0; k < sizes[i]; k += 4096)
+      g_assert_cmpuint (p[k], ==, 0);
+    g_assert_cmpuint (p[sizes[i] - 1], ==, 0);
+    memset (p, 0xA5, sizes[i]);
+    moshi_free (p);
+  }
+  moshi_alloc_fail_after (1);
+  g_assert_null (moshi_alloc_huge (100));
+  moshi_alloc_fail_after (0);
+}
+
+/* Settling moves owned weights into huge-page memory without changing a
+ * result bit; borrowed weights (a cache file's) stay where they are. */
+static void
+test_settle (void)
+{
+  const int M = 3, K = 300, N = 200;
+  float *A = g_new (float, (size_t) M *K), *B = g_new (float, (size_t) K *N);
+  float *C1 = g_new (float, (size_t) M *N), *C2 = g_new (float, (size_t) M *N);
+  guint32 seed = 7;
+  for (int i = 0; i < M * K; i++)
+    A[i] = frand (&seed);
+  for (int i = 0; i < K * N; i++)
+    B[i] = frand (&seed);
+  const MoshiWeightType types[] = { MOSHI_WEIGHTS_F32, MOSHI_WEIGHTS_BF16,
+    MOSHI_WEIGHTS_Q8, MOSHI_WEIGHTS_Q4 };
+  for (size_t t = 0; t < G_N_ELEMENTS (types); t++) {
+    MoshiPackedB P;
+    g_assert_true (moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
+    moshi_gemm_packed (NULL, M, A, K, &P, NULL, FALSE, C1, N);
+    const void *old = P.data;
+    g_assert_true (moshi_packed_settle (&P));
+    g_assert_true (P.data != old);
+    g_assert_cmpuint ((uintptr_t) P.data % ((uintptr_t) 2 << 20), ==, 0);
+    moshi_gemm_packed (NULL, M, A, K, &P, NULL, FALSE, C2, N);
+    g_assert_cmpmem (C1, sizeof (float) * M * N, C2, sizeof (float) * M * N);
+
+    /* Out of memory: the weights stay, still usable. */
+    const void *settled = P.data;
+    moshi_alloc_fail_after (1);
+    g_assert_false (moshi_packed_settle (&P));
+    moshi_alloc_fail_after (0);
+    g_assert_true (P.data == settled);
+
+    /* Borrowed: untouched. */
+    void *ptrs[4];
+    size_t bytes[4];
+    moshi_packed_layout (&P, ptrs, bytes);
+    MoshiPackedB L;
+    moshi_packed_borrow (&L, K, N, types[t], ptrs);
+    g_assert_true (moshi_packed_settle (&L));
+    g_assert_true (L.data == P.data);
+    moshi_gemm_packed (NULL, M, A, K, &L, NULL, FALSE, C2, N);
+    g_assert_cmpmem (C1, sizeof (float) * M * N, C2, sizeof (float) * M * N);
+    moshi_packed_clear (&L);
+    moshi_packed_clear (&P);
+  }
+  g_free (A);
+  g_free (B);
+  g_free (C1);
+  g_free (C2);
+}
+
 static void
 test_threads_identical (void)
 {
@@ -429,6 +504,8 @@ main (int argc, char **argv)
   g_test_add_func ("/gemm/q4-search", test_q4_search);
   g_test_add_func ("/gemm/packed-bytes", test_packed_bytes);
   g_test_add_func ("/gemm/threads-identical", test_threads_identical);
+  g_test_add_func ("/gemm/alloc-huge", test_alloc_huge);
+  g_test_add_func ("/gemm/settle", test_settle);
   g_test_add_func ("/gemm/weight-type-names", test_weight_type_names);
   return g_test_run ();
 }

@@ -107,3 +107,12 @@ moshi_free (void *p)
   else
     free (base);
 }
+
+void
+moshi_release_pages (const void *addr, size_t len)
+{
+  const uintptr_t a = ((uintptr_t) addr + SMALL_PAGE - 1) & ~(SMALL_PAGE - 1);
+  const uintptr_t b = ((uintptr_t) addr + len) & ~(SMALL_PAGE - 1);
+  if (b > a)
+    madvise ((void *) a, b - a, MADV_DONTNEED);
+}

@@ -13,6 +13,11 @@ void moshi_free (void *p);
  * moshi_free.  See moshi_packed_settle (gemm.h) for why. */
 void *moshi_alloc_huge (size_t bytes);
 
+/* Drops this process's pages of [addr, addr + len), whole pages only, from
+ * a read-only file mapping that nothing will read again: they leave the RSS
+ * and stay in the page cache (a later read would fault them back in). */
+void moshi_release_pages (const void *addr, size_t len);
+
 /* Fault injection for tests: the n-th call from now (1 = next) fails.
  * 0 disables.  Not thread-safe; for tests only. */
 void moshi_alloc_fail_after (long n);

@@ -463,7 +463,7 @@ moshi_packed_clear (MoshiPackedB *p)
 gboolean
 moshi_packed_settle (MoshiPackedB *p)
 {
-  if (p->borrowed || !p->data)
+  if (!p->data)
     return TRUE;
   size_t bytes[4];
   packed_sizes (p, bytes);
@@ -477,8 +477,16 @@ moshi_packed_settle (MoshiPackedB *p)
   memcpy (data, p->data, bytes[0]);
   if (scales)
     memcpy (scales, p->scales, bytes[1]);
-  moshi_free (p->data);
-  moshi_free (p->scales);
+  if (p->borrowed) {
+    /* A cache file's pages: out of our RSS, the file stays mapped. */
+    moshi_release_pages (p->data, bytes[0]);
+    if (p->scales)
+      moshi_release_pages (p->scales, bytes[1]);
+    p->borrowed = FALSE;
+  } else {
+    moshi_free (p->data);
+    moshi_free (p->scales);
+  }
   p->data = data;
   p->scales = scales;
   return TRUE;

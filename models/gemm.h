@@ -66,14 +66,16 @@ gboolean moshi_packed_init (MoshiPackedB *p, const float *b, int K, int N,
 gboolean moshi_packed_init_typed (MoshiPackedB *p, const float *b, int K, int N,
     int ldb, gboolean transposed, MoshiWeightType type);
 void moshi_packed_clear (MoshiPackedB *p);
-/* Moves packed weights that this process allocated (not borrowed from a
- * cache file) into fresh 2 MB-aligned memory with transparent huge pages
- * (moshi_alloc_huge), one matrix at a time.  A model calls it once loaded,
- * when the load's temporaries are gone: on the test VM a 7B's products ran
- * ~10 % faster from such copies than from the pages they were packed into
- * between the load's temporaries (a plain small-page copy: ~7 %;
- * docs/performance.md, session 7).  FALSE when out of memory, the weights
- * then stay where they were. */
+/* Moves packed weights into fresh 2 MB-aligned memory with transparent
+ * huge pages (moshi_alloc_huge).  A model calls it once loaded, one matrix
+ * at a time, when the load's temporaries are gone: on the test VM a 7B's
+ * products ran ~10 % faster from such copies than from the pages they had
+ * been packed into between the load's temporaries (a plain small-page copy:
+ * ~7 %; docs/performance.md, session 7).  Weights borrowed from a cache
+ * file are copied too and their file pages released (moshi_release_pages),
+ * so the RSS does not count them twice; the copy reads the file, so a
+ * loader does it before it checks the file was not truncated meanwhile.
+ * FALSE when out of memory: the weights then stay where they were. */
 gboolean moshi_packed_settle (MoshiPackedB *p);
 size_t moshi_packed_bytes (const MoshiPackedB *p);
 /* Element (k, n), for tests and rare scalar uses. */

@@ -305,7 +305,8 @@ lm_model_from_cache (const LmModel *m)
   return m->pack_cache && moshi_pack_cache_is_reading (m->pack_cache);
 }
 
-/* Once every weight is packed and the load's temporaries are gone. */
+/* Once every weight is packed or lent and the load's temporaries are
+ * gone (moshi_packed_settle). */
 static void
 settle_weights (LmModel *m)
 {
@@ -448,6 +449,9 @@ lm_model_load_cached (const char *path, const char *lora_path,
         path);
     goto out;
   }
+  /* Copying the weights reads a cache file once more: before the check
+   * that no file was truncated while the model was read. */
+  settle_weights (m);
   /* A file truncated while it was read fails the load (mapguard.h). */
   if (!st_finish_load (f, error)
       || (lora.file && !st_finish_load (lora.file, error))
@@ -471,7 +475,6 @@ out:
     model_free (m);
     return NULL;
   }
-  settle_weights (m);
   return m;
 }
 

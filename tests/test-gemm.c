@@ -4,6 +4,9 @@
 #include <glib.h>
 #include <math.h>
 #include <string.h>
+#include <glib/gstdio.h>
+#include <unistd.h>
+#include <sys/mman.h>
 
 #include "alloc.h"
 #include "cpu.h"
@@ -297,8 +300,8 @@ test_alloc_huge (void)
   moshi_alloc_fail_after (0);
 }
 
-/* Settling moves owned weights into huge-page memory without changing a
- * result bit; borrowed weights (a cache file's) stay where they are. */
+/* Settling moves weights into huge-page memory without changing a result
+ * bit, whether they were packed here or borrowed from a mapped file. */
 static void
 test_settle (void)
 {
@@ -316,6 +319,24 @@ test_settle (void)
     MoshiPackedB P;
     g_assert_true (moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
     moshi_gemm_packed (NULL, M, A, K, &P, NULL, FALSE, C1, N);
+
+    /* The same arrays in a file, mapped read-only and lent (as the pack
+     * cache does); written before P moves. */
+    void *ptrs[4];
+    size_t bytes[4];
+    moshi_packed_layout (&P, ptrs, bytes);
+    gchar *path = NULL;
+    const int fd = g_file_open_tmp ("test-gemm-XXXXXX", &path, NULL);
+    g_assert_cmpint (fd, >=, 0);
+    size_t off[2] = { 0, (bytes[0] + 4095) / 4096 * 4096 };
+    g_assert_cmpint (pwrite (fd, ptrs[0], bytes[0], 0), ==, (ssize_t) bytes[0]);
+    if (bytes[1] > 0)
+      g_assert_cmpint (pwrite (fd, ptrs[1], bytes[1], off[1]), ==,
+          (ssize_t) bytes[1]);
+    const size_t file_len = off[1] + bytes[1];
+    uint8_t *map = mmap (NULL, file_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    g_assert_true (map != MAP_FAILED);
+
     const void *old = P.data;
     g_assert_true (moshi_packed_settle (&P));
     g_assert_true (P.data != old);
@@ -330,17 +351,21 @@ test_settle (void)
     moshi_alloc_fail_after (0);
     g_assert_true (P.data == settled);
 
-    /* Borrowed: untouched. */
-    void *ptrs[4];
-    size_t bytes[4];
-    moshi_packed_layout (&P, ptrs, bytes);
     MoshiPackedB L;
-    moshi_packed_borrow (&L, K, N, types[t], ptrs);
+    void *lent[4] = { map, bytes[1] > 0 ? map + off[1] : NULL, NULL, NULL };
+    moshi_packed_borrow (&L, K, N, types[t], lent);
     g_assert_true (moshi_packed_settle (&L));
-    g_assert_true (L.data == P.data);
+    g_assert_false (L.borrowed);
+    g_assert_true ((const uint8_t *) L.data != map);
+    for (int i = 0; i < M * N; i++)
+      C2[i] = NAN;
     moshi_gemm_packed (NULL, M, A, K, &L, NULL, FALSE, C2, N);
     g_assert_cmpmem (C1, sizeof (float) * M * N, C2, sizeof (float) * M * N);
-    moshi_packed_clear (&L);
+    moshi_packed_clear (&L); /* frees the copy, not the file */
+    munmap (map, file_len);
+    close (fd);
+    g_unlink (path);
+    g_free (path);
     moshi_packed_clear (&P);
   }
   g_free (A);

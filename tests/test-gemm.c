@@ -230,6 +230,37 @@ test_levels (gconstpointer data)
   moshi_cpu_set_level (top);
 }
 
+/* Random operands of one product and two outputs to compare. */
+typedef struct {
+  int M, N, K;
+  float *A, *B, *C1, *C2;
+} Operands;
+
+static Operands
+operands_new (int M, int N, int K, guint32 seed)
+{
+  Operands o = { M, N, K, g_new (float, (size_t) M *K),
+    g_new (float, (size_t) K *N), g_new (float, (size_t) M *N),
+    g_new (float, (size_t) M *N) };
+  for (int i = 0; i < M * K; i++)
+    o.A[i] = frand (&seed);
+  for (int i = 0; i < K * N; i++)
+    o.B[i] = frand (&seed);
+  return o;
+}
+
+static void
+operands_free (Operands *o)
+{
+  g_free (o->A);
+  g_free (o->B);
+  g_free (o->C1);
+  g_free (o->C2);
+}
+
+static const MoshiWeightType all_types[] = { MOSHI_WEIGHTS_F32,
+  MOSHI_WEIGHTS_BF16, MOSHI_WEIGHTS_Q8, MOSHI_WEIGHTS_Q4 };
+
 /* Splitting the work over threads only changes who computes each column,
  * never the summation order (activations are quantized once, before the
  * split): results must be bit-identical, for every type and CPU level and
@@ -238,15 +269,9 @@ test_levels (gconstpointer data)
 static void
 threads_identical (int M, int N, int K)
 {
-  float *A = g_new (float, (size_t) M *K), *B = g_new (float, (size_t) K *N);
-  float *C1 = g_new (float, (size_t) M *N), *C2 = g_new (float, (size_t) M *N);
-  guint32 seed = 1;
-  for (int i = 0; i < M * K; i++)
-    A[i] = frand (&seed);
-  for (int i = 0; i < K * N; i++)
-    B[i] = frand (&seed);
-  const MoshiWeightType types[] = { MOSHI_WEIGHTS_F32, MOSHI_WEIGHTS_BF16,
-    MOSHI_WEIGHTS_Q8, MOSHI_WEIGHTS_Q4 };
+  Operands o = operands_new (M, N, K, 1);
+  float *A = o.A, *B = o.B, *C1 = o.C1, *C2 = o.C2;
+  const MoshiWeightType *types = all_types;
   const int thread_counts[] = { 2, 3, 5 };
   MoshiPool *p1 = moshi_pool_new (1);
   MoshiCpuLevel top = moshi_cpu_level ();
@@ -254,7 +279,7 @@ threads_identical (int M, int N, int K)
     MoshiPool *pn = moshi_pool_new (thread_counts[n]);
     for (int level = MOSHI_CPU_GENERIC; level <= (int) top; level++) {
       moshi_cpu_set_level ((MoshiCpuLevel) level);
-      for (size_t t = 0; t < G_N_ELEMENTS (types); t++) {
+      for (size_t t = 0; t < G_N_ELEMENTS (all_types); t++) {
         MoshiPackedB P;
         g_assert_true (
             moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
@@ -271,10 +296,7 @@ threads_identical (int M, int N, int K)
   }
   moshi_cpu_set_level (top);
   moshi_pool_free (p1);
-  g_free (A);
-  g_free (B);
-  g_free (C1);
-  g_free (C2);
+  operands_free (&o);
 }
 
 /* moshi_alloc_huge: 2 MB-aligned, zero-filled and writable to its last
@@ -306,16 +328,10 @@ static void
 test_settle (void)
 {
   const int M = 3, K = 300, N = 200;
-  float *A = g_new (float, (size_t) M *K), *B = g_new (float, (size_t) K *N);
-  float *C1 = g_new (float, (size_t) M *N), *C2 = g_new (float, (size_t) M *N);
-  guint32 seed = 7;
-  for (int i = 0; i < M * K; i++)
-    A[i] = frand (&seed);
-  for (int i = 0; i < K * N; i++)
-    B[i] = frand (&seed);
-  const MoshiWeightType types[] = { MOSHI_WEIGHTS_F32, MOSHI_WEIGHTS_BF16,
-    MOSHI_WEIGHTS_Q8, MOSHI_WEIGHTS_Q4 };
-  for (size_t t = 0; t < G_N_ELEMENTS (types); t++) {
+  Operands o = operands_new (M, N, K, 7);
+  float *A = o.A, *B = o.B, *C1 = o.C1, *C2 = o.C2;
+  const MoshiWeightType *types = all_types;
+  for (size_t t = 0; t < G_N_ELEMENTS (all_types); t++) {
     MoshiPackedB P;
     g_assert_true (moshi_packed_init_typed (&P, B, K, N, N, FALSE, types[t]));
     moshi_gemm_packed (NULL, M, A, K, &P, NULL, FALSE, C1, N);
@@ -368,10 +384,7 @@ test_settle (void)
     g_free (path);
     moshi_packed_clear (&P);
   }
-  g_free (A);
-  g_free (B);
-  g_free (C1);
-  g_free (C2);
+  operands_free (&o);
 }
 
 static void

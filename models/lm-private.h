@@ -61,5 +61,12 @@ void lm_depformer_begin (const LmModel *m, LmState *s);
 void lm_depformer_step (const LmModel *m, LmState *s, int k,
     const float *transformer_out, int prev_token, float *logits);
 
+/* Calls fn on every packed linear layer a step streams, in step order:
+ * the temporal transformer (transformer_for_each_linear), the text head,
+ * the depformer's input projections, its transformer and its heads.  With
+ * `cross_attention`, the temporal transformer's MoshiVis layers too. */
+void lm_model_for_each_linear (LmModel *m, gboolean cross_attention,
+    TransformerLinearFn fn, void *data);
+
 /* The keys and values of an LmImage (for conformance checks). */
 CrossAttentionMemory *lm_image_memory (const LmImage *image);

@@ -305,20 +305,34 @@ lm_model_from_cache (const LmModel *m)
   return m->pack_cache && moshi_pack_cache_is_reading (m->pack_cache);
 }
 
+void
+lm_model_for_each_linear (LmModel *m, gboolean cross_attention,
+    TransformerLinearFn fn, void *data)
+{
+  transformer_for_each_linear (&m->transformer, cross_attention, fn, data);
+  fn (&m->text_linear, data);
+  for (int i = 0; i < m->n_dep_in; i++)
+    fn (&m->dep_in[i], data);
+  if (m->cfg.dep_q > 0) {
+    transformer_for_each_linear (&m->depformer, FALSE, fn, data);
+    for (int i = 0; i < m->cfg.dep_q; i++)
+      fn (&m->linears[i], data);
+  }
+}
+
+static void
+settle_linear (MoshiLinear *l, void *data)
+{
+  (void) data;
+  moshi_packed_settle (&l->w);
+}
+
 /* Once every weight is packed or lent and the load's temporaries are
  * gone (moshi_packed_settle). */
 static void
 settle_weights (LmModel *m)
 {
-  transformer_settle_weights (&m->transformer);
-  moshi_packed_settle (&m->text_linear.w);
-  for (int i = 0; i < m->n_dep_in; i++)
-    moshi_packed_settle (&m->dep_in[i].w);
-  if (m->cfg.dep_q > 0) {
-    transformer_settle_weights (&m->depformer);
-    for (int i = 0; i < m->cfg.dep_q; i++)
-      moshi_packed_settle (&m->linears[i].w);
-  }
+  lm_model_for_each_linear (m, TRUE, settle_linear, NULL);
 }
 
 LmModel *

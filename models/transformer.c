@@ -244,24 +244,29 @@ transformer_clear (Transformer *tr)
 }
 
 void
-transformer_settle_weights (Transformer *tr)
+transformer_for_each_linear (Transformer *tr, gboolean cross_attention,
+    TransformerLinearFn fn, void *data)
 {
   const int sets = n_sets (&tr->cfg);
   for (int i = 0; i < tr->cfg.num_layers; i++) {
     TransformerLayer *L = &tr->layers[i];
     for (int s = 0; s < sets; s++) {
-      moshi_packed_settle (&L->in_proj[s].w);
-      moshi_packed_settle (&L->out_proj[s].w);
-      moshi_packed_settle (&L->ff_in[s].w);
-      moshi_packed_settle (&L->ff_out[s].w);
+      fn (&L->in_proj[s], data);
+      fn (&L->out_proj[s], data);
+      fn (&L->ff_in[s], data);
+      fn (&L->ff_out[s], data);
     }
-    moshi_packed_settle (&L->xa_gate.gate_in.w);
-    moshi_packed_settle (&L->xa_gate.gate_out.w);
   }
-  moshi_packed_settle (&tr->xa.q.w);
-  moshi_packed_settle (&tr->xa.k.w);
-  moshi_packed_settle (&tr->xa.v.w);
-  moshi_packed_settle (&tr->xa.out.w);
+  if (!cross_attention)
+    return;
+  for (int i = 0; i < tr->cfg.num_layers; i++) {
+    fn (&tr->layers[i].xa_gate.gate_in, data);
+    fn (&tr->layers[i].xa_gate.gate_out, data);
+  }
+  fn (&tr->xa.q, data);
+  fn (&tr->xa.k, data);
+  fn (&tr->xa.v, data);
+  fn (&tr->xa.out, data);
 }
 
 size_t

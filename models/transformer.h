@@ -108,9 +108,13 @@ gboolean transformer_load (Transformer *tr, const TransformerConfig *cfg,
 void transformer_random (Transformer *tr, const TransformerConfig *cfg,
     uint64_t *seed);
 void transformer_clear (Transformer *tr);
-/* Moves the layers' packed weights into huge-page memory once loaded
- * (moshi_packed_settle); weights that stay put are still usable. */
-void transformer_settle_weights (Transformer *tr);
+/* Calls fn on every linear layer of the transformer in the order a step
+ * runs them (per layer: in_proj, out_proj, ff_in, ff_out of each weight
+ * set), then, with `cross_attention`, the MoshiVis gates of every layer and
+ * the shared q, k, v, out (a model without them yields empty layers). */
+typedef void (*TransformerLinearFn) (MoshiLinear *l, void *data);
+void transformer_for_each_linear (Transformer *tr, gboolean cross_attention,
+    TransformerLinearFn fn, void *data);
 size_t transformer_bytes (const Transformer *tr);
 
 gboolean transformer_state_init (TransformerState *s, const Transformer *tr,

@@ -108,8 +108,9 @@ typedef struct {
 } StreamedArrays;
 
 static void
-add_linear (StreamedArrays *s, const MoshiLinear *l)
+add_linear (MoshiLinear *l, void *data)
 {
+  StreamedArrays *s = data;
   void *ptrs[4];
   size_t bytes[4];
   moshi_packed_layout (&l->w, ptrs, bytes);
@@ -120,33 +121,13 @@ add_linear (StreamedArrays *s, const MoshiLinear *l)
     }
 }
 
-static void
-add_transformer (StreamedArrays *s, const Transformer *tr)
-{
-  const int sets = MAX (1, tr->cfg.weight_sets);
-  for (int l = 0; l < tr->cfg.num_layers; l++)
-    for (int k = 0; k < sets; k++) {
-      const TransformerLayer *L = &tr->layers[l];
-      add_linear (s, &L->in_proj[k]);
-      add_linear (s, &L->out_proj[k]);
-      add_linear (s, &L->ff_in[k]);
-      add_linear (s, &L->ff_out[k]);
-    }
-}
-
 /* GB/s reading the model's own weights, in step order. */
 static double
-read_own_weights (const LmModel *m, MoshiPool *pool)
+read_own_weights (LmModel *m, MoshiPool *pool)
 {
   StreamedArrays s = { g_ptr_array_new (),
     g_array_new (FALSE, FALSE, sizeof (size_t)) };
-  add_transformer (&s, &m->transformer);
-  add_linear (&s, &m->text_linear);
-  for (int i = 0; i < m->n_dep_in; i++)
-    add_linear (&s, &m->dep_in[i]);
-  add_transformer (&s, &m->depformer);
-  for (int i = 0; i < m->cfg.dep_q; i++)
-    add_linear (&s, &m->linears[i]);
+  lm_model_for_each_linear (m, FALSE, add_linear, &s);
   const double gbs =
       bench_read_arrays (pool, (const void *const *) s.arrays->pdata,
           (const size_t *) s.bytes->data, (int) s.arrays->len, NULL);

@@ -101,10 +101,6 @@ moshi_f16_to_f32 (uint16_t h)
 
 /* ---------------------------------------------------------- one query --- */
 
-/* The softmax of the valid scores in [lo, hi] (moshi_softmax_kept,
- * vectorized: a full 3000-step context is 3 M exponentials a step for the
- * 7B) is left undivided: the callers fold 1 / sum into the value weights. */
-
 #if defined(__x86_64__)
 static void attention_head_avx512 (const float *q, const float *kT,
     const float *v, int ldv, int hd, float scale, const guint8 *valid, int lo,
@@ -129,6 +125,7 @@ moshi_attention_head (const float *q, const float *kT, const float *v, int ldv,
     for (int j = lo; j <= hi; j++)
       sc[j] += qc * kT[moshi_key_index (hd, c, j)];
   }
+  /* Softmax left undivided: 1 / sum goes into the value weights. */
   const float inv = moshi_softmax_kept (sc, valid, lo, hi);
   for (int j = lo; j <= hi; j++)
     if (valid[j])

@@ -1,9 +1,11 @@
-/* Elementwise kernels of the vision tower (and attention's softmax), where a library expf/tanhf per
- * element would cost as much as a good share of the matrix products (one
- * 448 image: ~120 M GELUs and ~450 M softmax exponentials).  AVX-512 and
- * AVX2+FMA versions are chosen at run time (cpu.h), with a portable C
- * fallback.  All use the same exp approximation
- * (Cody-Waite reduction + degree-6 polynomial, ~2 ulp). */
+/* Elementwise kernels where a library expf/tanhf per element would cost as
+ * much as a good share of the matrix products: the vision tower's (one 448
+ * image: ~120 M GELUs and ~450 M softmax exponentials), and the
+ * transformers' attention softmax and gated SiLU (a full 3000-step context
+ * is 3 M exponentials a step for the 7B).  Versions are chosen at run time
+ * (cpu.h): AVX-512 and AVX2+FMA for the tower's, AVX-512 for attention's and
+ * the SiLU, each with a portable C fallback.  All use the same exp
+ * approximation (Cody-Waite reduction + degree-6 polynomial, ~2 ulp). */
 #pragma once
 #include <stddef.h>
 
